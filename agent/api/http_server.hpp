@@ -1,0 +1,103 @@
+#pragma once
+// The agent's HTTP/1.1 server (Boost.Beast). One implementation serves every
+// transport (Unix socket, AF_VSOCK, TCP) through Asio's generic stream
+// protocol, so the same API and limits apply everywhere.
+//
+// Threading: one I/O thread runs all sockets. Request handlers never run on
+// it (DESIGN.md invariant 6): each request is handed to a small pool of
+// handler threads and its response posted back to the I/O thread.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <spdlog/logger.h>
+
+namespace quiesce::api {
+
+enum class Transport { unix_socket, vsock, tcp };
+
+struct Peer {
+  Transport transport = Transport::unix_socket;
+  std::string description;              // "unix", "vsock cid 2 port 1234", "tcp 127.0.0.1:5555"
+  std::optional<std::uint32_t> vsock_cid;
+};
+
+struct Request {
+  std::string method;  // "GET", "POST", "DELETE", ...
+  std::string target;  // path plus query, as received
+  std::string body;
+  Peer peer;
+};
+
+struct Response {
+  unsigned status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+};
+
+// May block (it calls into the coordinator); runs on a handler thread.
+using Handler = std::function<Response(const Request&)>;
+
+struct ServerLimits {
+  std::size_t max_header_bytes = 8 * 1024;
+  std::size_t max_body_bytes = 64 * 1024;
+  std::chrono::milliseconds read_timeout{10'000};     // a request must arrive whole within this
+  std::chrono::milliseconds keepalive_timeout{60'000};  // idle keep-alive connections close after
+  std::size_t max_connections = 64;
+  std::size_t handler_threads = 4;
+};
+
+struct UnixListener {
+  std::string path = "/run/quiesce/agent.sock";
+  unsigned mode = 0660;
+  std::optional<std::string> group;  // chgrp the socket to this group
+};
+
+struct VsockListener {
+  std::uint32_t port = 7700;
+  std::vector<std::uint32_t> allowed_cids{2};  // VMADDR_CID_HOST
+  bool required = false;  // false: skip with a warning when AF_VSOCK is unavailable
+};
+
+struct TcpListener {
+  std::string address = "127.0.0.1";
+  std::uint16_t port = 0;
+  std::string token;  // bearer token every request must carry
+};
+
+struct ServerConfig {
+  std::optional<UnixListener> unix_socket;
+  std::optional<VsockListener> vsock;
+  std::optional<TcpListener> tcp;
+  ServerLimits limits;
+};
+
+class HttpServer {
+ public:
+  HttpServer(ServerConfig config, Handler handler, std::shared_ptr<spdlog::logger> logger);
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Binds every configured listener. Throws std::runtime_error naming the
+  // listener and the OS error when one cannot be bound.
+  void start();
+  // Runs the I/O thread until stop(); returns after in-flight work drained.
+  void run();
+  // Thread-safe. Stops accepting, lets in-flight responses finish (bounded).
+  void stop();
+
+  [[nodiscard]] std::optional<std::uint16_t> tcp_port() const;  // the bound port (after start)
+  [[nodiscard]] bool vsock_listening() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace quiesce::api

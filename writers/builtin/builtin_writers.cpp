@@ -1,0 +1,13 @@
+// The writers compiled into the agent. Each built-in writer lives in its own
+// folder under writers/ and exposes one register_*_writer() function.
+
+#include "quiesce/writer_registry.hpp"
+#include "writers/delay/delay_writer.hpp"
+
+namespace quiesce {
+
+void register_builtin_writers(WriterRegistry& registry) {
+  writers::register_delay_writer(registry);
+}
+
+}  // namespace quiesce
