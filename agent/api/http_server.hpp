@@ -25,10 +25,17 @@ struct Peer {
   Transport transport = Transport::unix_socket;
   std::string description;              // "unix", "vsock cid 2 port 1234", "tcp 127.0.0.1:5555"
   std::optional<std::uint32_t> vsock_cid;
+  // Unix sockets only: the connecting process (SO_PEERCRED), for audit logs.
+  std::optional<std::uint32_t> unix_uid;
+  std::optional<std::int32_t> unix_pid;
 };
 
 struct Request {
-  std::string method;  // "GET", "POST", "DELETE", ...
+  // "GET", "POST", "DELETE", ... A HEAD request reaches the handler as "GET"
+  // (the server drops the body and keeps Content-Length), so routes need not
+  // know about HEAD. Methods the API cannot use (TRACE, CONNECT, unknown
+  // tokens) are answered 405 by the server and never reach the handler.
+  std::string method;
   std::string target;  // path plus query, as received
   std::string body;
   Peer peer;
@@ -50,6 +57,9 @@ struct ServerLimits {
   std::chrono::milliseconds keepalive_timeout{60'000};  // idle keep-alive connections close after
   std::size_t max_connections = 64;
   std::size_t handler_threads = 4;
+  // stop(): how long in-flight requests may take to finish before run()
+  // returns anyway.
+  std::chrono::milliseconds stop_grace{5'000};
 };
 
 struct UnixListener {
@@ -87,9 +97,12 @@ class HttpServer {
   // Binds every configured listener. Throws std::runtime_error naming the
   // listener and the OS error when one cannot be bound.
   void start();
-  // Runs the I/O thread until stop(); returns after in-flight work drained.
+  // Runs the I/O thread until stop(); returns after in-flight work drained
+  // (or limits.stop_grace passed). Call from exactly one thread.
   void run();
-  // Thread-safe. Stops accepting, lets in-flight responses finish (bounded).
+  // Thread-safe, idempotent. Stops accepting, closes idle connections, lets
+  // in-flight responses finish (bounded by limits.stop_grace). A handler
+  // still running after run() returned is waited for by the destructor.
   void stop();
 
   [[nodiscard]] std::optional<std::uint16_t> tcp_port() const;  // the bound port (after start)
