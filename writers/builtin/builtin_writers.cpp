@@ -3,11 +3,13 @@
 
 #include "quiesce/writer_registry.hpp"
 #include "writers/delay/delay_writer.hpp"
+#include "writers/fsfreeze/fsfreeze_writer.hpp"
 
 namespace quiesce {
 
 void register_builtin_writers(WriterRegistry& registry) {
   writers::register_delay_writer(registry);
+  writers::register_fsfreeze_writer(registry);
 }
 
 }  // namespace quiesce

@@ -1,0 +1,91 @@
+#pragma once
+// The freeze holder's protocol: the agent (client) and quiesce-freeze-holder
+// talk over an AF_UNIX SOCK_SEQPACKET socketpair, so every message is one
+// datagram and needs no framing. A message is ASCII text: a first line
+// "VERB arg...", then zero or more row lines of space-separated fields.
+// Fields are escaped like mountinfo paths (\040 for space, \012 for newline,
+// \134 for backslash); an empty field is written "-".
+//
+//   holder -> agent  READY <version> <pid>                  once, at start
+//   agent -> holder  FREEZE <deadline_ns> <ignore_frozen>   rows: <wave> <mount_id> <path>
+//   holder -> agent  FROZEN                                 rows: result rows
+//                    FAILED <message>                       rows: result rows (all rolled back)
+//   agent -> holder  THAW
+//   holder -> agent  THAWED <continuous 0|1> <detail>       rows: result rows
+//   agent -> holder  PING
+//   holder -> agent  PONG <idle|freezing|frozen>
+//   holder -> agent  AUTO-THAW <reason>                     rows: result rows (unsolicited)
+//   holder -> agent  ERROR <message>                        a request it could not take
+//
+// result row: <state> <mount_id> <errno> <path>
+//
+// deadline_ns is CLOCK_MONOTONIC (std::chrono::steady_clock) in nanoseconds,
+// 0 for none. Waves are frozen in increasing order, the mounts of one wave in
+// parallel; thaw goes in decreasing order. Every request gets exactly one
+// reply, in order; AUTO-THAW may come at any time (the hold deadline passed,
+// or the holder got a termination signal and exits after it). When the
+// socket closes (the agent died), the holder thaws everything and exits.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace quiesce::platform::holder {
+
+inline constexpr int protocol_version = 1;
+// Large enough for thousands of mounts; both ends size their buffers to it.
+inline constexpr std::size_t max_message_size = 1 << 20;
+
+struct Message {
+  std::string verb;
+  std::vector<std::string> args;
+  std::vector<std::vector<std::string>> rows;
+};
+
+[[nodiscard]] std::string encode(const Message& message);
+// nullopt when the text is not a message (empty, or bad escapes are kept as-is).
+[[nodiscard]] std::optional<Message> decode(std::string_view text);
+
+enum class MountState {
+  pending,       // not attempted (yet)
+  frozen,        // frozen by the holder, held
+  unsupported,   // the filesystem cannot be frozen (EOPNOTSUPP); skipped
+  busy_ignored,  // already frozen by someone else; skipped and never thawed (ignore_frozen)
+  busy,          // already frozen by someone else; the freeze failed
+  failed,        // open or freeze failed
+  thawed,        // frozen by the holder, then thawed by it
+  was_thawed,    // frozen by the holder, but found thawed (someone else thawed it)
+  thaw_failed,   // FITHAW failed; may still be frozen
+};
+[[nodiscard]] std::string_view to_string(MountState state);
+[[nodiscard]] std::optional<MountState> parse_mount_state(std::string_view text);
+
+struct MountRequest {
+  int wave = 0;
+  std::uint64_t mount_id = 0;  // 0: do not check which mount the path opens
+  std::string path;
+};
+
+struct MountResult {
+  MountState state = MountState::pending;
+  std::uint64_t mount_id = 0;
+  int error_number = 0;
+  std::string path;
+};
+
+struct FreezeRequest {
+  std::int64_t deadline_ns = 0;
+  bool ignore_frozen = false;
+  std::vector<MountRequest> mounts;
+};
+
+[[nodiscard]] Message to_message(const FreezeRequest& request);
+[[nodiscard]] std::optional<FreezeRequest> freeze_request_from(const Message& message);
+[[nodiscard]] std::vector<std::string> to_row(const MountResult& result);
+[[nodiscard]] std::optional<MountResult> mount_result_from(const std::vector<std::string>& row);
+// All rows of a reply as results; nullopt if any row is malformed.
+[[nodiscard]] std::optional<std::vector<MountResult>> mount_results_from(const Message& message);
+
+}  // namespace quiesce::platform::holder

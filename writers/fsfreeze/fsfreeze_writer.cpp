@@ -1,0 +1,579 @@
+#include "writers/fsfreeze/fsfreeze_writer.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <ctime>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "platform/linux/freeze_holder_client.hpp"
+#include "platform/linux/fsfreeze.hpp"
+#include "platform/linux/mountinfo.hpp"
+#include "quiesce/json_fields.hpp"
+#include "writers/fsfreeze/freeze_record.hpp"
+#include "writers/fsfreeze/mount_selection.hpp"
+
+namespace quiesce::writers {
+
+namespace {
+
+namespace fs = std::filesystem;
+using platform::holder::HolderClient;
+using platform::holder::Message;
+using platform::holder::MountResult;
+using platform::holder::MountState;
+using platform::holder::ReplyStatus;
+
+constexpr const char* holder_name = "quiesce-freeze-holder";
+// When the coordinator gives no hold deadline, the holder still never
+// holds longer than this.
+constexpr auto fallback_hold = std::chrono::minutes(10);
+
+struct FsfreezeOptions {
+  fsfreeze::SelectionOptions selection;
+  bool ignore_frozen = false;
+  std::string holder_path;
+  bool holder_path_explicit = false;
+};
+
+std::string default_holder_path() {
+  std::error_code ec;
+  auto self = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) {
+    return std::string("/usr/sbin/") + holder_name;
+  }
+  return (self.parent_path() / holder_name).string();
+}
+
+std::string normalise_mount_path(const std::string& path) {
+  auto normal = fs::path(path).lexically_normal().string();
+  while (normal.size() > 1 && normal.back() == '/') {
+    normal.pop_back();
+  }
+  return normal;
+}
+
+FsfreezeOptions parse_options(const nlohmann::json& json, const platform::MountTable& table) {
+  FsfreezeOptions options;
+  JsonFields fields(json, "options");
+  const bool has_mounts = fields.has("mounts");
+  options.selection.all = fields.boolean("all", false);
+  auto mounts = fields.strings("mounts", std::vector<std::string>{});
+  if (has_mounts && options.selection.all) {
+    throw FieldError(fields.path_of("mounts"), "give either 'mounts' or 'all': true, not both");
+  }
+  if (!options.selection.all && mounts.empty()) {
+    throw FieldError(fields.path_of("mounts"),
+                     "list the mount points to freeze, or set 'all': true");
+  }
+  for (std::size_t i = 0; i < mounts.size(); ++i) {
+    const auto item_path = fields.path_of("mounts") + "[" + std::to_string(i) + "]";
+    const auto& mount = mounts[i];
+    if (mount.empty() || mount.front() != '/') {
+      throw FieldError(item_path, "'" + mount + "' is not an absolute path");
+    }
+    std::error_code ec;
+    auto canonical = fs::canonical(mount, ec);
+    if (ec) {
+      throw FieldError(item_path, "'" + mount + "' does not exist (" + ec.message() + ")");
+    }
+    if (!fs::is_directory(canonical, ec)) {
+      throw FieldError(item_path, "'" + mount + "' is not a directory");
+    }
+    options.selection.mounts.push_back(normalise_mount_path(canonical.string()));
+  }
+  options.selection.exclude = fields.strings("exclude", std::vector<std::string>{});
+  options.selection.exclude_fstypes = fields.strings("exclude_fstypes", std::vector<std::string>{});
+  if (!options.selection.all) {
+    for (const char* key : {"exclude", "exclude_fstypes"}) {
+      if (fields.has(key)) {
+        throw FieldError(fields.path_of(key), "only meaningful with 'all': true");
+      }
+    }
+  }
+  options.ignore_frozen = fields.boolean("ignore_frozen", false);
+  if (auto holder = fields.optional_string("holder_path")) {
+    if (::access(holder->c_str(), X_OK) != 0) {
+      throw FieldError(fields.path_of("holder_path"), "'" + *holder + "' is not an executable");
+    }
+    options.holder_path = *holder;
+    options.holder_path_explicit = true;
+  } else {
+    options.holder_path = default_holder_path();
+  }
+  fields.reject_unknown();
+
+  // Listed mounts must be mount points of something freezable now; a typo
+  // found at start beats a freeze that fails at 3 a.m.
+  auto selection = fsfreeze::select_filesystems(table, options.selection);
+  if (!selection.errors.empty()) {
+    const auto& [index, message] = selection.errors.front();
+    throw FieldError(fields.path_of("mounts") + "[" + std::to_string(index) + "]", message);
+  }
+  return options;
+}
+
+std::string utc_now() {
+  std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  ::gmtime_r(&now, &tm);
+  char buffer[32];
+  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buffer;
+}
+
+std::string join(const std::vector<std::string>& items) {
+  std::string text;
+  for (const auto& item : items) {
+    text += (text.empty() ? "" : ", ") + item;
+  }
+  return text;
+}
+
+std::string errno_suffix(int error_number) {
+  if (error_number == 0) {
+    return "";
+  }
+  const char* name = ::strerrorname_np(error_number);
+  return std::string(" (") + (name != nullptr ? name : std::to_string(error_number)) + ")";
+}
+
+class FsfreezeWriter final : public Writer {
+ public:
+  FsfreezeWriter(WriterSpec spec, FsfreezeOptions options, WriterEnvironment env)
+      : spec_(std::move(spec)),
+        options_(std::move(options)),
+        env_(std::move(env)),
+        record_path_(fsfreeze::record_path(env_.run_dir, spec_.name)) {
+    if (::access(options_.holder_path.c_str(), X_OK) != 0) {
+      log().warn("fsfreeze writer '{}': freeze holder {} not found; freezing will fail",
+                 spec_.name, options_.holder_path);
+    }
+  }
+
+  ~FsfreezeWriter() override {
+    if (frozen_) {
+      PhaseContext ctx;
+      ctx.deadline = Clock::now() + std::chrono::seconds(10);
+      HoldReport ignored;
+      if (auto status = release(ctx, ignored); !status.is_ok()) {
+        log().error("fsfreeze writer '{}': thaw at shutdown failed: {}", spec_.name,
+                    status.error().message);
+      }
+    }
+  }
+  FsfreezeWriter(const FsfreezeWriter&) = delete;
+  FsfreezeWriter& operator=(const FsfreezeWriter&) = delete;
+
+  Status identify(const PhaseContext&, Identity& out) override {
+    fsfreeze::Selection selection;
+    if (auto status = select(selection); !status.is_ok()) {
+      return status;
+    }
+    for (const auto& filesystem : selection.filesystems) {
+      out.components.push_back({{"kind", "filesystem"},
+                                {"name", filesystem.mount.mount_point},
+                                {"path", filesystem.mount.mount_point},
+                                {"mount", filesystem.mount.mount_point},
+                                {"fstype", filesystem.mount.fstype},
+                                {"source", filesystem.mount.source},
+                                {"device", filesystem.mount.device.to_string()},
+                                {"also_mounted_at", filesystem.other_mount_points},
+                                {"wave", filesystem.wave}});
+    }
+    nlohmann::json skipped = nlohmann::json::array();
+    for (const auto& mount : selection.skipped) {
+      skipped.push_back(
+          {{"mount", mount.mount_point}, {"fstype", mount.fstype}, {"reason", mount.reason}});
+    }
+    out.metadata["skipped"] = std::move(skipped);
+    out.metadata["mode"] = options_.selection.all ? "all" : "mounts";
+    out.metadata["ignore_frozen"] = options_.ignore_frozen;
+    out.metadata["holder"] = options_.holder_path;
+    return Status::ok();
+  }
+
+  Status prepare(const PhaseContext& ctx) override {
+    fsfreeze::Selection selection;
+    if (auto status = select(selection); !status.is_ok()) {
+      return status;
+    }
+    // Starting the holder now keeps fork/exec out of the hold window.
+    if (auto status = ensure_holder(); !status.is_ok()) {
+      return status;
+    }
+    return sync_all(selection, ctx);
+  }
+
+  Status freeze(const PhaseContext& ctx) override {
+    if (frozen_) {
+      return Status::ok();  // already holding; a repeated freeze changes nothing
+    }
+    hold_broken_.clear();
+    auto hold_deadline = ctx.hold_deadline;
+    if (hold_deadline == Clock::time_point{} || hold_deadline == Clock::time_point::max()) {
+      hold_deadline = Clock::now() + fallback_hold;
+    }
+    if (hold_deadline <= Clock::now()) {
+      return Status::timeout("the hold deadline has already passed; not freezing");
+    }
+    fsfreeze::Selection selection;
+    if (auto status = select(selection); !status.is_ok()) {
+      return status;
+    }
+    if (selection.filesystems.empty()) {
+      log().info("fsfreeze writer '{}': nothing to freeze", spec_.name);
+      return Status::ok();
+    }
+    if (auto status = ensure_holder(); !status.is_ok()) {
+      return status;
+    }
+
+    platform::holder::FreezeRequest request;
+    request.deadline_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              hold_deadline.time_since_epoch())
+                              .count();
+    request.ignore_frozen = options_.ignore_frozen;
+    fsfreeze::FreezeRecord record{spec_.name, ctx.session_id, ::getpid(), holder_->pid(),
+                                  utc_now(), {}};
+    for (const auto& filesystem : selection.filesystems) {
+      request.mounts.push_back(
+          {filesystem.wave, filesystem.mount.mount_id, filesystem.mount.mount_point});
+      record.mounts.push_back({filesystem.mount.mount_point, filesystem.mount.device.to_string(),
+                               filesystem.mount.mount_id, filesystem.mount.fstype,
+                               filesystem.wave});
+    }
+    // The record goes down before the first FIFREEZE, so that nothing can be
+    // frozen without a trace a restarted agent can act on.
+    if (auto error = fsfreeze::write_record(record_path_, record); !error.empty()) {
+      return Status::non_retryable("cannot write the freeze record: " + error);
+    }
+    recorded_ = record.mounts;
+    frozen_ = true;
+
+    const auto started = Clock::now();
+    auto reply = holder_->request(to_message(request), ctx.deadline, ctx.stop);
+    if (reply.status == ReplyStatus::timeout || reply.status == ReplyStatus::stopped) {
+      // Still freezing in the holder; abort/thaw (which run next) thaw it.
+      return Status::timeout("freeze did not finish in time (" + reply.error +
+                             "); it is rolled back on abort");
+    }
+    if (!reply.ok()) {
+      auto status = Status::non_retryable("freeze holder failed during freeze: " + reply.error);
+      HoldReport ignored;
+      [[maybe_unused]] auto released = release(ctx, ignored);
+      return status;
+    }
+    auto results = mount_results_from(reply.message);
+    if (reply.message.verb == "FAILED") {
+      finish_release();
+      bool busy = results && std::any_of(results->begin(), results->end(), [](const auto& r) {
+                    return r.state == MountState::busy;
+                  });
+      auto message = reply.message.args.empty() ? std::string("freeze failed")
+                                                : reply.message.args.front();
+      log().warn("fsfreeze writer '{}': {}", spec_.name, message);
+      return busy ? Status::retryable(message) : Status::non_retryable(message);
+    }
+    if (reply.message.verb != "FROZEN" || !results) {
+      HoldReport ignored;
+      [[maybe_unused]] auto released = release(ctx, ignored);
+      return Status::non_retryable("unexpected answer from the freeze holder: " +
+                                   reply.message.verb);
+    }
+    std::vector<std::string> frozen;
+    for (const auto& result : *results) {
+      if (result.state == MountState::frozen) {
+        frozen.push_back(result.path);
+      } else if (result.state == MountState::unsupported) {
+        log().warn("fsfreeze writer '{}': {} does not support freezing{}; skipped", spec_.name,
+                   result.path, errno_suffix(result.error_number));
+      } else if (result.state == MountState::busy_ignored) {
+        log().warn("fsfreeze writer '{}': {} is already frozen by someone else; left alone "
+                   "(ignore_frozen)",
+                   spec_.name, result.path);
+      }
+    }
+    last_frozen_ = frozen;
+    log().info("fsfreeze writer '{}': froze {} filesystem(s) in {} ms: {}", spec_.name,
+               frozen.size(),
+               std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count(),
+               join(frozen));
+    return Status::ok();
+  }
+
+  Status thaw(const PhaseContext& ctx, HoldReport& hold) override {
+    if (!frozen_) {
+      if (!hold_broken_.empty()) {
+        hold.continuous = false;
+        hold.detail = hold_broken_;
+      }
+      return Status::ok();
+    }
+    return release(ctx, hold);
+  }
+
+  Status post_snapshot(const PhaseContext&, const SnapshotInfo&,
+                       nlohmann::json& artifacts) override {
+    artifacts["frozen"] = last_frozen_;
+    return Status::ok();
+  }
+
+  Status abort(const PhaseContext& ctx) override {
+    if (!frozen_) {
+      return Status::ok();
+    }
+    HoldReport ignored;
+    return release(ctx, ignored);
+  }
+
+  Status post_restore(const PhaseContext&, const RestoreInfo&) override {
+    // A snapshot of a frozen filesystem is clean: nothing to replay.
+    return Status::ok();
+  }
+
+ private:
+  spdlog::logger& log() { return *env_.logger; }
+
+  Status select(fsfreeze::Selection& selection) {
+    auto table = platform::read_mountinfo();
+    if (!table.table) {
+      return Status::non_retryable(table.error);
+    }
+    selection = fsfreeze::select_filesystems(*table.table, options_.selection);
+    if (!selection.errors.empty()) {
+      std::vector<std::string> messages;
+      for (const auto& [index, message] : selection.errors) {
+        messages.push_back(message);
+      }
+      return Status::non_retryable("the mounts to freeze changed since the agent started: " +
+                                   join(messages));
+    }
+    return Status::ok();
+  }
+
+  Status ensure_holder() {
+    if (holder_ && holder_->alive()) {
+      return Status::ok();
+    }
+    if (holder_) {
+      log().warn("fsfreeze writer '{}': {}; starting a new one", spec_.name,
+                 holder_->exit_description());
+      holder_.reset();
+    }
+    std::string error;
+    holder_ = HolderClient::start(options_.holder_path, error);
+    if (!holder_) {
+      return Status::non_retryable(error);
+    }
+    return Status::ok();
+  }
+
+  // syncfs on every selected filesystem at once, so the freeze inside the
+  // hold window has little left to flush. Threads are detached if the call
+  // is stopped: syncfs cannot be interrupted, and each one only owns copies.
+  Status sync_all(const fsfreeze::Selection& selection, const PhaseContext& ctx) {
+    struct Shared {
+      std::mutex mutex;
+      std::condition_variable done;
+      std::size_t remaining = 0;
+      std::vector<std::string> failures;
+    };
+    auto shared = std::make_shared<Shared>();
+    shared->remaining = selection.filesystems.size();
+    for (const auto& filesystem : selection.filesystems) {
+      std::thread([shared, path = filesystem.mount.mount_point] {
+        std::string failure;
+        int fd = platform::open_mount_point(path);
+        if (fd < 0) {
+          failure = path + ": cannot open" + errno_suffix(-fd);
+        } else {
+          auto result = platform::sync_filesystem(fd);
+          ::close(fd);
+          if (!result.ok()) {
+            failure = path + ": syncfs " + result.describe();
+          }
+        }
+        std::lock_guard lock(shared->mutex);
+        if (!failure.empty()) {
+          shared->failures.push_back(failure);
+        }
+        --shared->remaining;
+        shared->done.notify_all();
+      }).detach();
+    }
+    std::unique_lock lock(shared->mutex);
+    while (shared->remaining > 0) {
+      if (ctx.stop.stop_requested() || Clock::now() >= ctx.deadline) {
+        return Status::timeout("syncing the filesystems took too long");
+      }
+      shared->done.wait_for(lock, std::chrono::milliseconds(20));
+    }
+    if (!shared->failures.empty()) {
+      // Writeback errors: a retry reports them no more, but data may be lost.
+      return Status::retryable("sync before freeze failed: " + join(shared->failures));
+    }
+    return Status::ok();
+  }
+
+  // Ends the hold (thaw or abort): asks the holder to thaw, and if the
+  // holder is gone, thaws from the record itself.
+  Status release(const PhaseContext& ctx, HoldReport& hold) {
+    auto deadline = ctx.deadline;
+    if (deadline == Clock::time_point{}) {
+      deadline = Clock::now() + std::chrono::seconds(30);
+    }
+    platform::holder::Reply reply{ReplyStatus::holder_gone, {}, "freeze holder not running"};
+    if (holder_) {
+      reply = holder_->request(Message{"THAW", {}, {}}, deadline, ctx.stop);
+      // A FREEZE still being answered (after a timed-out freeze) is
+      // skipped by the client; its THAWED follows.
+    }
+    std::string broken;
+    if (holder_) {
+      for (const auto& event : holder_->take_events()) {
+        if (broken.empty()) {
+          broken = event.args.empty() ? "the freeze holder thawed on its own" : event.args.front();
+        }
+      }
+    }
+    if (reply.status == ReplyStatus::timeout || reply.status == ReplyStatus::stopped) {
+      return Status::timeout("the freeze holder did not confirm the thaw in time");
+    }
+    if (reply.ok() && reply.message.verb == "THAWED") {
+      if (reply.message.args.size() >= 2 && reply.message.args[0] == "0" && broken.empty()) {
+        broken = reply.message.args[1];
+      }
+      std::vector<std::string> failures;
+      if (auto results = mount_results_from(reply.message)) {
+        for (const auto& result : *results) {
+          if (result.state == MountState::thaw_failed) {
+            failures.push_back(result.path + errno_suffix(result.error_number));
+          }
+        }
+      }
+      if (!failures.empty()) {
+        return Status::non_retryable("thaw failed, may still be frozen: " + join(failures));
+      }
+    } else {
+      // The holder died without thawing (SIGKILL, a crash) or answered
+      // nonsense: thaw from the record here.
+      auto why = reply.ok() ? "unexpected answer '" + reply.message.verb + "'" : reply.error;
+      auto outcome = fsfreeze::thaw_recorded(recorded_);
+      log().warn("fsfreeze writer '{}': freeze holder lost ({}); thawed {} myself: [{}]",
+                 spec_.name, why, outcome.thawed.size(), join(outcome.thawed));
+      if (broken.empty()) {
+        broken = "the freeze holder died while holding (" + why + ")";
+      }
+      holder_.reset();
+      if (!outcome.failed.empty()) {
+        note_broken(hold, broken);
+        return Status::non_retryable("thaw failed, may still be frozen: " + join(outcome.failed));
+      }
+    }
+    note_broken(hold, broken);
+    finish_release();
+    return Status::ok();
+  }
+
+  void note_broken(HoldReport& hold, const std::string& broken) {
+    if (!broken.empty()) {
+      hold.continuous = false;
+      hold.detail = broken;
+      hold_broken_ = broken;
+      log().warn("fsfreeze writer '{}': hold was not continuous: {}", spec_.name, broken);
+    }
+  }
+
+  void finish_release() {
+    frozen_ = false;
+    recorded_.clear();
+    std::error_code ec;
+    fs::remove(record_path_, ec);
+  }
+
+  WriterSpec spec_;
+  FsfreezeOptions options_;
+  WriterEnvironment env_;
+  std::string record_path_;
+  std::unique_ptr<HolderClient> holder_;
+  bool frozen_ = false;  // a FREEZE was sent and no thaw has finished since
+  std::vector<fsfreeze::RecordedMount> recorded_;
+  std::vector<std::string> last_frozen_;
+  std::string hold_broken_;
+};
+
+}  // namespace
+
+void register_fsfreeze_writer(WriterRegistry& registry) {
+  registry.add(WriterType{
+      .type = "fsfreeze",
+      .default_level = Level::filesystem,
+      .description = "freezes filesystems (FIFREEZE) through a holder process that thaws if the "
+                     "agent dies",
+      .create = [](const WriterSpec& spec,
+                   const WriterEnvironment& env) -> std::unique_ptr<Writer> {
+        auto table = platform::read_mountinfo();
+        if (!table.table) {
+          throw FieldError("options", table.error);
+        }
+        return std::make_unique<FsfreezeWriter>(spec, parse_options(spec.options, *table.table),
+                                                env);
+      },
+  });
+}
+
+StaleFreezeReport recover_stale_fsfreeze(const std::string& run_dir, spdlog::logger& logger) {
+  StaleFreezeReport report;
+  std::error_code ec;
+  std::vector<fs::path> records;
+  for (const auto& item : fs::directory_iterator(run_dir, ec)) {
+    auto name = item.path().filename().string();
+    if (name.starts_with(fsfreeze::record_prefix) && name.ends_with(".json")) {
+      records.push_back(item.path());
+    }
+  }
+  std::sort(records.begin(), records.end());
+  for (const auto& path : records) {
+    std::string error;
+    auto record = fsfreeze::read_record(path.string(), error);
+    report.records.push_back(path.string());
+    if (!record) {
+      logger.error("fsfreeze recovery: {}; removing it", error);
+      fs::remove(path, ec);
+      continue;
+    }
+    auto outcome = fsfreeze::thaw_recorded(record->mounts);
+    for (const auto& mount : outcome.thawed) {
+      logger.warn("fsfreeze recovery: thawed {}, left frozen by writer '{}' (agent pid {}, "
+                  "session {}, frozen at {})",
+                  mount, record->writer, record->agent_pid, record->session_id,
+                  record->written_at);
+    }
+    for (const auto& mount : outcome.not_frozen) {
+      logger.info("fsfreeze recovery: {} was already thawed", mount);
+    }
+    for (const auto& mount : outcome.skipped) {
+      logger.info("fsfreeze recovery: left {} alone", mount);
+    }
+    for (const auto& failure : outcome.failed) {
+      logger.error("fsfreeze recovery: cannot thaw {}", failure);
+    }
+    report.thawed.insert(report.thawed.end(), outcome.thawed.begin(), outcome.thawed.end());
+    report.not_frozen.insert(report.not_frozen.end(), outcome.not_frozen.begin(),
+                             outcome.not_frozen.end());
+    report.skipped.insert(report.skipped.end(), outcome.skipped.begin(), outcome.skipped.end());
+    report.failed.insert(report.failed.end(), outcome.failed.begin(), outcome.failed.end());
+    if (outcome.failed.empty()) {
+      fs::remove(path, ec);
+    }
+  }
+  return report;
+}
+
+}  // namespace quiesce::writers
