@@ -1,0 +1,28 @@
+#include "agent/core/agent_logging.hpp"
+
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/sinks/systemd_sink.h>
+
+namespace quiesce::agent {
+
+AgentLogger make_agent_logger(const LogConfig& config) {
+  spdlog::sink_ptr target;
+  if (config.target == "journald") {
+    target = std::make_shared<spdlog::sinks::systemd_sink_mt>("quiesce-agent");
+    target->set_pattern("%v");
+  } else if (config.target == "file") {
+    target = std::make_shared<spdlog::sinks::basic_file_sink_mt>(config.file, false);
+    target->set_pattern("%Y-%m-%dT%H:%M:%S.%e%z %l [%t] %v");
+  } else {
+    target = std::make_shared<spdlog::sinks::stderr_sink_mt>();
+    target->set_pattern("%Y-%m-%dT%H:%M:%S.%e %l %v");
+  }
+  auto hold_sink = std::make_shared<HoldAwareSink>(target, config.ring_lines);
+  auto logger = std::make_shared<spdlog::logger>("quiesce", hold_sink);
+  logger->set_level(config.level);
+  logger->flush_on(spdlog::level::info);
+  return AgentLogger{logger, hold_sink};
+}
+
+}  // namespace quiesce::agent

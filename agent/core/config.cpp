@@ -1,0 +1,339 @@
+#include "agent/core/config.hpp"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+
+namespace quiesce::agent {
+
+namespace {
+
+constexpr std::array<Phase, 7> kPhases{Phase::identify, Phase::prepare, Phase::freeze,
+                                        Phase::thaw, Phase::post_snapshot, Phase::abort,
+                                        Phase::post_restore};
+
+void read_timeouts(JsonFields& fields, std::map<Phase, Millis>& out) {
+  for (auto phase : kPhases) {
+    const std::string key(to_string(phase));
+    if (fields.has(key)) {
+      auto value = fields.millis(key, std::nullopt, std::chrono::hours(24));
+      if (value.count() == 0) {
+        throw FieldError(fields.path_of(key), "must be at least 1 ms");
+      }
+      out[phase] = value;
+    }
+  }
+  fields.reject_unknown();
+}
+
+unsigned parse_mode(JsonFields& fields, const std::string& key, unsigned fallback) {
+  auto text = fields.optional_string(key);
+  if (!text) {
+    return fallback;
+  }
+  static const std::regex octal("^0?[0-7]{3}$");
+  if (!std::regex_match(*text, octal)) {
+    throw FieldError(fields.path_of(key), "expected an octal mode such as \"0660\"");
+  }
+  return static_cast<unsigned>(std::stoul(*text, nullptr, 8));
+}
+
+void parse_listen(JsonFields listen, api::ServerConfig& server) {
+  // unix: on by default; false turns it off.
+  if (const auto* unix_value = listen.raw("unix"); unix_value != nullptr && unix_value->is_boolean()) {
+    if (unix_value->get<bool>()) {
+      server.unix_socket = api::UnixListener{};
+    } else {
+      server.unix_socket.reset();
+    }
+  } else {
+    auto unix_fields = listen.object("unix");
+    api::UnixListener unix_listener;
+    unix_listener.path = unix_fields.string("path", unix_listener.path);
+    if (unix_listener.path.empty() || unix_listener.path.front() != '/') {
+      throw FieldError(unix_fields.path_of("path"), "must be an absolute path");
+    }
+    if (unix_listener.path.size() >= 108) {
+      throw FieldError(unix_fields.path_of("path"), "too long for a Unix socket (max 107 bytes)");
+    }
+    unix_listener.mode = parse_mode(unix_fields, "mode", unix_listener.mode);
+    if (auto group = unix_fields.optional_string("group")) {
+      unix_listener.group = *group;
+    }
+    unix_fields.reject_unknown();
+    server.unix_socket = unix_listener;
+  }
+
+  // vsock: on by default when the kernel has it; false turns it off.
+  if (const auto* vsock_value = listen.raw("vsock");
+      vsock_value != nullptr && vsock_value->is_boolean()) {
+    if (vsock_value->get<bool>()) {
+      server.vsock = api::VsockListener{};
+    } else {
+      server.vsock.reset();
+    }
+  } else {
+    auto vsock_fields = listen.object("vsock");
+    api::VsockListener vsock;
+    vsock.port = static_cast<std::uint32_t>(
+        vsock_fields.integer("port", vsock.port, 1, 0xfffffffeLL));
+    if (const auto* cids = vsock_fields.raw("allowed_cids")) {
+      if (!cids->is_array() || cids->empty()) {
+        throw FieldError(vsock_fields.path_of("allowed_cids"),
+                         "expected a non-empty array of CIDs (2 is the host)");
+      }
+      vsock.allowed_cids.clear();
+      for (std::size_t i = 0; i < cids->size(); ++i) {
+        const auto& cid = (*cids)[i];
+        if (!cid.is_number_unsigned() || cid.get<std::uint64_t>() > 0xffffffffULL) {
+          throw FieldError(vsock_fields.path_of("allowed_cids") + "[" + std::to_string(i) + "]",
+                           "expected a CID (an unsigned 32-bit integer)");
+        }
+        vsock.allowed_cids.push_back(cid.get<std::uint32_t>());
+      }
+    }
+    vsock.required = vsock_fields.boolean("required", false);
+    vsock_fields.reject_unknown();
+    server.vsock = vsock;
+  }
+
+  // tcp: off unless configured, and then only with a token.
+  if (listen.has("tcp")) {
+    auto tcp_fields = listen.object("tcp", true);
+    api::TcpListener tcp;
+    tcp.address = tcp_fields.string("address", tcp.address);
+    tcp.port = static_cast<std::uint16_t>(tcp_fields.integer("port", std::nullopt, 0, 65535));
+    const auto token_file = tcp_fields.string("token_file");
+    tcp.token = read_token_file(token_file, tcp_fields.path_of("token_file"));
+    tcp_fields.reject_unknown();
+    server.tcp = tcp;
+  }
+  listen.reject_unknown();
+  if (!server.unix_socket && !server.vsock && !server.tcp) {
+    throw FieldError("listen", "no transport left: enable unix, vsock or tcp");
+  }
+}
+
+void parse_limits(JsonFields fields, api::ServerLimits& limits) {
+  limits.max_header_bytes = static_cast<std::size_t>(
+      fields.integer("max_header_bytes", static_cast<std::int64_t>(limits.max_header_bytes), 1024,
+                     1 << 20));
+  limits.max_body_bytes = static_cast<std::size_t>(fields.integer(
+      "max_body_bytes", static_cast<std::int64_t>(limits.max_body_bytes), 1024, 16 << 20));
+  limits.read_timeout = fields.millis("read_timeout_ms", limits.read_timeout, std::chrono::hours(1));
+  limits.keepalive_timeout =
+      fields.millis("keepalive_timeout_ms", limits.keepalive_timeout, std::chrono::hours(1));
+  limits.max_connections = static_cast<std::size_t>(fields.integer(
+      "max_connections", static_cast<std::int64_t>(limits.max_connections), 1, 10'000));
+  limits.handler_threads = static_cast<std::size_t>(fields.integer(
+      "handler_threads", static_cast<std::int64_t>(limits.handler_threads), 2, 64));
+  if (limits.read_timeout.count() == 0 || limits.keepalive_timeout.count() == 0) {
+    throw FieldError(fields.path_of("read_timeout_ms"), "timeouts must be at least 1 ms");
+  }
+  fields.reject_unknown();
+}
+
+void parse_session(JsonFields fields, SessionLimits& session) {
+  session.default_freeze_window =
+      fields.millis("freeze_window_ms", session.default_freeze_window, std::chrono::hours(1));
+  session.max_freeze_window =
+      fields.millis("max_freeze_window_ms", session.max_freeze_window, std::chrono::hours(1));
+  session.idle_timeout = fields.millis("idle_timeout_ms", session.idle_timeout, std::chrono::hours(24));
+  if (session.default_freeze_window.count() == 0) {
+    throw FieldError(fields.path_of("freeze_window_ms"), "must be at least 1 ms");
+  }
+  if (session.default_freeze_window > session.max_freeze_window) {
+    throw FieldError(fields.path_of("freeze_window_ms"),
+                     "is larger than max_freeze_window_ms (" +
+                         std::to_string(session.max_freeze_window.count()) + ")");
+  }
+  if (session.idle_timeout.count() == 0) {
+    throw FieldError(fields.path_of("idle_timeout_ms"), "must be at least 1 ms");
+  }
+  session.history = static_cast<std::size_t>(
+      fields.integer("history", static_cast<std::int64_t>(session.history), 1, 10'000));
+  auto timeouts = fields.object("phase_timeouts_ms");
+  std::map<Phase, Millis> overrides;
+  read_timeouts(timeouts, overrides);
+  for (const auto& [phase, value] : overrides) {
+    session.phase_timeouts.of(phase) = value;
+  }
+  fields.reject_unknown();
+}
+
+void parse_log(JsonFields fields, LogConfig& log) {
+  log.target = fields.string("target", log.target);
+  if (log.target != "stderr" && log.target != "journald" && log.target != "file") {
+    throw FieldError(fields.path_of("target"), "expected stderr, journald or file");
+  }
+  if (log.target == "file") {
+    log.file = fields.string("file");
+    if (log.file.empty() || log.file.front() != '/') {
+      throw FieldError(fields.path_of("file"), "must be an absolute path");
+    }
+  } else if (fields.has("file")) {
+    throw FieldError(fields.path_of("file"), "only valid with target \"file\"");
+  }
+  const auto level = fields.string("level", "info");
+  log.level = spdlog::level::from_str(level);
+  if (level != "off" && log.level == spdlog::level::off) {
+    throw FieldError(fields.path_of("level"),
+                     "expected trace, debug, info, warning, error, critical or off");
+  }
+  log.ring_lines = static_cast<std::size_t>(
+      fields.integer("ring_lines", static_cast<std::int64_t>(log.ring_lines), 16, 1'000'000));
+  fields.reject_unknown();
+}
+
+std::vector<WriterEntry> parse_writers(const nlohmann::json* value,
+                                       const WriterRegistry& registry) {
+  std::vector<WriterEntry> entries;
+  if (value == nullptr) {
+    return entries;
+  }
+  if (!value->is_array()) {
+    throw FieldError("writers", "expected an array of writers, got " + describe_json(*value));
+  }
+  static const std::regex name_pattern("^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$");
+  std::set<std::string> names;
+  for (std::size_t i = 0; i < value->size(); ++i) {
+    const std::string path = "writers[" + std::to_string(i) + "]";
+    JsonFields fields((*value)[i], path);
+    WriterEntry entry;
+    entry.path = path;
+    entry.spec.type = fields.string("type");
+    const auto* type = registry.find(entry.spec.type);
+    if (type == nullptr) {
+      std::string known;
+      for (const auto& name : registry.type_names()) {
+        known += (known.empty() ? "" : ", ") + name;
+      }
+      throw FieldError(fields.path_of("type"),
+                       "unknown writer type '" + entry.spec.type + "' (known: " + known + ")");
+    }
+    entry.spec.name = fields.string("name", entry.spec.type);
+    if (!std::regex_match(entry.spec.name, name_pattern)) {
+      throw FieldError(fields.path_of("name"),
+                       "must be 1-64 characters of letters, digits, '_', '.', '-'");
+    }
+    if (!names.insert(entry.spec.name).second) {
+      throw FieldError(fields.path_of("name"), "another writer is already named '" +
+                                                   entry.spec.name + "'");
+    }
+    entry.spec.level = type->default_level;
+    if (auto level = fields.optional_string("level")) {
+      auto parsed = parse_level(*level);
+      if (!parsed) {
+        throw FieldError(fields.path_of("level"), "expected application, database or filesystem");
+      }
+      entry.spec.level = *parsed;
+    }
+    if (const auto* options = fields.raw("options")) {
+      if (!options->is_object()) {
+        throw FieldError(fields.path_of("options"), "expected an object");
+      }
+      entry.spec.options = *options;
+    }
+    auto timeouts = fields.object("timeouts_ms");
+    read_timeouts(timeouts, entry.timeouts);
+    fields.reject_unknown();
+    entries.push_back(std::move(entry));
+  }
+  return entries;
+}
+
+}  // namespace
+
+AgentConfig parse_config(const nlohmann::json& document, const WriterRegistry& registry) {
+  JsonFields root(document, "");
+  AgentConfig config;
+  config.server.unix_socket = api::UnixListener{};
+  config.server.vsock = api::VsockListener{};
+  parse_listen(root.object("listen"), config.server);
+  parse_limits(root.object("limits"), config.server.limits);
+  parse_session(root.object("session"), config.session);
+  parse_log(root.object("log"), config.log);
+  config.state_dir = root.string("state_dir", config.state_dir);
+  config.run_dir = root.string("run_dir", config.run_dir);
+  for (const auto* key : {"state_dir", "run_dir"}) {
+    const auto& dir = std::string(key) == "state_dir" ? config.state_dir : config.run_dir;
+    if (dir.empty() || dir.front() != '/') {
+      throw FieldError(key, "must be an absolute path");
+    }
+  }
+  config.writers = parse_writers(root.raw("writers"), registry);
+  root.reject_unknown();
+  return config;
+}
+
+AgentConfig load_config(const std::string& path, const WriterRegistry& registry) {
+  std::ifstream in(path);
+  if (!in) {
+    throw std::runtime_error("cannot read config file " + path + ": " + std::strerror(errno));
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  nlohmann::json document;
+  try {
+    document = nlohmann::json::parse(buffer.str());
+  } catch (const nlohmann::json::parse_error& e) {
+    throw std::runtime_error("config file " + path + " is not valid JSON: " + e.what());
+  }
+  return parse_config(document, registry);
+}
+
+std::vector<ConfiguredWriter> create_writers(const AgentConfig& config,
+                                             const WriterRegistry& registry,
+                                             const WriterEnvironment& environment) {
+  std::vector<ConfiguredWriter> writers;
+  for (const auto& entry : config.writers) {
+    const auto* type = registry.find(entry.spec.type);
+    if (type == nullptr) {
+      throw FieldError(entry.path + ".type", "unknown writer type '" + entry.spec.type + "'");
+    }
+    ConfiguredWriter configured;
+    configured.spec = entry.spec;
+    configured.timeout_overrides = entry.timeouts;
+    try {
+      configured.writer = type->create(entry.spec, environment);
+    } catch (const FieldError& e) {
+      // Factories name fields relative to the writer ("options.x").
+      throw FieldError(entry.path + "." + e.path(),
+                       std::string(e.what()).substr(e.path().empty() ? 0 : e.path().size() + 2));
+    } catch (const std::exception& e) {
+      throw FieldError(entry.path, std::string("cannot create writer: ") + e.what());
+    }
+    writers.push_back(std::move(configured));
+  }
+  return writers;
+}
+
+std::string read_token_file(const std::string& path, const std::string& field_path) {
+  struct stat info {};
+  if (::stat(path.c_str(), &info) != 0) {
+    throw FieldError(field_path, "cannot read token file " + path + ": " + std::strerror(errno));
+  }
+  if (info.st_uid != 0 && info.st_uid != ::geteuid()) {
+    throw FieldError(field_path, "token file " + path + " must be owned by root");
+  }
+  if ((info.st_mode & 077) != 0) {
+    throw FieldError(field_path, "token file " + path +
+                                     " must not be accessible by group or others (chmod 600)");
+  }
+  std::ifstream in(path);
+  std::string token;
+  std::getline(in, token);
+  while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) {
+    token.pop_back();
+  }
+  if (token.size() < 16) {
+    throw FieldError(field_path, "token in " + path + " is shorter than 16 characters");
+  }
+  return token;
+}
+
+}  // namespace quiesce::agent

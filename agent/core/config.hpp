@@ -1,0 +1,58 @@
+#pragma once
+// The agent config file (JSON, default /etc/quiesce/agent.json), validated
+// whole at start: every error names the field and says what is wrong.
+// The full reference is docs/config.md.
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/common.h>
+
+#include "agent/api/http_server.hpp"
+#include "agent/core/coordinator.hpp"
+#include "quiesce/json_fields.hpp"
+#include "quiesce/writer_registry.hpp"
+
+namespace quiesce::agent {
+
+inline constexpr const char* kDefaultConfigPath = "/etc/quiesce/agent.json";
+
+struct LogConfig {
+  std::string target = "stderr";  // stderr | journald | file
+  std::string file;               // with target "file"
+  spdlog::level::level_enum level = spdlog::level::info;
+  std::size_t ring_lines = 10'000;  // kept in memory while frozen
+};
+
+struct WriterEntry {
+  WriterSpec spec;
+  std::map<Phase, Millis> timeouts;
+  std::string path;  // "writers[2]", for error messages
+};
+
+struct AgentConfig {
+  api::ServerConfig server;
+  SessionLimits session;
+  LogConfig log;
+  std::string state_dir = "/var/lib/quiesce";
+  std::string run_dir = "/run/quiesce";
+  std::vector<WriterEntry> writers;
+};
+
+// Throws FieldError (field path + message) on anything wrong.
+AgentConfig parse_config(const nlohmann::json& document, const WriterRegistry& registry);
+// Throws FieldError, or std::runtime_error when the file cannot be read/parsed.
+AgentConfig load_config(const std::string& path, const WriterRegistry& registry);
+
+// Creates every configured writer. Throws FieldError naming
+// "writers[i].options.<field>" when a writer refuses its options.
+std::vector<ConfiguredWriter> create_writers(const AgentConfig& config,
+                                             const WriterRegistry& registry,
+                                             const WriterEnvironment& environment);
+
+// Reads a bearer token file that must be owned by root (or the agent's own
+// user) and unreadable by group and others.
+std::string read_token_file(const std::string& path, const std::string& field_path);
+
+}  // namespace quiesce::agent

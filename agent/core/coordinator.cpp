@@ -1,0 +1,1309 @@
+#include "agent/core/coordinator.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+namespace quiesce::agent {
+
+namespace {
+
+constexpr const char* kMarkerFile = "restore-marker.json";
+constexpr const char* kLiveMarkerFile = "restore-marker.live";
+
+double millis_between(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration<double, std::milli>(to - from).count();
+}
+
+std::string iso_time(std::chrono::system_clock::time_point time) {
+  auto t = std::chrono::system_clock::to_time_t(time);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buffer[32];
+  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buffer;
+}
+
+std::string random_hex(std::size_t bytes) {
+  std::random_device device;
+  std::string out;
+  static constexpr char digits[] = "0123456789abcdef";
+  for (std::size_t i = 0; i < bytes; ++i) {
+    auto byte = static_cast<unsigned>(device() & 0xffU);
+    out += digits[byte >> 4U];
+    out += digits[byte & 0xfU];
+  }
+  return out;
+}
+
+bool is_terminal(const std::string& state) {
+  return state == "completed" || state == "aborted" || state == "failed" || state == "expired";
+}
+
+// Writes a small file durably: temp file, fsync, rename, fsync the folder.
+bool write_file_durably(const std::filesystem::path& path, const std::string& content) {
+  auto temp = path;
+  temp += ".tmp";
+  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return false;
+  }
+  bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size()) &&
+            ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || ::rename(temp.c_str(), path.c_str()) != 0) {
+    return false;
+  }
+  int dir = ::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir >= 0) {
+    ::fsync(dir);
+    ::close(dir);
+  }
+  return true;
+}
+
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+}  // namespace
+
+Millis PhaseTimeouts::of(Phase phase) const {
+  return const_cast<PhaseTimeouts*>(this)->of(phase);  // NOLINT: same lookup both ways
+}
+
+Millis& PhaseTimeouts::of(Phase phase) {
+  switch (phase) {
+    case Phase::identify: return identify;
+    case Phase::prepare: return prepare;
+    case Phase::freeze: return freeze;
+    case Phase::thaw: return thaw;
+    case Phase::post_snapshot: return post_snapshot;
+    case Phase::abort: return abort;
+    case Phase::post_restore: return post_restore;
+  }
+  return abort;
+}
+
+struct Coordinator::WriterSlot {
+  WriterSpec spec;
+  std::unique_ptr<Writer> writer;
+  std::map<Phase, Millis> timeout_overrides;
+  Identity identity;                      // cached from the last identify
+  std::optional<WriterError> identify_error;
+  std::string last_state = "stable";      // as of the last session that used it
+  // Declared last so it is destroyed first: its thread joins before the
+  // writer it calls goes away.
+  std::unique_ptr<WriterWorker> worker;
+};
+
+struct Coordinator::SessionWriter {
+  WriterSlot* slot = nullptr;
+  WriterState state = WriterState::stable;
+  std::optional<Phase> failed_phase;
+  std::optional<WriterError> error;
+  std::map<Phase, double> timings_ms;
+  bool touched = false;   // prepare or freeze ran: needs abort when rolled back
+  bool released = false;  // its hold was released (thaw or abort ran): exactly once
+  HoldReport hold;
+  nlohmann::json artifacts = nullptr;
+};
+
+struct Coordinator::Session {
+  std::string id;
+  std::string state = "preparing";
+  std::optional<std::string> checkpoint_id;
+  Millis freeze_window{0};
+  std::chrono::system_clock::time_point created_at = std::chrono::system_clock::now();
+  std::vector<SessionWriter> writers;
+  std::map<std::string, double> timings_ms;
+  nlohmann::json verdict = nullptr;
+  std::optional<wire::ApiError> error;
+  Clock::time_point last_activity = Clock::now();
+  Clock::time_point hold_started{};
+  Clock::time_point hold_deadline = Clock::time_point::max();
+  Clock::time_point frozen_at{};
+  bool hold_active = false;
+  bool watchdog_fired = false;
+  std::vector<std::string> broken_reasons;
+  bool abort_requested = false;
+  std::stop_source interrupt;  // abort: cut running writer calls short
+};
+
+Coordinator::Coordinator(std::vector<ConfiguredWriter> writers, SessionLimits limits,
+                         std::shared_ptr<spdlog::logger> logger, MarkerPaths marker_paths,
+                         CoordinatorObserver* observer)
+    : limits_(limits),
+      logger_(std::move(logger)),
+      marker_paths_(std::move(marker_paths)),
+      observer_(observer) {
+  for (auto& configured : writers) {
+    auto slot = std::make_unique<WriterSlot>();
+    slot->spec = std::move(configured.spec);
+    slot->writer = std::move(configured.writer);
+    slot->timeout_overrides = std::move(configured.timeout_overrides);
+    slot->worker = std::make_unique<WriterWorker>(slot->spec.name);
+    slots_.push_back(std::move(slot));
+  }
+  watchdog_ = std::jthread([this](const std::stop_token& stop) { watchdog_loop(stop); });
+}
+
+Coordinator::~Coordinator() {
+  watchdog_.request_stop();
+  watch_wake_.notify_all();
+  if (watchdog_.joinable()) {
+    watchdog_.join();
+  }
+}
+
+void Coordinator::wake_watchdog() {
+  {
+    std::lock_guard lock(state_mutex_);
+    ++watch_generation_;
+  }
+  watch_wake_.notify_all();
+}
+
+// ---------------------------------------------------------------------------
+// Running writer calls
+
+std::vector<Coordinator::CallResult> Coordinator::call_writers(
+    Session& session, const std::vector<SessionWriter*>& group, Phase phase,
+    Clock::time_point hard_deadline, bool interruptible, const WriterCall& call) {
+  struct Batch {
+    std::mutex mutex;
+    std::condition_variable_any done;
+    std::vector<CallResult> results;
+    std::vector<std::stop_source> stops;
+    std::vector<bool> abandoned;
+    std::size_t remaining = 0;
+  };
+  auto batch = std::make_shared<Batch>();
+  const std::size_t count = group.size();
+  batch->results.resize(count);
+  batch->stops.resize(count);
+  batch->abandoned.assign(count, false);
+  batch->remaining = count;
+
+  const auto start = Clock::now();
+  std::vector<Clock::time_point> deadlines(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    auto* slot = group[i]->slot;
+    auto timeout = limits_.phase_timeouts.of(phase);
+    if (auto it = slot->timeout_overrides.find(phase); it != slot->timeout_overrides.end()) {
+      timeout = it->second;
+    }
+    deadlines[i] = std::min(start + timeout, hard_deadline);
+    PhaseContext ctx{session.id, deadlines[i], session.hold_deadline,
+                     batch->stops[i].get_token()};
+    Writer* writer = slot->writer.get();
+    // The job owns copies of everything it touches: it may finish long after
+    // this function gave up on it.
+    slot->worker->post([batch, i, ctx = std::move(ctx), writer, call]() {
+      const auto began = Clock::now();
+      CallScratch scratch;
+      std::optional<WriterError> error;
+      try {
+        Status status = call(*writer, ctx, scratch);
+        if (!status.is_ok()) {
+          error = status.error();
+        }
+      } catch (const std::exception& e) {
+        error = WriterError{ErrorClass::non_retryable, std::string("writer threw: ") + e.what()};
+      } catch (...) {
+        error = WriterError{ErrorClass::non_retryable, "writer threw a non-standard exception"};
+      }
+      std::lock_guard lock(batch->mutex);
+      if (batch->abandoned[i]) {
+        return;
+      }
+      auto& result = batch->results[i];
+      result.finished = true;
+      result.error = std::move(error);
+      result.elapsed_ms = millis_between(began, Clock::now());
+      result.scratch = std::move(scratch);
+      --batch->remaining;
+      batch->done.notify_all();
+    });
+  }
+
+  std::stop_token interrupt = interruptible ? session.interrupt.get_token() : std::stop_token{};
+  std::unique_lock lock(batch->mutex);
+  for (;;) {
+    if (batch->remaining == 0 || interrupt.stop_requested()) {
+      break;
+    }
+    const auto now = Clock::now();
+    auto next = Clock::time_point::max();
+    bool pending = false;
+    for (std::size_t i = 0; i < count; ++i) {
+      if (batch->results[i].finished || batch->abandoned[i]) {
+        continue;
+      }
+      if (deadlines[i] <= now) {
+        batch->abandoned[i] = true;
+        --batch->remaining;
+        batch->stops[i].request_stop();
+        auto& result = batch->results[i];
+        result.elapsed_ms = millis_between(start, now);
+        result.error = WriterError{
+            ErrorClass::timeout,
+            "no answer to " + std::string(to_string(phase)) + " within " +
+                std::to_string(static_cast<long long>(millis_between(start, deadlines[i]))) +
+                " ms"};
+      } else {
+        pending = true;
+        next = std::min(next, deadlines[i]);
+      }
+    }
+    if (!pending) {
+      break;
+    }
+    batch->done.wait_until(lock, interrupt, next, [&] { return batch->remaining == 0; });
+  }
+  // Interrupted: whatever still runs is cut short and reported as such.
+  for (std::size_t i = 0; i < count; ++i) {
+    if (!batch->results[i].finished && !batch->abandoned[i]) {
+      batch->abandoned[i] = true;
+      batch->stops[i].request_stop();
+      auto& result = batch->results[i];
+      result.elapsed_ms = millis_between(start, Clock::now());
+      result.error = WriterError{ErrorClass::retryable,
+                                 std::string(to_string(phase)) + " interrupted: session aborted"};
+    }
+  }
+  return batch->results;
+}
+
+std::vector<Coordinator::SessionWriter*> Coordinator::writers_at(Session& session, Level level) {
+  std::vector<SessionWriter*> group;
+  for (auto& writer : session.writers) {
+    if (writer.slot->spec.level == level) {
+      group.push_back(&writer);
+    }
+  }
+  return group;
+}
+
+void Coordinator::set_writer_state(Session& /*session*/, SessionWriter& writer, WriterState state) {
+  writer.state = state;
+  writer.slot->last_state = std::string(to_string(state));
+}
+
+// ---------------------------------------------------------------------------
+// Session lifecycle
+
+Expected<nlohmann::json> Coordinator::create_session(const SessionRequest& request) {
+  // Validate everything before touching anything (invariant 7).
+  std::vector<WriterSlot*> selected;
+  if (request.writers) {
+    if (request.writers->empty()) {
+      return wire::ApiError{400, "invalid_field", "writers: the list is empty", std::nullopt,
+                            false};
+    }
+    for (const auto& name : *request.writers) {
+      auto it = std::find_if(slots_.begin(), slots_.end(),
+                             [&](const auto& slot) { return slot->spec.name == name; });
+      if (it == slots_.end()) {
+        return wire::ApiError{400, "unknown_writer", "writers: no writer named '" + name + "'",
+                              name, false};
+      }
+      if (std::find(selected.begin(), selected.end(), it->get()) != selected.end()) {
+        return wire::ApiError{400, "invalid_field", "writers: '" + name + "' is listed twice",
+                              name, false};
+      }
+      selected.push_back(it->get());
+    }
+  } else {
+    for (auto& slot : slots_) {
+      selected.push_back(slot.get());
+    }
+  }
+  if (selected.empty()) {
+    return wire::ApiError{409, "no_writers", "the agent has no writers configured",
+                          std::nullopt, false};
+  }
+  auto window = request.freeze_window.value_or(limits_.default_freeze_window);
+  if (window <= Millis(0) || window > limits_.max_freeze_window) {
+    return wire::ApiError{400, "invalid_field",
+                          "freeze_window_ms: must be between 1 and " +
+                              std::to_string(limits_.max_freeze_window.count()),
+                          std::nullopt, false};
+  }
+
+  std::unique_lock op(op_mutex_, std::try_to_lock);
+  if (!op.owns_lock()) {
+    return wire::ApiError{409, "operation_in_progress",
+                          "another request is working on the active session", std::nullopt, true};
+  }
+  Session* session = nullptr;
+  {
+    std::lock_guard lock(state_mutex_);
+    if (auto* active = active_locked()) {
+      return wire::ApiError{409, "session_conflict",
+                            "session " + active->id + " is active (" + active->state +
+                                "); finish or delete it first",
+                            std::nullopt, true};
+    }
+    auto fresh = std::make_unique<Session>();
+    fresh->id = "s-" + random_hex(8);
+    fresh->checkpoint_id = request.checkpoint_id;
+    fresh->freeze_window = window;
+    for (auto* slot : selected) {
+      SessionWriter writer;
+      writer.slot = slot;
+      fresh->writers.push_back(std::move(writer));
+    }
+    session = fresh.get();
+    sessions_.push_back(std::move(fresh));
+  }
+  logger_->info("session {}: created for {} writer(s)", session->id, selected.size());
+  return run_create(*session);
+}
+
+Expected<nlohmann::json> Coordinator::run_create(Session& session) {
+  const auto began = Clock::now();
+  std::vector<SessionWriter*> everyone;
+  for (auto& writer : session.writers) {
+    everyone.push_back(&writer);
+  }
+
+  // identify
+  auto identified = call_writers(session, everyone, Phase::identify, Clock::time_point::max(), true,
+                                 [](Writer& w, const PhaseContext& ctx, CallScratch& scratch) {
+                                   return w.identify(ctx, scratch.identity);
+                                 });
+  bool failed = false;
+  {
+    std::lock_guard lock(state_mutex_);
+    for (std::size_t i = 0; i < everyone.size(); ++i) {
+      auto& writer = *everyone[i];
+      auto& result = identified[i];
+      writer.timings_ms[Phase::identify] = result.elapsed_ms;
+      if (result.finished && !result.error) {
+        writer.slot->identity = result.scratch.identity;
+        writer.slot->identify_error.reset();
+      } else {
+        writer.slot->identify_error = result.error;
+        writer.failed_phase = Phase::identify;
+        writer.error = result.error;
+        set_writer_state(session, writer, WriterState::failed);
+        failed = true;
+      }
+    }
+    session.timings_ms["identify"] = millis_between(began, Clock::now());
+  }
+  if (failed || session.interrupt.stop_requested()) {
+    // Nothing was done yet, so there is nothing to abort.
+    auto error = writer_error(session, "writer_failed", "identify failed");
+    std::lock_guard lock(state_mutex_);
+    session.error = error;
+    finish(session, session.abort_requested ? "aborted" : "failed",
+           session.abort_requested ? "aborted" : "failed");
+    return error;
+  }
+
+  // prepare: nothing is held yet, so every writer prepares at once.
+  const auto prepare_began = Clock::now();
+  {
+    std::lock_guard lock(state_mutex_);
+    for (auto* writer : everyone) {
+      writer->touched = true;
+      set_writer_state(session, *writer, WriterState::preparing);
+    }
+  }
+  auto prepared = call_writers(session, everyone, Phase::prepare, Clock::time_point::max(), true,
+                               [](Writer& w, const PhaseContext& ctx, CallScratch&) {
+                                 return w.prepare(ctx);
+                               });
+  {
+    std::lock_guard lock(state_mutex_);
+    for (std::size_t i = 0; i < everyone.size(); ++i) {
+      auto& writer = *everyone[i];
+      auto& result = prepared[i];
+      writer.timings_ms[Phase::prepare] = result.elapsed_ms;
+      if (result.finished && !result.error) {
+        set_writer_state(session, writer, WriterState::prepared);
+      } else {
+        writer.failed_phase = Phase::prepare;
+        writer.error = result.error;
+        set_writer_state(session, writer, WriterState::failed);
+        failed = true;
+      }
+    }
+    session.timings_ms["prepare"] = millis_between(prepare_began, Clock::now());
+  }
+  if (failed || session.interrupt.stop_requested()) {
+    auto error = session.abort_requested && !failed
+                     ? wire::ApiError{409, "session_aborted",
+                                      "session " + session.id + " was deleted while preparing",
+                                      std::nullopt, false}
+                     : writer_error(session, "writer_failed", "prepare failed");
+    roll_back(session, error.message);
+    std::lock_guard lock(state_mutex_);
+    session.error = error;
+    finish(session, session.abort_requested ? "aborted" : "failed",
+           session.abort_requested ? "aborted" : "failed");
+    return error;
+  }
+
+  write_restore_marker(session);
+  {
+    std::lock_guard lock(state_mutex_);
+    session.state = "prepared";
+    session.last_activity = Clock::now();
+    ++watch_generation_;
+  }
+  watch_wake_.notify_all();
+  logger_->info("session {}: prepared in {:.1f} ms", session.id,
+                millis_between(began, Clock::now()));
+  if (observer_ != nullptr) {
+    observer_->state_changed("session " + session.id + " prepared");
+  }
+  std::lock_guard lock(state_mutex_);
+  return status_locked(session);
+}
+
+Expected<nlohmann::json> Coordinator::freeze(const std::string& id) {
+  std::unique_lock op(op_mutex_, std::try_to_lock);
+  if (!op.owns_lock()) {
+    return wire::ApiError{409, "operation_in_progress",
+                          "another request is working on the active session", std::nullopt, true};
+  }
+  Session* session = nullptr;
+  {
+    std::lock_guard lock(state_mutex_);
+    session = find_locked(id);
+    if (session == nullptr) {
+      return wire::ApiError{404, "unknown_session", "no session " + id, std::nullopt, false};
+    }
+    if (session->state != "prepared") {
+      return wire::ApiError{409, "invalid_phase",
+                            "session " + id + " is " + session->state +
+                                "; freeze needs a prepared session",
+                            std::nullopt, false};
+    }
+    session->state = "freezing";
+    session->hold_started = Clock::now();
+    session->hold_deadline = session->hold_started + session->freeze_window;
+    session->hold_active = true;
+  }
+  // From here until the hold ends, nothing may write to a disk (invariant 4).
+  if (observer_ != nullptr) {
+    observer_->hold_started();
+  }
+  wake_watchdog();
+
+  for (auto level : freeze_order) {
+    auto group = writers_at(*session, level);
+    if (group.empty()) {
+      continue;
+    }
+    {
+      std::lock_guard lock(state_mutex_);
+      for (auto* writer : group) {
+        set_writer_state(*session, *writer, WriterState::freezing);
+      }
+    }
+    auto results = call_writers(*session, group, Phase::freeze, session->hold_deadline, true,
+                                [](Writer& w, const PhaseContext& ctx, CallScratch&) {
+                                  return w.freeze(ctx);
+                                });
+    bool failed = false;
+    {
+      std::lock_guard lock(state_mutex_);
+      for (std::size_t i = 0; i < group.size(); ++i) {
+        auto& writer = *group[i];
+        auto& result = results[i];
+        writer.timings_ms[Phase::freeze] = result.elapsed_ms;
+        if (result.finished && !result.error) {
+          set_writer_state(*session, writer, WriterState::frozen);
+        } else {
+          writer.failed_phase = Phase::freeze;
+          writer.error = result.error;
+          set_writer_state(*session, writer, WriterState::failed);
+          failed = true;
+        }
+      }
+    }
+    if (failed || session->interrupt.stop_requested()) {
+      wire::ApiError error;
+      if (failed) {
+        error = writer_error(*session, "writer_failed", "freeze failed");
+        if (Clock::now() >= session->hold_deadline) {
+          error.code = "freeze_window_expired";
+          error.message = "the freeze window of " + std::to_string(session->freeze_window.count()) +
+                          " ms passed before every writer froze; " + error.message;
+        }
+      } else {
+        error = wire::ApiError{409, "session_aborted",
+                               "session " + id + " was deleted while freezing", std::nullopt,
+                               false};
+      }
+      error.message += "; every writer touched was aborted";
+      logger_->warn("session {}: {}", id, error.message);
+      roll_back(*session, error.message);
+      std::lock_guard lock(state_mutex_);
+      session->error = error;
+      end_hold(*session);
+      finish(*session, session->abort_requested ? "aborted" : "failed",
+             session->abort_requested ? "aborted" : "failed");
+      return error;
+    }
+  }
+
+  {
+    std::lock_guard lock(state_mutex_);
+    session->state = "frozen";
+    session->frozen_at = Clock::now();
+    session->timings_ms["freeze"] = millis_between(session->hold_started, session->frozen_at);
+  }
+  if (observer_ != nullptr) {
+    observer_->state_changed("session " + id + " frozen");
+  }
+  std::lock_guard lock(state_mutex_);
+  return status_locked(*session);
+}
+
+Expected<nlohmann::json> Coordinator::thaw(const std::string& id) {
+  // Waits (bounded) rather than refusing: the watchdog may be thawing this
+  // very session, and the host should then get the broken verdict, not a 409.
+  std::unique_lock op(op_mutex_, std::defer_lock);
+  if (!op.try_lock_for(limits_.phase_timeouts.thaw * 3 + Millis(1000))) {
+    return wire::ApiError{409, "operation_in_progress",
+                          "another request is working on the active session", std::nullopt, true};
+  }
+  Session* session = nullptr;
+  {
+    std::lock_guard lock(state_mutex_);
+    session = find_locked(id);
+    if (session == nullptr) {
+      return wire::ApiError{404, "unknown_session", "no session " + id, std::nullopt, false};
+    }
+    // Thaw is idempotent: a repeated thaw answers with the same verdict.
+    if (!session->verdict.is_null() && session->state != "frozen") {
+      return status_locked(*session);
+    }
+    if (session->state != "frozen") {
+      return wire::ApiError{409, "invalid_phase",
+                            "session " + id + " is " + session->state +
+                                "; thaw needs a frozen session",
+                            std::nullopt, false};
+    }
+  }
+  release_hold(*session, false, {});
+  std::lock_guard lock(state_mutex_);
+  return status_locked(*session);
+}
+
+void Coordinator::release_hold(Session& session, bool by_watchdog,
+                               const std::string& watchdog_reason) {
+  const auto thaw_began = Clock::now();
+  {
+    std::lock_guard lock(state_mutex_);
+    session.state = "thawing";
+    if (by_watchdog) {
+      session.watchdog_fired = true;
+      session.broken_reasons.push_back(watchdog_reason);
+    }
+  }
+  for (auto it = freeze_order.rbegin(); it != freeze_order.rend(); ++it) {
+    std::vector<SessionWriter*> group;
+    for (auto* writer : writers_at(session, *it)) {
+      if (writer->state == WriterState::frozen && !writer->released) {
+        group.push_back(writer);
+      }
+    }
+    if (group.empty()) {
+      continue;
+    }
+    {
+      std::lock_guard lock(state_mutex_);
+      for (auto* writer : group) {
+        writer->released = true;
+        set_writer_state(session, *writer, WriterState::thawing);
+      }
+    }
+    auto results = call_writers(session, group, Phase::thaw, Clock::time_point::max(), false,
+                                [](Writer& w, const PhaseContext& ctx, CallScratch& scratch) {
+                                  return w.thaw(ctx, scratch.hold);
+                                });
+    std::lock_guard lock(state_mutex_);
+    for (std::size_t i = 0; i < group.size(); ++i) {
+      auto& writer = *group[i];
+      auto& result = results[i];
+      writer.timings_ms[Phase::thaw] = result.elapsed_ms;
+      writer.hold = result.scratch.hold;
+      const auto& name = writer.slot->spec.name;
+      if (result.finished && !result.error) {
+        set_writer_state(session, writer, WriterState::thawed);
+        if (!writer.hold.continuous) {
+          session.broken_reasons.push_back("writer '" + name + "' lost its hold" +
+                                           (writer.hold.detail.empty() ? std::string()
+                                                                       : ": " + writer.hold.detail));
+        }
+      } else {
+        writer.failed_phase = Phase::thaw;
+        writer.error = result.error;
+        set_writer_state(session, writer, WriterState::failed);
+        // A writer that could not confirm its release cannot vouch for its hold.
+        session.broken_reasons.push_back("writer '" + name + "' failed to thaw: " +
+                                         result.error->message);
+        session.error = wire::ApiError{500, "writer_failed",
+                                       "writer '" + name + "' failed to thaw: " +
+                                           result.error->message,
+                                       name, false};
+      }
+    }
+  }
+  remove_restore_marker();
+  std::lock_guard lock(state_mutex_);
+  const auto now = Clock::now();
+  const double hold_ms = millis_between(session.hold_started, now);
+  const bool continuous = session.broken_reasons.empty();
+  session.verdict = {{"continuous", continuous},
+                     {"hold_ms", hold_ms},
+                     {"frozen_ms", session.frozen_at == Clock::time_point{}
+                                       ? 0.0
+                                       : millis_between(session.frozen_at, thaw_began)},
+                     {"watchdog_fired", session.watchdog_fired},
+                     {"reasons", session.broken_reasons}};
+  session.timings_ms["thaw"] = millis_between(thaw_began, now);
+  session.timings_ms["hold"] = hold_ms;
+  session.state = "thawed";
+  session.last_activity = now;
+  ++watch_generation_;
+  ++metrics_.holds;
+  metrics_.hold_seconds_sum += hold_ms / 1000.0;
+  metrics_.last_hold_seconds = hold_ms / 1000.0;
+  if (!continuous) {
+    ++metrics_.holds_broken;
+  }
+  end_hold(session);
+  watch_wake_.notify_all();
+  if (continuous) {
+    logger_->info("session {}: thawed, hold {:.1f} ms, continuous", session.id, hold_ms);
+  } else {
+    logger_->warn("session {}: thawed, hold {:.1f} ms, BROKEN: {}", session.id, hold_ms,
+                  nlohmann::json(session.broken_reasons).dump());
+  }
+}
+
+Expected<nlohmann::json> Coordinator::complete(const std::string& id,
+                                               const std::string& snapshot_id) {
+  std::unique_lock op(op_mutex_, std::try_to_lock);
+  if (!op.owns_lock()) {
+    return wire::ApiError{409, "operation_in_progress",
+                          "another request is working on the active session", std::nullopt, true};
+  }
+  Session* session = nullptr;
+  {
+    std::lock_guard lock(state_mutex_);
+    session = find_locked(id);
+    if (session == nullptr) {
+      return wire::ApiError{404, "unknown_session", "no session " + id, std::nullopt, false};
+    }
+    if (session->state != "thawed") {
+      return wire::ApiError{409, "invalid_phase",
+                            "session " + id + " is " + session->state +
+                                (session->state == "frozen"
+                                     ? "; thaw it before complete"
+                                     : "; complete needs a thawed session"),
+                            std::nullopt, false};
+    }
+    session->state = "completing";
+  }
+  const auto began = Clock::now();
+  bool failed = false;
+  for (auto level : freeze_order) {
+    std::vector<SessionWriter*> group;
+    for (auto* writer : writers_at(*session, level)) {
+      if (writer->state == WriterState::thawed) {
+        group.push_back(writer);
+      }
+    }
+    if (group.empty()) {
+      continue;
+    }
+    {
+      std::lock_guard lock(state_mutex_);
+      for (auto* writer : group) {
+        set_writer_state(*session, *writer, WriterState::completing);
+      }
+    }
+    const SnapshotInfo snapshot{snapshot_id};
+    auto results = call_writers(*session, group, Phase::post_snapshot, Clock::time_point::max(),
+                                true,
+                                [snapshot](Writer& w, const PhaseContext& ctx, CallScratch& s) {
+                                  return w.post_snapshot(ctx, snapshot, s.artifacts);
+                                });
+    std::lock_guard lock(state_mutex_);
+    for (std::size_t i = 0; i < group.size(); ++i) {
+      auto& writer = *group[i];
+      auto& result = results[i];
+      writer.timings_ms[Phase::post_snapshot] = result.elapsed_ms;
+      if (result.finished && !result.error) {
+        writer.artifacts = result.scratch.artifacts;
+        set_writer_state(*session, writer, WriterState::completed);
+      } else {
+        writer.failed_phase = Phase::post_snapshot;
+        writer.error = result.error;
+        set_writer_state(*session, writer, WriterState::failed);
+        failed = true;
+      }
+    }
+  }
+  std::lock_guard lock(state_mutex_);
+  session->timings_ms["complete"] = millis_between(began, Clock::now());
+  if (failed || session->abort_requested) {
+    auto error = failed ? writer_error(*session, "writer_failed", "post-snapshot failed")
+                        : wire::ApiError{409, "session_aborted",
+                                         "session " + id + " was deleted while completing",
+                                         std::nullopt, false};
+    session->error = error;
+    finish(*session, session->abort_requested ? "aborted" : "failed",
+           session->abort_requested ? "aborted" : "failed");
+    return error;
+  }
+  finish(*session, "completed", "completed");
+  logger_->info("session {}: completed (snapshot {})", id, snapshot_id);
+  return status_locked(*session);
+}
+
+Expected<nlohmann::json> Coordinator::abort(const std::string& id) {
+  {
+    std::lock_guard lock(state_mutex_);
+    auto* session = find_locked(id);
+    if (session == nullptr) {
+      return wire::ApiError{404, "unknown_session", "no session " + id, std::nullopt, false};
+    }
+    if (is_terminal(session->state)) {
+      return status_locked(*session);  // abort is idempotent
+    }
+    session->abort_requested = true;
+    session->interrupt.request_stop();
+    ++watch_generation_;
+  }
+  watch_wake_.notify_all();
+  // The running operation, if any, sees the stop request and unwinds.
+  std::unique_lock op(op_mutex_);
+  Session* session = nullptr;
+  {
+    std::lock_guard lock(state_mutex_);
+    session = find_locked(id);
+    if (session == nullptr) {
+      return wire::ApiError{404, "unknown_session", "no session " + id, std::nullopt, false};
+    }
+    if (is_terminal(session->state)) {
+      return status_locked(*session);
+    }
+    session->state = "aborting";
+  }
+  logger_->info("session {}: aborting", id);
+  run_abort_all(*session, true);
+  remove_restore_marker();
+  std::lock_guard lock(state_mutex_);
+  end_hold(*session);
+  finish(*session, "aborted", "aborted");
+  return status_locked(*session);
+}
+
+Expected<nlohmann::json> Coordinator::session_status(const std::string& id) const {
+  std::lock_guard lock(state_mutex_);
+  auto* session = find_locked(id);
+  if (session == nullptr) {
+    return wire::ApiError{404, "unknown_session", "no session " + id, std::nullopt, false};
+  }
+  return status_locked(*session);
+}
+
+// Aborts, in reverse level order, every writer that prepare or freeze
+// touched and whose hold was not released yet.
+void Coordinator::roll_back(Session& session, const std::string& reason) {
+  logger_->info("session {}: rolling back: {}", session.id, reason);
+  run_abort_all(session, false);
+  remove_restore_marker();
+}
+
+void Coordinator::run_abort_all(Session& session, bool include_released) {
+  for (auto it = freeze_order.rbegin(); it != freeze_order.rend(); ++it) {
+    std::vector<SessionWriter*> group;
+    for (auto* writer : writers_at(session, *it)) {
+      const bool done = writer->state == WriterState::completed ||
+                        writer->state == WriterState::aborted;
+      if (writer->touched && !done && (include_released || !writer->released)) {
+        group.push_back(writer);
+      }
+    }
+    if (group.empty()) {
+      continue;
+    }
+    std::vector<WriterState> before;
+    {
+      std::lock_guard lock(state_mutex_);
+      for (auto* writer : group) {
+        before.push_back(writer->state);
+        writer->released = true;
+        if (writer->state != WriterState::failed) {
+          set_writer_state(session, *writer, WriterState::aborting);
+        }
+      }
+    }
+    auto results = call_writers(session, group, Phase::abort, Clock::time_point::max(), false,
+                                [](Writer& w, const PhaseContext& ctx, CallScratch&) {
+                                  return w.abort(ctx);
+                                });
+    std::lock_guard lock(state_mutex_);
+    for (std::size_t i = 0; i < group.size(); ++i) {
+      auto& writer = *group[i];
+      auto& result = results[i];
+      writer.timings_ms[Phase::abort] = result.elapsed_ms;
+      if (result.finished && !result.error) {
+        // A writer that failed keeps its failed_at_<phase> state, so the host
+        // sees where it went wrong; the others show they were aborted.
+        if (before[i] != WriterState::failed) {
+          set_writer_state(session, writer, WriterState::aborted);
+        }
+      } else {
+        if (before[i] != WriterState::failed) {
+          writer.failed_phase = Phase::abort;
+          writer.error = result.error;
+          set_writer_state(session, writer, WriterState::failed);
+        }
+        logger_->error("session {}: writer '{}' failed to abort: {}", session.id,
+                       writer.slot->spec.name, result.error->message);
+      }
+    }
+  }
+}
+
+void Coordinator::end_hold(Session& session) {
+  if (session.hold_active) {
+    session.hold_active = false;
+    if (observer_ != nullptr) {
+      observer_->hold_ended();
+    }
+  }
+}
+
+void Coordinator::finish(Session& session, const std::string& state, const char* outcome) {
+  session.state = state;
+  ++metrics_.sessions_by_outcome[outcome];
+  ++watch_generation_;
+  watch_wake_.notify_all();
+  for (auto& writer : session.writers) {
+    if (writer.error) {
+      ++metrics_.writer_failures[writer.slot->spec.name + "|" +
+                                 std::string(to_string(writer.failed_phase.value_or(Phase::abort))) +
+                                 "|" + std::string(to_string(writer.error->error_class))];
+    }
+  }
+  // Keep a bounded history of finished sessions for status queries.
+  std::size_t finished = 0;
+  for (const auto& s : sessions_) {
+    finished += is_terminal(s->state) ? 1 : 0;
+  }
+  while (finished > limits_.history && !sessions_.empty() && is_terminal(sessions_.front()->state) &&
+         sessions_.front().get() != &session) {
+    sessions_.pop_front();
+    --finished;
+  }
+  if (observer_ != nullptr) {
+    observer_->state_changed("session " + session.id + " " + state);
+  }
+}
+
+void Coordinator::shutdown() {
+  std::string id;
+  {
+    std::lock_guard lock(state_mutex_);
+    if (auto* active = active_locked()) {
+      id = active->id;
+    }
+  }
+  if (!id.empty()) {
+    logger_->warn("shutting down: aborting active session {}", id);
+    (void)abort(id);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Watchdog: the freeze-window deadline and idle expiry. It sleeps until the
+// next deadline, or indefinitely when there is none (no periodic wakeups).
+
+void Coordinator::watchdog_loop(const std::stop_token& stop) {
+  std::unique_lock lock(state_mutex_);
+  while (!stop.stop_requested()) {
+    auto due = Clock::time_point::max();
+    Session* target = nullptr;
+    if (auto* active = active_locked()) {
+      if (active->state == "frozen") {
+        due = active->hold_deadline;
+        target = active;
+      } else if (active->state == "prepared" || active->state == "thawed") {
+        due = active->last_activity + limits_.idle_timeout;
+        target = active;
+      }
+    }
+    const auto seen = watch_generation_;
+    if (target == nullptr || Clock::now() < due) {
+      watch_wake_.wait_until(lock, stop, due, [&] { return watch_generation_ != seen; });
+      continue;
+    }
+    const std::string id = target->id;
+    const std::string state = target->state;
+    lock.unlock();
+    {
+      std::unique_lock op(op_mutex_, std::defer_lock);
+      while (!stop.stop_requested() && !op.try_lock_for(Millis(50))) {
+      }
+      if (op.owns_lock()) {
+        Session* session = nullptr;
+        {
+          std::lock_guard relock(state_mutex_);
+          session = find_locked(id);
+          if (session != nullptr && session->state != state) {
+            session = nullptr;  // something else moved it on meanwhile
+          }
+        }
+        if (session != nullptr && state == "frozen") {
+          const std::string reason =
+              "the freeze window of " + std::to_string(session->freeze_window.count()) +
+              " ms passed before the host thawed; the agent thawed on its own";
+          logger_->warn("session {}: {}", id, reason);
+          release_hold(*session, true, reason);
+        } else if (session != nullptr) {
+          logger_->warn("session {}: idle for {} ms in state {}; expiring it", id,
+                        limits_.idle_timeout.count(), state);
+          run_abort_all(*session, true);
+          remove_restore_marker();
+          std::lock_guard relock(state_mutex_);
+          session->error = wire::ApiError{410, "session_expired",
+                                          "session " + id + " expired after " +
+                                              std::to_string(limits_.idle_timeout.count()) +
+                                              " ms idle in state " + state,
+                                          std::nullopt, false};
+          finish(*session, "expired", "expired");
+        }
+      }
+    }
+    lock.lock();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Status and metrics
+
+Coordinator::Session* Coordinator::find_locked(const std::string& id) const {
+  for (const auto& session : sessions_) {
+    if (session->id == id) {
+      return session.get();
+    }
+  }
+  return nullptr;
+}
+
+Coordinator::Session* Coordinator::active_locked() const {
+  for (const auto& session : sessions_) {
+    if (!is_terminal(session->state)) {
+      return session.get();
+    }
+  }
+  return nullptr;
+}
+
+namespace {
+nlohmann::json error_json(const std::optional<WriterError>& error) {
+  if (!error) {
+    return nullptr;
+  }
+  return {{"class", to_string(error->error_class)}, {"message", error->message}};
+}
+}  // namespace
+
+nlohmann::json Coordinator::status_locked(const Session& session) const {
+  nlohmann::json writers = nlohmann::json::array();
+  nlohmann::json artifacts = nlohmann::json::object();
+  for (const auto& writer : session.writers) {
+    nlohmann::json timings = nlohmann::json::object();
+    for (const auto& [phase, ms] : writer.timings_ms) {
+      timings[std::string(to_string(phase))] = ms;
+    }
+    std::string state(to_string(writer.state));
+    if (writer.state == WriterState::failed && writer.failed_phase) {
+      state = "failed_at_" + std::string(to_string(*writer.failed_phase));
+    }
+    nlohmann::json entry = {{"name", writer.slot->spec.name},
+                            {"type", writer.slot->spec.type},
+                            {"level", to_string(writer.slot->spec.level)},
+                            {"state", state},
+                            {"error", error_json(writer.error)},
+                            {"timings_ms", timings}};
+    if (writer.timings_ms.contains(Phase::thaw)) {
+      entry["hold"] = {{"continuous", writer.hold.continuous}, {"detail", writer.hold.detail}};
+    }
+    writers.push_back(std::move(entry));
+    if (!writer.artifacts.is_null()) {
+      artifacts[writer.slot->spec.name] = writer.artifacts;
+    }
+  }
+  return {{"id", session.id},
+          {"state", session.state},
+          {"checkpoint_id", session.checkpoint_id ? nlohmann::json(*session.checkpoint_id)
+                                                  : nlohmann::json(nullptr)},
+          {"created_at", iso_time(session.created_at)},
+          {"freeze_window_ms", session.freeze_window.count()},
+          {"writers", writers},
+          {"timings_ms", session.timings_ms},
+          {"verdict", session.verdict},
+          {"artifacts", artifacts},
+          {"error", session.error ? wire::to_json(*session.error)["error"] : nlohmann::json(nullptr)}};
+}
+
+wire::ApiError Coordinator::writer_error(const Session& session, const std::string& code,
+                                         const std::string& fallback) const {
+  std::lock_guard lock(state_mutex_);
+  for (const auto& writer : session.writers) {
+    if (writer.error && writer.state == WriterState::failed) {
+      const auto& e = *writer.error;
+      const bool is_timeout = e.error_class == ErrorClass::timeout;
+      return wire::ApiError{is_timeout ? 504U : 500U,
+                            is_timeout ? "writer_timeout" : code,
+                            "writer '" + writer.slot->spec.name + "' failed at " +
+                                std::string(to_string(writer.failed_phase.value_or(Phase::freeze))) +
+                                " (" + std::string(to_string(e.error_class)) + "): " + e.message,
+                            writer.slot->spec.name,
+                            e.error_class == ErrorClass::retryable || is_timeout};
+    }
+  }
+  return wire::ApiError{500, code, fallback, std::nullopt, false};
+}
+
+nlohmann::json Coordinator::health() const {
+  std::lock_guard lock(state_mutex_);
+  std::string state = "idle";
+  nlohmann::json session_id = nullptr;
+  if (auto* active = active_locked()) {
+    session_id = active->id;
+    state = active->hold_active ? "frozen" : "session_active";
+  }
+  return {{"version", QUIESCE_VERSION},
+          {"state", state},
+          {"session", session_id},
+          {"uptime_s", std::chrono::duration<double>(Clock::now() - started_at_).count()},
+          {"writers", slots_.size()},
+          {"last_restore", last_restore_}};
+}
+
+nlohmann::json Coordinator::writers_status() const {
+  std::lock_guard lock(state_mutex_);
+  nlohmann::json writers = nlohmann::json::array();
+  for (const auto& slot : slots_) {
+    writers.push_back({{"name", slot->spec.name},
+                       {"type", slot->spec.type},
+                       {"level", to_string(slot->spec.level)},
+                       {"state", slot->last_state},
+                       {"identity",
+                        {{"components", slot->identity.components},
+                         {"metadata", slot->identity.metadata}}},
+                       {"error", error_json(slot->identify_error)}});
+  }
+  return {{"writers", writers}};
+}
+
+bool Coordinator::frozen() const {
+  std::lock_guard lock(state_mutex_);
+  auto* active = active_locked();
+  return active != nullptr && active->hold_active;
+}
+
+std::string Coordinator::metrics() const {
+  std::lock_guard lock(state_mutex_);
+  std::ostringstream out;
+  auto* active = active_locked();
+  out << "# HELP quiesce_build_info Agent version.\n# TYPE quiesce_build_info gauge\n"
+      << "quiesce_build_info{version=\"" << QUIESCE_VERSION << "\"} 1\n";
+  out << "# HELP quiesce_frozen 1 while a hold is on.\n# TYPE quiesce_frozen gauge\n"
+      << "quiesce_frozen " << ((active != nullptr && active->hold_active) ? 1 : 0) << "\n";
+  out << "# HELP quiesce_session_active 1 while a session is active.\n"
+      << "# TYPE quiesce_session_active gauge\n"
+      << "quiesce_session_active " << (active != nullptr ? 1 : 0) << "\n";
+  out << "# HELP quiesce_sessions_total Sessions finished, by outcome.\n"
+      << "# TYPE quiesce_sessions_total counter\n";
+  for (const char* outcome : {"completed", "aborted", "failed", "expired"}) {
+    auto it = metrics_.sessions_by_outcome.find(outcome);
+    out << "quiesce_sessions_total{outcome=\"" << outcome << "\"} "
+        << (it == metrics_.sessions_by_outcome.end() ? 0 : it->second) << "\n";
+  }
+  out << "# HELP quiesce_hold_seconds Hold windows (freeze start to thaw end).\n"
+      << "# TYPE quiesce_hold_seconds summary\n"
+      << "quiesce_hold_seconds_sum " << metrics_.hold_seconds_sum << "\n"
+      << "quiesce_hold_seconds_count " << metrics_.holds << "\n";
+  out << "# HELP quiesce_last_hold_seconds The most recent hold window.\n"
+      << "# TYPE quiesce_last_hold_seconds gauge\n"
+      << "quiesce_last_hold_seconds " << metrics_.last_hold_seconds << "\n";
+  out << "# HELP quiesce_holds_broken_total Holds that were not continuous.\n"
+      << "# TYPE quiesce_holds_broken_total counter\n"
+      << "quiesce_holds_broken_total " << metrics_.holds_broken << "\n";
+  out << "# HELP quiesce_writer_failures_total Writer failures by phase and class.\n"
+      << "# TYPE quiesce_writer_failures_total counter\n";
+  for (const auto& [key, count] : metrics_.writer_failures) {
+    auto first = key.find('|');
+    auto second = key.find('|', first + 1);
+    out << "quiesce_writer_failures_total{writer=\"" << key.substr(0, first) << "\",phase=\""
+        << key.substr(first + 1, second - first - 1) << "\",class=\"" << key.substr(second + 1)
+        << "\"} " << count << "\n";
+  }
+  return out.str();
+}
+
+// ---------------------------------------------------------------------------
+// Identify at start, restore detection
+
+void Coordinator::identify_all() {
+  Session probe;
+  probe.id = "identify";
+  std::vector<SessionWriter*> everyone;
+  for (auto& slot : slots_) {
+    SessionWriter writer;
+    writer.slot = slot.get();
+    probe.writers.push_back(writer);
+  }
+  for (auto& writer : probe.writers) {
+    everyone.push_back(&writer);
+  }
+  auto results = call_writers(probe, everyone, Phase::identify, Clock::time_point::max(), false,
+                              [](Writer& w, const PhaseContext& ctx, CallScratch& scratch) {
+                                return w.identify(ctx, scratch.identity);
+                              });
+  std::lock_guard lock(state_mutex_);
+  for (std::size_t i = 0; i < everyone.size(); ++i) {
+    auto* slot = everyone[i]->slot;
+    if (results[i].finished && !results[i].error) {
+      slot->identity = results[i].scratch.identity;
+      slot->identify_error.reset();
+    } else {
+      slot->identify_error = results[i].error;
+      logger_->warn("writer '{}': identify failed: {}", slot->spec.name,
+                    results[i].error ? results[i].error->message : "unknown");
+    }
+  }
+}
+
+// The restore marker: written (durably, on the persistent state dir) when a
+// session is prepared, so it is inside any snapshot taken during the hold,
+// and removed once the hold ends, so the live system does not keep it. A
+// companion file in the run dir (volatile) says "this boot wrote it": a
+// marker with no companion means the disks came back from a snapshot (or the
+// machine went down during a hold).
+void Coordinator::write_restore_marker(const Session& session) {
+  if (marker_paths_.state_dir.empty() || marker_paths_.run_dir.empty()) {
+    return;
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(marker_paths_.state_dir, ec);
+  std::filesystem::create_directories(marker_paths_.run_dir, ec);
+  nlohmann::json marker = {{"session_id", session.id},
+                           {"checkpoint_id", session.checkpoint_id ? *session.checkpoint_id : ""},
+                           {"written_at", iso_time(std::chrono::system_clock::now())}};
+  // The volatile companion first: a crash between the two then leaves a
+  // companion without a marker, which is harmless.
+  const auto live = std::filesystem::path(marker_paths_.run_dir) / kLiveMarkerFile;
+  if (!write_file_durably(live, session.id)) {
+    logger_->warn("cannot write {}: post-restore will not run for this checkpoint", live.string());
+    return;
+  }
+  const auto path = std::filesystem::path(marker_paths_.state_dir) / kMarkerFile;
+  if (!write_file_durably(path, marker.dump())) {
+    logger_->warn("cannot write restore marker {}: post-restore will not run for this checkpoint",
+                  path.string());
+  }
+}
+
+void Coordinator::remove_restore_marker() {
+  if (marker_paths_.state_dir.empty() || marker_paths_.run_dir.empty()) {
+    return;
+  }
+  std::error_code ec;
+  std::filesystem::remove(std::filesystem::path(marker_paths_.state_dir) / kMarkerFile, ec);
+  std::filesystem::remove(std::filesystem::path(marker_paths_.run_dir) / kLiveMarkerFile, ec);
+}
+
+void Coordinator::detect_restore() {
+  if (marker_paths_.state_dir.empty() || marker_paths_.run_dir.empty()) {
+    return;
+  }
+  const auto path = std::filesystem::path(marker_paths_.state_dir) / kMarkerFile;
+  const auto live = std::filesystem::path(marker_paths_.run_dir) / kLiveMarkerFile;
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    return;
+  }
+  auto marker = nlohmann::json::parse(read_file(path), nullptr, false);
+  if (!marker.is_object() || !marker.contains("session_id") || !marker["session_id"].is_string()) {
+    logger_->warn("ignoring unreadable restore marker {}", path.string());
+    std::filesystem::remove(path, ec);
+    return;
+  }
+  const auto session_id = marker["session_id"].get<std::string>();
+  if (std::filesystem::exists(live, ec) && read_file(live) == session_id) {
+    // This boot wrote it: the agent stopped during a session, no restore.
+    logger_->info("removing the restore marker of session {} left by a previous agent run",
+                  session_id);
+    remove_restore_marker();
+    return;
+  }
+  RestoreInfo info{marker.value("checkpoint_id", std::string()), session_id};
+  logger_->warn("this system was restored from checkpoint '{}' (session {}); running post-restore",
+                info.checkpoint_id, session_id);
+
+  Session restore;
+  restore.id = "restore";
+  for (auto& slot : slots_) {
+    SessionWriter writer;
+    writer.slot = slot.get();
+    restore.writers.push_back(writer);
+  }
+  nlohmann::json results = nlohmann::json::array();
+  // Filesystems first, applications last: the order things come back up.
+  for (auto it = freeze_order.rbegin(); it != freeze_order.rend(); ++it) {
+    auto group = writers_at(restore, *it);
+    if (group.empty()) {
+      continue;
+    }
+    auto outcome = call_writers(restore, group, Phase::post_restore, Clock::time_point::max(),
+                                false,
+                                [info](Writer& w, const PhaseContext& ctx, CallScratch&) {
+                                  return w.post_restore(ctx, info);
+                                });
+    for (std::size_t i = 0; i < group.size(); ++i) {
+      results.push_back({{"writer", group[i]->slot->spec.name},
+                         {"ok", outcome[i].finished && !outcome[i].error},
+                         {"error", error_json(outcome[i].error)},
+                         {"ms", outcome[i].elapsed_ms}});
+      if (outcome[i].error) {
+        logger_->error("writer '{}': post-restore failed: {}", group[i]->slot->spec.name,
+                       outcome[i].error->message);
+      }
+    }
+  }
+  {
+    std::lock_guard lock(state_mutex_);
+    last_restore_ = {{"checkpoint_id", info.checkpoint_id},
+                     {"session_id", session_id},
+                     {"marker_written_at", marker.value("written_at", std::string())},
+                     {"detected_at", iso_time(std::chrono::system_clock::now())},
+                     {"writers", results}};
+  }
+  std::filesystem::remove(path, ec);
+}
+
+}  // namespace quiesce::agent

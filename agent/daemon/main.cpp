@@ -1,0 +1,169 @@
+// quiesce-agent: the guest agent daemon. See docs/agent.md.
+//
+// Exit codes: 0 stopped cleanly (SIGTERM/SIGINT), 1 runtime failure,
+// 2 usage error, 3 invalid config, 4 cannot listen.
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <thread>
+
+#include "agent/api/http_server.hpp"
+#include "agent/core/agent_logging.hpp"
+#include "agent/core/api_routes.hpp"
+#include "agent/core/config.hpp"
+#include "agent/core/coordinator.hpp"
+#include "agent/core/startup_recovery.hpp"
+#include "platform/linux/systemd_notify.hpp"
+#include "quiesce/writer_registry.hpp"
+
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitConfig = 3;
+constexpr int kExitListen = 4;
+
+void print_help() {
+  std::cout << "Usage: quiesce-agent [--config PATH] [--check-config]\n"
+               "       quiesce-agent --version | --help\n\n"
+               "The Quiesce guest agent: brings applications and filesystems to a consistent\n"
+               "state when the host asks, holds them while it snapshots the disks, releases them.\n\n"
+               "  --config PATH    config file (default /etc/quiesce/agent.json)\n"
+               "  --check-config   validate the config and the writers' options, then exit\n"
+               "  --version        print the version\n"
+               "  --help           this text\n\n"
+               "Exit codes: 0 clean stop, 1 runtime failure, 2 usage error, 3 invalid config,\n"
+               "4 cannot listen.\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config_path = quiesce::agent::kDefaultConfigPath;
+  bool check_only = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      print_help();
+      return kExitOk;
+    }
+    if (arg == "--version") {
+      std::cout << "quiesce-agent " << QUIESCE_VERSION << "\n";
+      return kExitOk;
+    }
+    if (arg == "--check-config") {
+      check_only = true;
+    } else if (arg == "--config" && i + 1 < argc) {
+      config_path = argv[++i];
+    } else if (arg.rfind("--config=", 0) == 0) {
+      config_path = arg.substr(9);
+    } else {
+      std::cerr << "quiesce-agent: unknown argument '" << arg << "' (see --help)\n";
+      return kExitUsage;
+    }
+  }
+
+  // Signals are taken by sigwait() in main; block them before any thread
+  // starts so every thread inherits the mask.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  quiesce::WriterRegistry registry;
+  quiesce::register_builtin_writers(registry);
+
+  quiesce::agent::AgentConfig config;
+  try {
+    config = quiesce::agent::load_config(config_path, registry);
+  } catch (const std::exception& e) {
+    std::cerr << "quiesce-agent: invalid config " << config_path << ": " << e.what() << "\n";
+    return kExitConfig;
+  }
+
+  quiesce::agent::AgentLogger logging;
+  try {
+    logging = quiesce::agent::make_agent_logger(config.log);
+  } catch (const std::exception& e) {
+    std::cerr << "quiesce-agent: cannot open the log: " << e.what() << "\n";
+    return kExitConfig;
+  }
+  auto& logger = logging.logger;
+
+  quiesce::WriterEnvironment environment{logger, config.run_dir, config.state_dir};
+  std::vector<quiesce::agent::ConfiguredWriter> writers;
+  try {
+    writers = quiesce::agent::create_writers(config, registry, environment);
+  } catch (const std::exception& e) {
+    std::cerr << "quiesce-agent: invalid config " << config_path << ": " << e.what() << "\n";
+    return kExitConfig;
+  }
+  if (check_only) {
+    std::cout << "config " << config_path << " is valid: " << writers.size() << " writer(s)\n";
+    return kExitOk;
+  }
+
+  logger->info("quiesce-agent {} starting with {} writer(s)", QUIESCE_VERSION, writers.size());
+  // Before anything else: a previous instance may have died holding a freeze.
+  quiesce::agent::recover_from_previous_instance(config.run_dir, *logger);
+
+  quiesce::platform::SystemdNotifier notifier;
+  quiesce::agent::HoldLogObserver observer(
+      logging.hold_sink, [&notifier](const std::string& status) { notifier.status(status); });
+  quiesce::agent::Coordinator coordinator(std::move(writers), config.session, logger,
+                                          {config.state_dir, config.run_dir}, &observer);
+  coordinator.identify_all();
+  coordinator.detect_restore();
+
+  quiesce::agent::ApiRoutes routes(coordinator, logger);
+  quiesce::api::HttpServer server(
+      config.server, [&routes](const quiesce::api::Request& r) { return routes.handle(r); },
+      logger);
+  try {
+    server.start();
+  } catch (const std::exception& e) {
+    logger->critical("cannot listen: {}", e.what());
+    return kExitListen;
+  }
+  std::thread io_thread([&server] { server.run(); });
+
+  notifier.ready("ready");
+  std::jthread watchdog_pinger;
+  if (auto interval = notifier.watchdog_interval()) {
+    // Only under systemd with WatchdogSec=: the one periodic wakeup we allow.
+    watchdog_pinger = std::jthread([&notifier, interval](const std::stop_token& stop) {
+      std::mutex mutex;
+      std::condition_variable_any wake;
+      std::unique_lock lock(mutex);
+      while (!wake.wait_for(lock, stop, *interval, [] { return false; }) &&
+             !stop.stop_requested()) {
+        notifier.watchdog();
+      }
+    });
+  }
+  logger->info("ready");
+
+  int signo = 0;
+  sigwait(&stop_signals, &signo);
+  logger->info("received {}: stopping", strsignal(signo));
+  notifier.stopping();
+  coordinator.shutdown();  // thaws / aborts whatever is active
+  server.stop();
+  io_thread.join();
+  watchdog_pinger = {};
+  logger->info("stopped");
+  logger->flush();
+  // Skip destructors: a writer stuck in a call would make joining its worker
+  // thread hang, and everything that matters was released above.
+  std::fflush(nullptr);
+  std::_Exit(kExitOk);
+  return kExitFailure;
+}
