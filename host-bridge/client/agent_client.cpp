@@ -208,9 +208,14 @@ class Connection {
     if (ec) {
       fail(TransportError::Kind::connect, "hybrid vsock handshake failed: " + ec.message());
     }
+    // A std::string dynamic buffer, not buffer_: Asio copies a v1 dynamic
+    // buffer object such as beast::flat_buffer into the operation, so bytes
+    // read past the line would be lost. The size cap bounds a peer that
+    // never sends a newline.
+    std::string received;
     std::size_t line_length = 0;
     ec = wait("hybrid vsock handshake", [&](auto handler) {
-      asio::async_read_until(socket_, buffer_, '\n',
+      asio::async_read_until(socket_, asio::dynamic_buffer(received, max_handshake_line), '\n',
                              [&line_length, handler = std::move(handler)](const ErrorCode& read_ec,
                                                                           std::size_t n) mutable {
                                line_length = n;
@@ -222,9 +227,10 @@ class Connection {
            "hybrid vsock handshake failed (is the guest listening on port " + std::to_string(endpoint_.port) +
                "?): " + ec.message());
     }
-    const auto* data = static_cast<const char*>(buffer_.data().data());
-    std::string answer(data, std::min(line_length, max_handshake_line));
-    buffer_.consume(line_length);  // what follows the line is already HTTP
+    std::string answer = received.substr(0, line_length);
+    // What follows the line is already the agent's HTTP answer.
+    const std::string_view rest = std::string_view(received).substr(line_length);
+    buffer_.commit(asio::buffer_copy(buffer_.prepare(rest.size()), asio::buffer(rest.data(), rest.size())));
     while (!answer.empty() && (answer.back() == '\n' || answer.back() == '\r')) {
       answer.pop_back();
     }
