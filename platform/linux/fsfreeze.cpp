@@ -97,8 +97,19 @@ FreezeResult sync_filesystem(int fd) {
 }
 
 int open_mount_point(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOCTTY);
-  return fd >= 0 ? fd : -errno;
+  // Bind mounts of single files (containers' /etc/hosts) are mount points
+  // too, so not O_DIRECTORY; O_NONBLOCK so a FIFO cannot hang the open, and
+  // anything but a directory or a regular file is refused.
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
+  if (fd < 0) {
+    return -errno;
+  }
+  struct stat info {};
+  if (::fstat(fd, &info) != 0 || (!S_ISDIR(info.st_mode) && !S_ISREG(info.st_mode))) {
+    ::close(fd);
+    return -EINVAL;
+  }
+  return fd;
 }
 
 unsigned long long mount_id_of(int fd) {

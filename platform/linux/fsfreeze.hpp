@@ -43,8 +43,8 @@ class [[nodiscard]] FreezeResult {
 // the freeze itself, inside the hold window, has little left to write).
 [[nodiscard]] FreezeResult sync_filesystem(int fd);
 
-// Opens a mount point for the ioctls: a directory, read-only, close-on-exec.
-// Returns the fd, or -errno.
+// Opens a mount point for the ioctls: a directory or regular file (a file
+// bind mount), read-only, close-on-exec. Returns the fd, or -errno.
 [[nodiscard]] int open_mount_point(const std::string& path);
 
 // The id of the mount `fd` lives on (statx STATX_MNT_ID, Linux >= 5.8), the

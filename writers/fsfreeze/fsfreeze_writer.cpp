@@ -82,9 +82,6 @@ FsfreezeOptions parse_options(const nlohmann::json& json, const platform::MountT
     if (ec) {
       throw FieldError(item_path, "'" + mount + "' does not exist (" + ec.message() + ")");
     }
-    if (!fs::is_directory(canonical, ec)) {
-      throw FieldError(item_path, "'" + mount + "' is not a directory");
-    }
     options.selection.mounts.push_back(normalise_mount_path(canonical.string()));
   }
   options.selection.exclude = fields.strings("exclude", std::vector<std::string>{});

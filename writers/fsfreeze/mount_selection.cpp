@@ -223,19 +223,26 @@ Selection select_filesystems(const MountTable& table, const SelectionOptions& op
   } else {
     // A filesystem is excluded when any of its mounts is: freezing it
     // through another mount would freeze the excluded one too.
+    auto own_exclusion = [&](const MountEntry& entry) -> std::optional<std::string> {
+      if (const auto* pattern = first_match(options.exclude, entry.mount_point)) {
+        return "excluded: '" + entry.mount_point + "' matches '" + *pattern + "'";
+      }
+      if (const auto* pattern = first_match(options.exclude_fstypes, entry.fstype)) {
+        return "excluded: fstype '" + entry.fstype + "' matches '" + *pattern + "'";
+      }
+      return std::nullopt;
+    };
     std::map<DeviceId, std::string> excluded;
     for (const auto& entry : table.entries) {
-      if (const auto* pattern = first_match(options.exclude, entry.mount_point)) {
-        excluded.emplace(entry.device, "excluded: '" + entry.mount_point + "' matches '" +
-                                           *pattern + "'");
-      } else if (const auto* fstype_pattern = first_match(options.exclude_fstypes, entry.fstype)) {
-        excluded.emplace(entry.device, "excluded: fstype '" + entry.fstype + "' matches '" +
-                                           *fstype_pattern + "'");
+      if (auto reason = own_exclusion(entry)) {
+        excluded.emplace(entry.device, *reason);
       }
     }
     for (const auto& entry : table.entries) {
       if (auto it = excluded.find(entry.device); it != excluded.end()) {
-        selection.skipped.push_back({entry.mount_point, entry.fstype, it->second});
+        auto reason = own_exclusion(entry);
+        selection.skipped.push_back(
+            {entry.mount_point, entry.fstype, reason ? *reason : it->second});
         continue;
       }
       if (auto reason = mount_skip_reason(table, entry)) {
