@@ -460,3 +460,24 @@ TEST_CASE("http: vsock listener is optional when AF_VSOCK is unusable") {
   CHECK(unix_client(config).health().status == 200);
   MESSAGE("vsock listening: " << running.server().vsock_listening());
 }
+
+TEST_CASE("http: Expect: 100-continue is answered before the body is read") {
+  quiesce::test::TempDir dir;
+  FakeHandler fake;
+  const auto config = unix_config(dir);
+  RunningServer running(config, fake.handler());
+  auto raw = RawSocket::unix_socket(config.unix_socket->path);
+  const std::string body = R"({"writers":["a"]})";
+  raw.send("POST /v1/sessions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: application/json\r\n"
+           "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n");
+  auto interim = raw.read_response();
+  REQUIRE(interim);
+  CHECK(interim->status == 100);
+  CHECK(fake.count() == 0);
+  raw.send(body);
+  auto response = raw.read_response();
+  REQUIRE(response);
+  CHECK(response->status == 200);
+  REQUIRE(fake.count() == 1);
+  CHECK(fake.requests()[0].body == body);
+}
