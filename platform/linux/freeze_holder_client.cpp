@@ -182,9 +182,15 @@ Reply HolderClient::request(const Message& request, Clock::time_point deadline,
     if (errno == EINTR) {
       continue;
     }
+    const std::string why = std::strerror(errno);
+    // The holder closed its end; whatever it said before (an AUTO-THAW)
+    // is still queued. Read it up to the EOF.
+    while (receive(Clock::now() + std::chrono::milliseconds(500), std::stop_token{}).ok()) {
+    }
     connected_ = false;
     note_exit(false);
-    return {ReplyStatus::holder_gone, {}, "cannot reach the freeze holder: " + std::string(std::strerror(errno))};
+    return {ReplyStatus::holder_gone, {},
+            exit_description_.empty() ? "cannot reach the freeze holder: " + why : exit_description_};
   }
   for (;;) {
     auto reply = receive(deadline, stop);

@@ -1,0 +1,150 @@
+#include "tests/root/loop_fs.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include <doctest/doctest.h>
+
+#include "tests/support/processes.hpp"
+
+// Every case in this binary needs root (loop devices, mount, FIFREEZE).
+extern "C" int quiesce_tests_need_root() { return 1; }
+
+namespace quiesce::test {
+
+namespace {
+
+int default_size_mb(const std::string& fstype) {
+  // The smallest sizes the mkfs tools accept (xfs wants 300 MB, btrfs ~110 MB).
+  if (fstype == "xfs") {
+    return 300;
+  }
+  if (fstype == "btrfs") {
+    return 128;
+  }
+  return 64;
+}
+
+std::vector<std::string> mkfs_command(const std::string& fstype, const std::string& device) {
+  if (fstype == "ext4") {
+    return {"mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", device};
+  }
+  if (fstype == "xfs") {
+    return {"mkfs.xfs", "-q", "-f", device};
+  }
+  return {"mkfs.btrfs", "-q", "-f", device};
+}
+
+}  // namespace
+
+void must_run(const std::vector<std::string>& argv) {
+  std::string output;
+  int code = run_command(argv, &output);
+  std::string command;
+  for (const auto& arg : argv) {
+    command += arg + " ";
+  }
+  INFO("command: " << command << "\noutput: " << output);
+  REQUIRE(code == 0);
+}
+
+void unmount(const std::string& path) {
+  std::string ignored;
+  // A test that failed while frozen would make umount hang or fail: thaw
+  // first. This is only ever called on mounts the tests created.
+  run_command({"fsfreeze", "-u", path}, &ignored);
+  if (run_command({"umount", path}, &ignored) != 0) {
+    run_command({"umount", "-l", path}, &ignored);
+  }
+}
+
+LoopFs::LoopFs(const std::filesystem::path& dir, const std::string& name,
+               const std::string& fstype, int size_mb)
+    : fstype_(fstype) {
+  image_ = (dir / (name + ".img")).string();
+  mount_point_ = (dir / name).string();
+  std::filesystem::create_directories(mount_point_);
+  must_run({"truncate", "-s", std::to_string(size_mb > 0 ? size_mb : default_size_mb(fstype)) + "M",
+            image_});
+  std::string output;
+  REQUIRE(run_command({"losetup", "-f", "--show", image_}, &output) == 0);
+  while (!output.empty() && (output.back() == '\n' || output.back() == ' ')) {
+    output.pop_back();
+  }
+  loop_device_ = output;
+  must_run(mkfs_command(fstype, loop_device_));
+  must_run({"mount", loop_device_, mount_point_});
+}
+
+LoopFs::~LoopFs() {
+  for (auto it = extra_mounts_.rbegin(); it != extra_mounts_.rend(); ++it) {
+    unmount(*it);
+  }
+  unmount(mount_point_);
+  std::string ignored;
+  if (!loop_device_.empty()) {
+    run_command({"losetup", "-d", loop_device_}, &ignored);
+  }
+  std::error_code ec;
+  std::filesystem::remove(image_, ec);
+}
+
+WriteProbe::WriteProbe(const std::string& directory) {
+  static std::atomic<int> counter{0};
+  const std::string path = directory + "/probe-" + std::to_string(::getpid()) + "-" +
+                           std::to_string(counter++);
+  pid_ = ::fork();
+  REQUIRE(pid_ >= 0);
+  if (pid_ == 0) {
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+      ::_exit(2);
+    }
+    const char data[] = "quiesce write probe\n";
+    if (::write(fd, data, sizeof data) != static_cast<ssize_t>(sizeof data) || ::fsync(fd) != 0) {
+      ::_exit(3);
+    }
+    ::close(fd);
+    ::_exit(0);
+  }
+}
+
+WriteProbe::~WriteProbe() {
+  if (pid_ > 0 && !done_) {
+    // Blocked on a frozen filesystem that the test's cleanup thaws: the kill
+    // lands once the write returns. Wait a bounded time so no zombie stays.
+    ::kill(pid_, SIGKILL);
+    (void)finished_within(std::chrono::seconds(5));
+  }
+}
+
+bool WriteProbe::finished_within(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!done_) {
+    int status = 0;
+    pid_t r = ::waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      done_ = true;
+      ok_ = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+      break;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return ok_;
+}
+
+bool writable_within(const std::string& directory, std::chrono::milliseconds timeout) {
+  WriteProbe probe(directory);
+  return probe.finished_within(timeout);
+}
+
+}  // namespace quiesce::test
