@@ -21,7 +21,9 @@ add_library(quiesce_standard_warnings INTERFACE)
 
 target_compile_options(quiesce_standard_warnings INTERFACE
   -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor -Wold-style-cast
-  -Wcast-align -Woverloaded-virtual -Wnull-dereference -Wformat=2
+  -Wcast-align -Woverloaded-virtual -Wformat=2
+  # -Wnull-dereference is left out: with GCC 12 at -O2 it fires inside
+  # libstdc++ stream code that tests use, and cannot be fixed from here.
   $<$<BOOL:${QUIESCE_WERROR}>:-Werror>)
 
 if(QUIESCE_SANITIZE)

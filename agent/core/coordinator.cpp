@@ -442,7 +442,7 @@ Expected<nlohmann::json> Coordinator::run_create(Session& session) {
     session.timings_ms["prepare"] = millis_between(prepare_began, Clock::now());
   }
   if (failed || session.interrupt.stop_requested()) {
-    auto error = session.abort_requested && !failed
+    auto error = session.interrupt.stop_requested()
                      ? wire::ApiError{409, "session_aborted",
                                       "session " + session.id + " was deleted while preparing",
                                       std::nullopt, false}
@@ -536,7 +536,7 @@ Expected<nlohmann::json> Coordinator::freeze(const std::string& id) {
     }
     if (failed || session->interrupt.stop_requested()) {
       wire::ApiError error;
-      if (failed) {
+      if (!session->interrupt.stop_requested()) {
         error = writer_error(*session, "writer_failed", "freeze failed");
         if (Clock::now() >= session->hold_deadline) {
           error.code = "freeze_window_expired";
@@ -563,9 +563,11 @@ Expected<nlohmann::json> Coordinator::freeze(const std::string& id) {
   {
     std::lock_guard lock(state_mutex_);
     session->state = "frozen";
+    ++watch_generation_;  // the watchdog now watches the freeze-window deadline
     session->frozen_at = Clock::now();
     session->timings_ms["freeze"] = millis_between(session->hold_started, session->frozen_at);
   }
+  watch_wake_.notify_all();
   if (observer_ != nullptr) {
     observer_->state_changed("session " + id + " frozen");
   }
@@ -574,17 +576,12 @@ Expected<nlohmann::json> Coordinator::freeze(const std::string& id) {
 }
 
 Expected<nlohmann::json> Coordinator::thaw(const std::string& id) {
-  // Waits (bounded) rather than refusing: the watchdog may be thawing this
-  // very session, and the host should then get the broken verdict, not a 409.
-  std::unique_lock op(op_mutex_, std::defer_lock);
-  if (!op.try_lock_for(limits_.phase_timeouts.thaw * 3 + Millis(1000))) {
-    return wire::ApiError{409, "operation_in_progress",
-                          "another request is working on the active session", std::nullopt, true};
-  }
-  Session* session = nullptr;
-  {
+  // Checked before and after taking the operation lock: a thaw that cannot
+  // apply is refused at once, while one racing the watchdog's own thaw waits
+  // for it and answers with the (broken) verdict rather than a 409.
+  auto check = [&]() -> std::optional<Expected<nlohmann::json>> {
     std::lock_guard lock(state_mutex_);
-    session = find_locked(id);
+    auto* session = find_locked(id);
     if (session == nullptr) {
       return wire::ApiError{404, "unknown_session", "no session " + id, std::nullopt, false};
     }
@@ -592,12 +589,29 @@ Expected<nlohmann::json> Coordinator::thaw(const std::string& id) {
     if (!session->verdict.is_null() && session->state != "frozen") {
       return status_locked(*session);
     }
-    if (session->state != "frozen") {
+    if (session->state != "frozen" && session->state != "thawing") {
       return wire::ApiError{409, "invalid_phase",
                             "session " + id + " is " + session->state +
                                 "; thaw needs a frozen session",
                             std::nullopt, false};
     }
+    return std::nullopt;
+  };
+  if (auto answer = check()) {
+    return *answer;
+  }
+  std::unique_lock op(op_mutex_, std::defer_lock);
+  if (!op.try_lock_for(limits_.phase_timeouts.thaw * 3 + Millis(1000))) {
+    return wire::ApiError{409, "operation_in_progress",
+                          "another request is working on the active session", std::nullopt, true};
+  }
+  if (auto answer = check()) {
+    return *answer;
+  }
+  Session* session = nullptr;
+  {
+    std::lock_guard lock(state_mutex_);
+    session = find_locked(id);
   }
   release_hold(*session, false, {});
   std::lock_guard lock(state_mutex_);
@@ -761,17 +775,20 @@ Expected<nlohmann::json> Coordinator::complete(const std::string& id,
       }
     }
   }
+  std::optional<wire::ApiError> error;
+  if (failed) {
+    error = writer_error(*session, "writer_failed", "post-snapshot failed");
+  } else if (session->interrupt.stop_requested()) {
+    error = wire::ApiError{409, "session_aborted",
+                           "session " + id + " was deleted while completing", std::nullopt, false};
+  }
   std::lock_guard lock(state_mutex_);
   session->timings_ms["complete"] = millis_between(began, Clock::now());
-  if (failed || session->abort_requested) {
-    auto error = failed ? writer_error(*session, "writer_failed", "post-snapshot failed")
-                        : wire::ApiError{409, "session_aborted",
-                                         "session " + id + " was deleted while completing",
-                                         std::nullopt, false};
+  if (error) {
     session->error = error;
     finish(*session, session->abort_requested ? "aborted" : "failed",
            session->abort_requested ? "aborted" : "failed");
-    return error;
+    return *error;
   }
   finish(*session, "completed", "completed");
   logger_->info("session {}: completed (snapshot {})", id, snapshot_id);

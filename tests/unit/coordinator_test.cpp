@@ -12,6 +12,7 @@
 
 #include "agent/core/coordinator.hpp"
 #include "tests/support/fake_writer.hpp"
+#include "tests/support/processes.hpp"
 #include "tests/support/temp_dir.hpp"
 
 using namespace quiesce;

@@ -1,0 +1,114 @@
+// The v1 routes on top of the coordinator: bodies are checked strictly, and
+// every bad request gets a JSON error with a code and changes nothing.
+
+#include <doctest/doctest.h>
+
+#include <spdlog/sinks/null_sink.h>
+
+#include "agent/core/api_routes.hpp"
+#include "tests/support/fake_writer.hpp"
+
+using namespace quiesce;
+using namespace quiesce::agent;
+
+namespace {
+
+struct RouteRig {
+  std::shared_ptr<test::Journal> journal = std::make_shared<test::Journal>();
+  std::shared_ptr<spdlog::logger> logger =
+      std::make_shared<spdlog::logger>("t", std::make_shared<spdlog::sinks::null_sink_mt>());
+  std::unique_ptr<Coordinator> coordinator;
+  std::unique_ptr<ApiRoutes> routes;
+
+  RouteRig() {
+    std::vector<ConfiguredWriter> writers;
+    for (auto [name, level] : {std::pair{"app", Level::application}, {"fs", Level::filesystem}}) {
+      ConfiguredWriter w;
+      w.spec = WriterSpec{"fake", name, level, nlohmann::json::object()};
+      w.writer = std::make_unique<test::FakeWriter>(name, journal);
+      writers.push_back(std::move(w));
+    }
+    coordinator = std::make_unique<Coordinator>(std::move(writers), SessionLimits{}, logger);
+    routes = std::make_unique<ApiRoutes>(*coordinator, logger);
+  }
+
+  std::pair<unsigned, nlohmann::json> call(const std::string& method, const std::string& target,
+                                           const std::string& body = {}) {
+    auto response = routes->handle(api::Request{method, target, body, {}});
+    if (response.content_type != "application/json") {
+      return {response.status, response.body};
+    }
+    return {response.status, nlohmann::json::parse(response.body)};
+  }
+};
+
+void check_error(const std::pair<unsigned, nlohmann::json>& response, unsigned status,
+                 const std::string& code) {
+  CHECK(response.first == status);
+  REQUIRE(response.second.contains("error"));
+  CHECK(response.second["error"]["code"] == code);
+  CHECK(response.second["error"]["message"].is_string());
+  CHECK(response.second["error"].contains("writer"));
+  CHECK(response.second["error"]["retryable"].is_boolean());
+}
+
+}  // namespace
+
+TEST_CASE("the routes drive a whole session") {
+  RouteRig rig;
+  auto [created_status, created] = rig.call("POST", "/v1/sessions", R"({"checkpoint_id":"cp1"})");
+  REQUIRE(created_status == 201);
+  const std::string id = created["id"];
+  CHECK(rig.call("POST", "/v1/sessions/" + id + "/freeze").second["state"] == "frozen");
+  CHECK(rig.call("GET", "/v1/health").second["state"] == "frozen");
+  auto thawed = rig.call("POST", "/v1/sessions/" + id + "/thaw", "{}");
+  CHECK(thawed.second["verdict"]["continuous"] == true);
+  auto done = rig.call("POST", "/v1/sessions/" + id + "/complete", R"({"snapshot_id":"snap"})");
+  CHECK(done.first == 200);
+  CHECK(done.second["state"] == "completed");
+  CHECK(rig.call("GET", "/v1/sessions/" + id + "?verbose=1").second["id"] == id);
+  CHECK(rig.call("GET", "/v1/writers").second["writers"].size() == 2);
+  auto metrics = rig.call("GET", "/metrics");
+  CHECK(metrics.first == 200);
+}
+
+TEST_CASE("bad requests get a clear JSON error and change nothing") {
+  RouteRig rig;
+  auto id = rig.call("POST", "/v1/sessions").second["id"].get<std::string>();
+  const auto base = "/v1/sessions/" + id;
+
+  check_error(rig.call("POST", "/v1/sessions", "{not json"), 400, "bad_request");
+  check_error(rig.call("POST", base + "/freeze", "[1,2]"), 400, "bad_request");
+  check_error(rig.call("POST", base + "/freeze", R"({"force": true})"), 400, "invalid_field");
+  check_error(rig.call("POST", base + "/complete", R"({"snapshot_id": 7})"), 400, "invalid_field");
+  check_error(rig.call("POST", "/v1/sessions", R"({"freeze_window_ms": "long"})"), 400,
+              "invalid_field");
+  check_error(rig.call("POST", "/v1/sessions", R"({"writers": ["ghost"]})"), 400, "unknown_writer");
+  check_error(rig.call("POST", "/v1/sessions", R"({"checkpoint_id": "../../etc"})"), 400,
+              "invalid_field");
+  check_error(rig.call("POST", "/v1/sessions/s-unknown/freeze"), 404, "unknown_session");
+  check_error(rig.call("GET", "/v1/sessions/has%20space"), 404, "unknown_session");
+  check_error(rig.call("POST", base + "/thaw"), 409, "invalid_phase");
+  check_error(rig.call("POST", base + "/complete"), 409, "invalid_phase");
+  check_error(rig.call("PUT", base), 405, "method_not_allowed");
+  check_error(rig.call("DELETE", "/v1/health"), 405, "method_not_allowed");
+  check_error(rig.call("GET", "/v2/health"), 404, "not_found");
+  check_error(rig.call("POST", "/v1/sessions"), 409, "session_conflict");
+
+  // Nothing above touched the session or any writer past prepare.
+  CHECK(rig.call("GET", base).second["state"] == "prepared");
+  CHECK(rig.journal->count("app:freeze") == 0);
+  CHECK(rig.journal->count("app:abort") == 0);
+}
+
+TEST_CASE("a writer failure answers with the error and the session's writers") {
+  RouteRig rig;
+  auto id = rig.call("POST", "/v1/sessions").second["id"].get<std::string>();
+  REQUIRE(rig.call("POST", "/v1/sessions/" + id + "/freeze").first == 200);
+  auto deleted = rig.call("DELETE", "/v1/sessions/" + id);
+  CHECK(deleted.first == 200);
+  CHECK(deleted.second["state"] == "aborted");
+  // Deleting again is fine (idempotent) and changes nothing.
+  CHECK(rig.call("DELETE", "/v1/sessions/" + id).second["state"] == "aborted");
+  CHECK(rig.journal->count("fs:abort") == 1);
+}

@@ -1,0 +1,126 @@
+// The agent config: valid files load, and every kind of mistake is refused
+// with the path of the field and what is wrong.
+
+#include <doctest/doctest.h>
+
+#include <sys/stat.h>
+
+#include <fstream>
+
+#include "agent/core/config.hpp"
+#include "tests/support/temp_dir.hpp"
+
+using namespace quiesce;
+using namespace quiesce::agent;
+
+namespace {
+
+WriterRegistry builtin_registry() {
+  WriterRegistry registry;
+  register_builtin_writers(registry);
+  return registry;
+}
+
+std::string error_of(const nlohmann::json& document) {
+  auto registry = builtin_registry();
+  try {
+    auto config = parse_config(document, registry);
+    WriterEnvironment env;
+    (void)create_writers(config, registry, env);
+  } catch (const FieldError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("a full config loads with defaults filled in") {
+  auto registry = builtin_registry();
+  auto config = parse_config(nlohmann::json::parse(R"({
+    "listen": {"unix": {"path": "/tmp/q.sock", "mode": "0600"}, "vsock": false},
+    "session": {"freeze_window_ms": 2000, "phase_timeouts_ms": {"freeze": 500}},
+    "log": {"target": "stderr", "level": "debug"},
+    "writers": [
+      {"type": "delay", "name": "app", "options": {"delays_ms": {"freeze": 5}}},
+      {"type": "delay", "name": "fs-ish", "level": "filesystem", "timeouts_ms": {"thaw": 100}}
+    ]})"),
+                             registry);
+  REQUIRE(config.server.unix_socket);
+  CHECK(config.server.unix_socket->path == "/tmp/q.sock");
+  CHECK(config.server.unix_socket->mode == 0600);
+  CHECK_FALSE(config.server.vsock);
+  CHECK_FALSE(config.server.tcp);
+  CHECK(config.session.default_freeze_window.count() == 2000);
+  CHECK(config.session.phase_timeouts.freeze.count() == 500);
+  REQUIRE(config.writers.size() == 2);
+  CHECK(config.writers[0].spec.level == Level::application);
+  CHECK(config.writers[1].spec.level == Level::filesystem);
+  CHECK(config.writers[1].timeouts.at(Phase::thaw).count() == 100);
+  WriterEnvironment env;
+  CHECK(create_writers(config, registry, env).size() == 2);
+}
+
+TEST_CASE("an empty config means the defaults: unix socket and vsock, no tcp") {
+  auto registry = builtin_registry();
+  auto config = parse_config(nlohmann::json::object(), registry);
+  REQUIRE(config.server.unix_socket);
+  CHECK(config.server.unix_socket->path == "/run/quiesce/agent.sock");
+  REQUIRE(config.server.vsock);
+  CHECK(config.server.vsock->allowed_cids == std::vector<std::uint32_t>{2});
+  CHECK_FALSE(config.server.tcp);
+  CHECK(config.session.default_freeze_window.count() == 10'000);
+}
+
+TEST_CASE("config errors name the field and what is wrong") {
+  using nlohmann::json;
+  CHECK(error_of(json::parse(R"({"bogus": 1})")) == "bogus: unknown field");
+  CHECK(error_of(json::parse(R"({"session": {"freeze_window_ms": "10s"}})")) ==
+        "session.freeze_window_ms: expected an integer, got string \"10s\"");
+  CHECK(error_of(json::parse(R"({"session": {"freeze_window_ms": 90000}})"))
+            .find("session.freeze_window_ms: is larger than max_freeze_window_ms") == 0);
+  CHECK(error_of(json::parse(R"({"writers": [{"type": "nope"}]})"))
+            .find("writers[0].type: unknown writer type 'nope'") == 0);
+  CHECK(error_of(json::parse(R"({"writers": [{"type": "delay"}, {"type": "delay"}]})")) ==
+        "writers[1].name: another writer is already named 'delay'");
+  CHECK(error_of(json::parse(R"({"writers": [{"type": "delay", "level": "kernel"}]})")) ==
+        "writers[0].level: expected application, database or filesystem");
+  CHECK(error_of(json::parse(
+            R"({"writers": [{"type": "delay", "options": {"delays_ms": {"freeze": -1}}}]})"))
+            .find("writers[0].options.delays_ms.freeze: must be between 0 and") == 0);
+  CHECK(error_of(json::parse(R"({"writers": [{"type": "delay", "options": {"x": 1}}]})")) ==
+        "writers[0].options.x: unknown field");
+  CHECK(error_of(json::parse(R"({"listen": {"unix": {"mode": "rw"}}})")) ==
+        "listen.unix.mode: expected an octal mode such as \"0660\"");
+  CHECK(error_of(json::parse(R"({"listen": {"unix": false, "vsock": false}})")) ==
+        "listen: no transport left: enable unix, vsock or tcp");
+  CHECK(error_of(json::parse(R"({"listen": {"tcp": {"port": 1}}})")) ==
+        "listen.tcp.token_file: required field is missing");
+  CHECK(error_of(json::parse(R"({"log": {"target": "syslog"}})")) ==
+        "log.target: expected stderr, journald or file");
+  CHECK(error_of(json::parse(R"([1, 2])")) == "expected an object, got array [1,2]");
+}
+
+TEST_CASE("the TCP token file must be private and long enough") {
+  test::TempDir dir;
+  const auto path = (dir / "token").string();
+  std::ofstream(path) << "0123456789abcdef0123\n";
+  ::chmod(path.c_str(), 0644);
+  CHECK_THROWS_WITH_AS(read_token_file(path, "listen.tcp.token_file"),
+                       doctest::Contains("must not be accessible by group or others"), FieldError);
+  ::chmod(path.c_str(), 0600);
+  CHECK(read_token_file(path, "listen.tcp.token_file") == "0123456789abcdef0123");
+  std::ofstream(path) << "short\n";
+  CHECK_THROWS_WITH_AS(read_token_file(path, "f"), doctest::Contains("shorter than 16"), FieldError);
+  CHECK_THROWS_AS(read_token_file((dir / "missing").string(), "f"), FieldError);
+}
+
+TEST_CASE("a config file that is not JSON is refused with the parser's position") {
+  test::TempDir dir;
+  const auto path = (dir / "agent.json").string();
+  std::ofstream(path) << "{\"writers\": [}";
+  auto registry = builtin_registry();
+  CHECK_THROWS_WITH(load_config(path, registry), doctest::Contains("is not valid JSON"));
+  CHECK_THROWS_WITH(load_config((dir / "nope.json").string(), registry),
+                    doctest::Contains("cannot read config file"));
+}
