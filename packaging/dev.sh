@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# One entry point for developers and CI (see README.md):
+#   packaging/dev.sh demo   install what is missing, build, run the main job
+#   packaging/dev.sh test   install what is missing, build, run every test
+#   packaging/dev.sh asan   build the unit tests with ASan+UBSan and run them
+#   packaging/dev.sh deps | build
+# Environment: BUILD_DIR (default build), QUIESCE_WERROR=ON to fail on warnings,
+# JOBS (default: number of cores).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build_dir=${BUILD_DIR:-$repo/build}
+jobs=${JOBS:-$(nproc)}
+
+# Debian 12 packages the build and the tests need.
+packages=(
+  build-essential cmake pkg-config ccache git
+  libboost-dev nlohmann-json3-dev libspdlog-dev doctest-dev libsystemd-dev
+  curl util-linux e2fsprogs xfsprogs btrfs-progs
+)
+
+say() { printf '\n== %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null; then
+    sudo "$@"
+  else
+    echo "dev.sh: installing packages needs root (run as root, or install sudo)" >&2
+    exit 1
+  fi
+}
+
+deps() {
+  local missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing: ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
+build() {
+  say "building in $build_dir"
+  cmake -S "$repo" -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DQUIESCE_WERROR="${QUIESCE_WERROR:-OFF}" >/dev/null
+  cmake --build "$build_dir" -j "$jobs"
+}
+
+run_tests() {
+  say "running all tests (labels: unit, root, db, e2e)"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "not root: the tests labelled 'root' will be skipped"
+  fi
+  ctest --test-dir "$build_dir" --output-on-failure -j "$jobs" --timeout 300
+}
+
+asan() {
+  local dir=${ASAN_BUILD_DIR:-$repo/build-asan}
+  say "unit tests with ASan+UBSan in $dir"
+  cmake -S "$repo" -B "$dir" -DCMAKE_BUILD_TYPE=Debug -DQUIESCE_SANITIZE=address,undefined \
+    -DQUIESCE_WERROR="${QUIESCE_WERROR:-OFF}" >/dev/null
+  cmake --build "$dir" -j "$jobs" --target quiesce_unit_tests
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir "$dir" -L unit --output-on-failure -j "$jobs" --timeout 300
+}
+
+demo() {
+  exec "$repo/packaging/demo.sh" "$build_dir"
+}
+
+case "${1:-}" in
+  deps) deps ;;
+  build) deps; build ;;
+  test) deps; build; run_tests ;;
+  asan) deps; asan ;;
+  demo) deps; build; demo ;;
+  *) sed -n '2,9p' "$0"; exit 2 ;;
+esac
