@@ -1,0 +1,488 @@
+#include "platform/linux/subprocess.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <cstdint>
+#include <optional>
+#include <utility>
+
+namespace quiesce::platform {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Output still arriving after the program exited is read this long, so the
+// last lines of a program that wrote and exited are not lost, but a helper
+// it left running (holding the pipe) cannot keep us waiting.
+constexpr std::chrono::milliseconds drain_after_exit{200};
+
+// Without a pidfd, a child's exit is noticed by polling this often.
+constexpr std::chrono::milliseconds exit_poll_interval{20};
+
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() { reset(); }
+  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  Fd& operator=(Fd&& other) noexcept {
+    if (this != &other) {
+      reset();
+      fd_ = std::exchange(other.fd_, -1);
+    }
+    return *this;
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+
+  [[nodiscard]] int get() const { return fd_; }
+  [[nodiscard]] bool valid() const { return fd_ >= 0; }
+  void reset() {
+    if (fd_ >= 0) {
+      ::close(fd_);
+      fd_ = -1;
+    }
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+std::string errno_text(int error) { return std::strerror(error); }
+
+// The child maps its pipes onto 0, 1 and 2; if an end already sits there (an
+// agent started with a closed stdio), dup2 order would clobber it. Lift
+// every descriptor the child uses above 2 first.
+[[nodiscard]] bool lift_above_stdio(Fd& fd) {
+  if (fd.get() > 2) {
+    return true;
+  }
+  int lifted = ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 3);
+  if (lifted < 0) {
+    return false;
+  }
+  fd = Fd(lifted);
+  return true;
+}
+
+struct Pipe {
+  Fd read;
+  Fd write;
+};
+
+[[nodiscard]] std::optional<Pipe> make_pipe(std::string& error) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    error = "pipe2: " + errno_text(errno);
+    return std::nullopt;
+  }
+  Pipe pipe{Fd(fds[0]), Fd(fds[1])};
+  if (!lift_above_stdio(pipe.read) || !lift_above_stdio(pipe.write)) {
+    error = "fcntl(F_DUPFD_CLOEXEC): " + errno_text(errno);
+    return std::nullopt;
+  }
+  return pipe;
+}
+
+// What the child reports through the exec pipe when it cannot start.
+struct ChildFailure {
+  int stage;  // 0: chdir, 1: execve, 2: stdio setup
+  int error;
+};
+
+// Between fork and execve in a threaded process only async-signal-safe
+// calls are allowed: no allocation, no locks. Everything is prepared before.
+[[noreturn]] void exec_child(char* const* argv, char* const* envp, const char* working_dir,
+                             int null_fd, int out_fd, int err_fd, int report_fd) {
+  ::setpgid(0, 0);
+
+  // Signal dispositions set to "ignore" and the blocked mask survive execve;
+  // the agent ignores SIGPIPE and blocks signals in its threads, and a hook
+  // must start with neither.
+  struct sigaction default_action {};
+  default_action.sa_handler = SIG_DFL;
+  sigemptyset(&default_action.sa_mask);
+  for (int signo = 1; signo < NSIG; ++signo) {
+    ::sigaction(signo, &default_action, nullptr);
+  }
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+
+  auto fail = [report_fd](int stage) {
+    ChildFailure failure{stage, errno};
+    [[maybe_unused]] auto written = ::write(report_fd, &failure, sizeof failure);
+    ::_exit(127);
+  };
+
+  if (::dup2(null_fd, 0) < 0 || ::dup2(out_fd, 1) < 0 || ::dup2(err_fd, 2) < 0) {
+    fail(2);
+  }
+  if (working_dir[0] != '\0' && ::chdir(working_dir) != 0) {
+    fail(0);
+  }
+  // Close everything but stdio and the report pipe (which is close-on-exec,
+  // so a successful execve closes it and the parent reads EOF).
+  const auto report = static_cast<unsigned int>(report_fd);
+  bool closed = true;
+  if (report > 3 && ::close_range(3, report - 1, 0) != 0) {
+    closed = false;
+  }
+  if (closed && ::close_range(report + 1, UINT_MAX, 0) != 0) {
+    closed = false;
+  }
+  if (!closed) {
+    // Kernels before 5.9 lack close_range.
+    struct rlimit limit {};
+    rlim_t max_fd = 65536;
+    if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) {
+      max_fd = std::min<rlim_t>(limit.rlim_cur, 1 << 20);
+    }
+    for (rlim_t fd = 3; fd < max_fd; ++fd) {
+      if (static_cast<int>(fd) != report_fd) {
+        ::close(static_cast<int>(fd));
+      }
+    }
+  }
+  ::execve(argv[0], argv, envp);
+  fail(1);
+  ::_exit(127);  // not reached; fail() exits
+}
+
+std::vector<char*> c_strings(std::vector<std::string>& strings) {
+  std::vector<char*> result;
+  result.reserve(strings.size() + 1);
+  for (auto& s : strings) {
+    result.push_back(s.data());
+  }
+  result.push_back(nullptr);
+  return result;
+}
+
+// Splits one stream into lines, keeps and forwards the first bytes up to
+// the bound, and remembers the last non-empty line whatever the bound.
+class StreamCollector {
+ public:
+  StreamCollector(OutputStream stream, const SubprocessSpec& spec, std::string& text,
+                  std::size_t& dropped, std::string* last_line)
+      : stream_(stream), spec_(spec), text_(text), dropped_(dropped), last_line_(last_line) {}
+
+  void add(std::string_view data) {
+    for (char c : data) {
+      if (c == '\n') {
+        emit();
+        continue;
+      }
+      pending_.push_back(c);
+      if (pending_.size() >= std::max<std::size_t>(spec_.max_line_bytes, 1)) {
+        emit();
+      }
+    }
+  }
+
+  void finish() {
+    if (!pending_.empty()) {
+      emit();
+    }
+  }
+
+ private:
+  void emit() {
+    std::string_view line = pending_;
+    if (!line.empty() && line.back() == '\r') {
+      line.remove_suffix(1);
+    }
+    if (last_line_ != nullptr && line.find_first_not_of(" \t") != std::string_view::npos) {
+      last_line_->assign(line);
+    }
+    const std::size_t cost = line.size() + 1;
+    if (kept_ + cost <= spec_.max_output_bytes) {
+      kept_ += cost;
+      text_.append(line);
+      text_.push_back('\n');
+      if (spec_.on_line) {
+        spec_.on_line(stream_, line);
+      }
+    } else {
+      dropped_ += cost;
+    }
+    pending_.clear();
+  }
+
+  OutputStream stream_;
+  const SubprocessSpec& spec_;
+  std::string& text_;
+  std::size_t& dropped_;
+  std::string* last_line_;
+  std::string pending_;
+  std::size_t kept_ = 0;
+};
+
+// Reads what is available without blocking; false at EOF or a read error.
+[[nodiscard]] bool read_available(int fd, StreamCollector& collector) {
+  std::array<char, 16384> buffer{};
+  for (;;) {
+    ssize_t n = ::read(fd, buffer.data(), buffer.size());
+    if (n > 0) {
+      collector.add(std::string_view(buffer.data(), static_cast<std::size_t>(n)));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      return true;
+    }
+    return false;
+  }
+}
+
+int poll_timeout_ms(Clock::time_point now, Clock::time_point until) {
+  if (until <= now) {
+    return 0;
+  }
+  auto remaining = std::chrono::ceil<std::chrono::milliseconds>(until - now).count();
+  return static_cast<int>(std::min<long long>(remaining, INT_MAX));
+}
+
+std::string signal_name(int signo) {
+  const char* abbrev = ::sigabbrev_np(signo);
+  return std::to_string(signo) + (abbrev != nullptr ? std::string(" (SIG") + abbrev + ")" : "");
+}
+
+}  // namespace
+
+std::string SubprocessResult::describe() const {
+  auto ended = [this]() -> std::string {
+    if (signal != 0) {
+      return "killed by signal " + signal_name(signal);
+    }
+    if (exit_code >= 0) {
+      return "exited with status " + std::to_string(exit_code);
+    }
+    return "ended";
+  };
+  switch (outcome) {
+    case Outcome::exited:
+      return "exit status " + std::to_string(exit_code);
+    case Outcome::signaled:
+      return "killed by signal " + signal_name(signal);
+    case Outcome::timed_out:
+      return "timed out after " + std::to_string(elapsed.count()) +
+             " ms; its process group was killed (" + ended() + ")";
+    case Outcome::stopped:
+      return "stopped after " + std::to_string(elapsed.count()) +
+             " ms; its process group was killed (" + ended() + ")";
+    case Outcome::spawn_failed:
+      return "could not start: " + error;
+  }
+  return "unknown outcome";
+}
+
+SubprocessResult run_subprocess(const SubprocessSpec& spec) {
+  SubprocessResult result;
+  const auto start = Clock::now();
+  if (spec.argv.empty() || spec.argv.front().empty()) {
+    result.error = "no program given";
+    return result;
+  }
+  // Never start what would be killed at once.
+  if (spec.stop.stop_requested()) {
+    result.outcome = Outcome::stopped;
+    result.error = "stop requested before start";
+    return result;
+  }
+  if (spec.deadline <= start) {
+    result.outcome = Outcome::timed_out;
+    result.error = "deadline passed before start";
+    return result;
+  }
+
+  std::string error;
+  auto out_pipe = make_pipe(error);
+  auto err_pipe = out_pipe ? make_pipe(error) : std::nullopt;
+  auto report_pipe = err_pipe ? make_pipe(error) : std::nullopt;
+  if (!report_pipe) {
+    result.error = error;
+    return result;
+  }
+  Fd null_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (!null_fd.valid() || !lift_above_stdio(null_fd)) {
+    result.error = "cannot open /dev/null: " + errno_text(errno);
+    return result;
+  }
+
+  auto argv_storage = spec.argv;
+  auto env_storage = spec.env;
+  auto argv = c_strings(argv_storage);
+  auto envp = c_strings(env_storage);
+  const std::string working_dir = spec.working_dir;
+
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    result.error = "fork: " + errno_text(errno);
+    return result;
+  }
+  if (pid == 0) {
+    exec_child(argv.data(), envp.data(), working_dir.c_str(), null_fd.get(),
+               out_pipe->write.get(), err_pipe->write.get(), report_pipe->write.get());
+  }
+  // Also here, so a kill aimed at the group cannot miss the child because
+  // it had not yet run setpgid (EACCES once it has exec'd is harmless).
+  ::setpgid(pid, pid);
+  result.pid = pid;
+  out_pipe->write.reset();
+  err_pipe->write.reset();
+  report_pipe->write.reset();
+  null_fd.reset();
+
+  // EOF means execve succeeded; a ChildFailure means it never ran.
+  ChildFailure failure{};
+  ssize_t got = 0;
+  do {
+    got = ::read(report_pipe->read.get(), &failure, sizeof failure);
+  } while (got < 0 && errno == EINTR);
+  if (got == static_cast<ssize_t>(sizeof failure)) {
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    static constexpr std::array<const char*, 3> stages{"cannot change to directory ",
+                                                       "cannot execute ", "cannot set up stdio for "};
+    const char* stage = stages.at(static_cast<std::size_t>(std::clamp(failure.stage, 0, 2)));
+    result.error = std::string(stage) + (failure.stage == 0 ? spec.working_dir : spec.argv[0]) +
+                   ": " + errno_text(failure.error);
+    result.elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+    return result;
+  }
+  report_pipe->read.reset();
+
+  ::fcntl(out_pipe->read.get(), F_SETFL, O_NONBLOCK);
+  ::fcntl(err_pipe->read.get(), F_SETFL, O_NONBLOCK);
+  // A pidfd turns "the child exited" into a poll event; without one
+  // (kernels before 5.3) exits are noticed by polling.
+  Fd pid_fd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  Fd stop_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  std::optional<std::stop_callback<std::function<void()>>> on_stop;
+  if (stop_fd.valid()) {
+    on_stop.emplace(spec.stop, std::function<void()>([fd = stop_fd.get()] {
+                      const std::uint64_t one = 1;
+                      [[maybe_unused]] auto written = ::write(fd, &one, sizeof one);
+                    }));
+  }
+
+  StreamCollector out(OutputStream::out, spec, result.stdout_text, result.dropped_bytes, nullptr);
+  StreamCollector err(OutputStream::err, spec, result.stderr_text, result.dropped_bytes,
+                      &result.last_stderr_line);
+  Fd& out_fd = out_pipe->read;
+  Fd& err_fd = err_pipe->read;
+
+  std::optional<Outcome> killed_for;  // timed_out or stopped, once SIGTERM went out
+  Clock::time_point sigkill_at = Clock::time_point::max();
+  bool sigkill_sent = false;
+  std::optional<int> status;
+
+  auto read_ready = [&](pollfd& entry, Fd& fd, StreamCollector& collector) {
+    if (entry.fd >= 0 && entry.revents != 0) {
+      if (!read_available(fd.get(), collector)) {
+        fd.reset();
+      }
+    }
+  };
+
+  while (!status) {
+    auto now = Clock::now();
+    if (!killed_for) {
+      if (spec.stop.stop_requested()) {
+        killed_for = Outcome::stopped;
+      } else if (now >= spec.deadline) {
+        killed_for = Outcome::timed_out;
+      }
+      if (killed_for) {
+        ::kill(-pid, SIGTERM);
+        sigkill_at = now + spec.kill_grace;
+      }
+    }
+    if (killed_for && !sigkill_sent && now >= sigkill_at) {
+      ::kill(-pid, SIGKILL);
+      sigkill_sent = true;
+    }
+    int wait_status = 0;
+    pid_t reaped = ::waitpid(pid, &wait_status, WNOHANG);
+    if (reaped == pid) {
+      status = wait_status;
+      break;
+    }
+
+    Clock::time_point wake = killed_for ? (sigkill_sent ? Clock::time_point::max() : sigkill_at)
+                                        : spec.deadline;
+    if (!pid_fd.valid()) {
+      wake = std::min(wake, now + exit_poll_interval);
+    }
+    std::array<pollfd, 4> fds{};
+    fds[0] = {out_fd.valid() ? out_fd.get() : -1, POLLIN, 0};
+    fds[1] = {err_fd.valid() ? err_fd.get() : -1, POLLIN, 0};
+    fds[2] = {pid_fd.get(), POLLIN, 0};
+    // Once signalled, the stop event has done its job; leaving it in would spin.
+    fds[3] = {killed_for ? -1 : stop_fd.get(), POLLIN, 0};
+    const int timeout = wake == Clock::time_point::max() ? -1 : poll_timeout_ms(now, wake);
+    if (::poll(fds.data(), fds.size(), timeout) < 0 && errno != EINTR) {
+      // Cannot wait properly; fall back to short sleeps through the loop.
+      ::usleep(10000);
+      continue;
+    }
+    read_ready(fds[0], out_fd, out);
+    read_ready(fds[1], err_fd, err);
+  }
+
+  if (killed_for) {
+    // Whatever in its group survived SIGTERM (or ignored it) goes now.
+    ::kill(-pid, SIGKILL);
+  }
+  const auto drain_until = Clock::now() + drain_after_exit;
+  while (out_fd.valid() || err_fd.valid()) {
+    auto now = Clock::now();
+    if (now >= drain_until) {
+      break;
+    }
+    std::array<pollfd, 2> fds{};
+    fds[0] = {out_fd.valid() ? out_fd.get() : -1, POLLIN, 0};
+    fds[1] = {err_fd.valid() ? err_fd.get() : -1, POLLIN, 0};
+    if (::poll(fds.data(), fds.size(), poll_timeout_ms(now, drain_until)) < 0 && errno != EINTR) {
+      break;
+    }
+    read_ready(fds[0], out_fd, out);
+    read_ready(fds[1], err_fd, err);
+  }
+  out.finish();
+  err.finish();
+
+  result.elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+  if (WIFEXITED(*status)) {
+    result.exit_code = WEXITSTATUS(*status);
+  } else if (WIFSIGNALED(*status)) {
+    result.signal = WTERMSIG(*status);
+  }
+  if (killed_for) {
+    result.outcome = *killed_for;
+  } else if (WIFSIGNALED(*status)) {
+    result.outcome = Outcome::signaled;
+  } else {
+    result.outcome = Outcome::exited;
+  }
+  return result;
+}
+
+}  // namespace quiesce::platform

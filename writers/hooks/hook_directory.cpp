@@ -1,0 +1,150 @@
+#include "writers/hooks/hook_directory.hpp"
+
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <string_view>
+
+namespace quiesce::writers::hooks {
+
+namespace {
+
+bool ends_with(std::string_view text, std::string_view suffix) {
+  return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
+}
+
+// Why `st` may not be trusted to run as root ("" when it may): anyone who
+// can write it (or, for the directory, add files to it) could run code as root.
+std::string ownership_problem(const struct stat& st, const ScanRules& rules) {
+  if (!rules.allow_non_root_owner && st.st_uid != 0) {
+    return "owned by uid " + std::to_string(st.st_uid) + ", not root";
+  }
+  if ((st.st_mode & S_IWGRP) != 0) {
+    return "writable by its group";
+  }
+  if ((st.st_mode & S_IWOTH) != 0) {
+    return "writable by others";
+  }
+  return "";
+}
+
+}  // namespace
+
+std::string HookScan::problem() const {
+  if (!directory_error.empty()) {
+    return "hook directory " + directory + ": " + directory_error;
+  }
+  std::string text;
+  for (const auto& file : refused) {
+    if (!text.empty()) {
+      text += "; ";
+    }
+    text += "refusing hook " + directory + "/" + file.name + ": " + file.reason;
+  }
+  return text;
+}
+
+std::string skip_reason_for_name(const std::string& name) {
+  if (name.empty() || name.front() == '.') {
+    return "hidden file";
+  }
+  if (name.back() == '~') {
+    return "editor backup (*~)";
+  }
+  // What package managers and editors leave next to a changed file: the
+  // copy is not meant to run, the file it sits beside is. qemu's
+  // fsfreeze-hook skips the same (plus .bak/.orig, kept here too).
+  static constexpr std::array<std::string_view, 3> suffixes{".sample", ".bak", ".orig"};
+  for (auto suffix : suffixes) {
+    if (ends_with(name, suffix)) {
+      return "backup or sample file (*" + std::string(suffix) + ")";
+    }
+  }
+  if (name.find(".dpkg-") != std::string::npos) {
+    return "dpkg leftover (*.dpkg-*)";
+  }
+  if (name.find(".rpm") != std::string::npos) {
+    return "rpm leftover (*.rpm*)";
+  }
+  if (name.find(".ucf-") != std::string::npos) {
+    return "ucf leftover (*.ucf-*)";
+  }
+  return "";
+}
+
+HookScan scan_hook_directory(const std::filesystem::path& directory, const ScanRules& rules) {
+  HookScan scan;
+  scan.directory = directory.string();
+  struct stat dir_stat {};
+  if (::stat(scan.directory.c_str(), &dir_stat) != 0) {
+    if (errno == ENOENT) {
+      return scan;  // nothing installed: nothing to run
+    }
+    scan.exists = true;
+    scan.directory_error = std::strerror(errno);
+    return scan;
+  }
+  scan.exists = true;
+  if (!S_ISDIR(dir_stat.st_mode)) {
+    scan.directory_error = "not a directory";
+    return scan;
+  }
+  if (auto problem = ownership_problem(dir_stat, rules); !problem.empty()) {
+    scan.directory_error = problem;
+    return scan;
+  }
+
+  DIR* dir = ::opendir(scan.directory.c_str());
+  if (dir == nullptr) {
+    scan.directory_error = std::string("cannot read: ") + std::strerror(errno);
+    return scan;
+  }
+  std::vector<std::string> names;
+  while (auto* entry = ::readdir(dir)) {
+    std::string name = entry->d_name;
+    if (name != "." && name != "..") {
+      names.push_back(std::move(name));
+    }
+  }
+  ::closedir(dir);
+  // std::string compares bytes (as unsigned char): the C-locale order run-parts uses.
+  std::sort(names.begin(), names.end());
+
+  for (const auto& name : names) {
+    if (auto reason = skip_reason_for_name(name); !reason.empty()) {
+      scan.skipped.push_back({name, reason});
+      continue;
+    }
+    const std::string path = scan.directory + "/" + name;
+    struct stat st {};
+    // Follows symlinks: a link to a script elsewhere is judged by the script.
+    if (::stat(path.c_str(), &st) != 0) {
+      scan.skipped.push_back({name, std::string("cannot stat: ") + std::strerror(errno)});
+      continue;
+    }
+    if (S_ISDIR(st.st_mode)) {
+      scan.skipped.push_back({name, "directory"});
+      continue;
+    }
+    if (!S_ISREG(st.st_mode)) {
+      scan.skipped.push_back({name, "not a regular file"});
+      continue;
+    }
+    if ((st.st_mode & (S_IXUSR | S_IXGRP | S_IXOTH)) == 0) {
+      scan.skipped.push_back({name, "not executable"});
+      continue;
+    }
+    if (auto problem = ownership_problem(st, rules); !problem.empty()) {
+      scan.refused.push_back({name, problem});
+      continue;
+    }
+    scan.hooks.push_back({name, path});
+  }
+  return scan;
+}
+
+}  // namespace quiesce::writers::hooks
