@@ -459,6 +459,10 @@ class RunCommand {
 
     const auto created = phase("create", [&] { return client_.create_session(create_options); }, "prepared");
     if (!created) {
+      if (transport_failed_) {
+        // The create may have reached the agent; we cannot know its id.
+        std::cerr << "quiescectl: a session may have been created; see 'quiescectl status'\n";
+      }
       return finish(exit_agent_failure);
     }
     session_id_ = created->body.value("id", std::string());
