@@ -325,6 +325,21 @@ TEST_CASE("sqlite: thaw and abort are idempotent and valid in any state") {
   CHECK(other.run("INSERT INTO t(v) VALUES ('z')", 20ms) == SQLITE_OK);
 }
 
+TEST_CASE("sqlite: a database file replaced between prepare and freeze is locked anew") {
+  quiesce::test::TempDir dir("sqlite-unit");
+  const auto path = make_db(dir / "app.db", "delete");
+  auto writer = make_writer({{"databases", {path.string()}}});
+  REQUIRE(writer->prepare(context()).is_ok());
+  std::filesystem::rename(make_db(dir / "new.db", "delete", 3), path);
+  REQUIRE(writer->freeze(context()).is_ok());
+  Db other(path);
+  CHECK(other.count() == 3);
+  CHECK(other.run("INSERT INTO t(v) VALUES ('x')", 20ms) == SQLITE_BUSY);
+  quiesce::HoldReport hold;
+  REQUIRE(writer->thaw(context(), hold).is_ok());
+  CHECK(hold.continuous);
+}
+
 TEST_CASE("sqlite: a database file replaced during the hold breaks continuity") {
   quiesce::test::TempDir dir("sqlite-unit");
   const auto path = make_db(dir / "app.db", "delete");
@@ -369,6 +384,15 @@ TEST_CASE("sqlite: errors an admin must fix are non_retryable and say what to fi
     std::filesystem::permissions(readonly, std::filesystem::perms::owner_read);
     CHECK(field_error({{"databases", {readonly.string()}}}).find("options.databases[0]") !=
           std::string::npos);
+    // Made read-only after the agent started: refused at open, not silently
+    // opened read-only.
+    const auto later = make_db(dir / "later.db", "delete");
+    auto writer3 = make_writer({{"databases", {later.string()}}});
+    std::filesystem::permissions(later, std::filesystem::perms::owner_read);
+    auto refused = writer3->freeze(context());
+    REQUIRE_FALSE(refused.is_ok());
+    CHECK(refused.error().error_class == ErrorClass::non_retryable);
+    CHECK(refused.error().message.find("read-only") != std::string::npos);
   }
 }
 

@@ -292,7 +292,15 @@ class SqliteWriter final : public Writer {
   // Opens a connection per database unless they are open already (prepare
   // opens them so freeze, inside the hold window, does not have to).
   Status open_all() {
-    if (connections_.size() == options_.databases.size()) {
+    // Reuse prepare's connections unless a file was replaced since (an
+    // application that renames a new database into place): a lock on the
+    // old inode would protect nothing.
+    bool reusable = connections_.size() == options_.databases.size();
+    for (const auto& connection : connections_) {
+      reusable = reusable && connection->identity() &&
+                 sqlite::file_identity(connection->path()) == connection->identity();
+    }
+    if (reusable) {
       return Status::ok();
     }
     close_all();
