@@ -16,7 +16,7 @@ jobs=${JOBS:-$(nproc)}
 packages=(
   build-essential cmake pkg-config ccache git
   libboost-dev nlohmann-json3-dev libspdlog-dev doctest-dev libsystemd-dev libsqlite3-dev sqlite3
-  curl util-linux e2fsprogs xfsprogs btrfs-progs
+  curl util-linux e2fsprogs xfsprogs btrfs-progs python3
 )
 
 say() { printf '\n== %s\n' "$*"; }
