@@ -114,7 +114,7 @@ std::string field_error(const nlohmann::json& options) {
 
 }  // namespace
 
-TEST_CASE("sqlite: freeze blocks writers in other connections and processes; thaw lets them in") {
+TEST_CASE("sqlite: freeze blocks writers in other connections and processes and thaw lets them in") {
   for (const std::string mode : {"wal", "delete"}) {
     CAPTURE(mode);
     quiesce::test::TempDir dir("sqlite-unit");
@@ -154,7 +154,7 @@ TEST_CASE("sqlite: freeze blocks writers in other connections and processes; tha
   }
 }
 
-TEST_CASE("sqlite: freeze waits for a transaction in flight, then holds") {
+TEST_CASE("sqlite: freeze waits for a transaction in flight then holds") {
   quiesce::test::TempDir dir("sqlite-unit");
   const auto path = make_db(dir / "app.db", "wal");
   auto writer = make_writer({{"databases", {path.string()}}, {"busy_timeout_ms", 5000}});
@@ -179,7 +179,7 @@ TEST_CASE("sqlite: freeze waits for a transaction in flight, then holds") {
   REQUIRE(writer->thaw(context(), hold).is_ok());
 }
 
-TEST_CASE("sqlite: prepare truncates the WAL; identify describes each database") {
+TEST_CASE("sqlite: prepare truncates the WAL and identify describes each database") {
   quiesce::test::TempDir dir("sqlite-unit");
   const auto path = make_db(dir / "app.db", "wal");
   const auto wal = std::filesystem::path(path.string() + "-wal");
@@ -233,7 +233,7 @@ TEST_CASE("sqlite: prepare reports a checkpoint blocked by a reader as retryable
   REQUIRE(writer->abort(context()).is_ok());
 }
 
-TEST_CASE("sqlite: a lock held elsewhere fails the freeze retryable, naming the database, "
+TEST_CASE("sqlite: a lock held elsewhere fails the freeze retryable naming the database "
           "and releases the others") {
   quiesce::test::TempDir dir("sqlite-unit");
   const auto first = make_db(dir / "first.db", "wal");
@@ -325,6 +325,27 @@ TEST_CASE("sqlite: thaw and abort are idempotent and valid in any state") {
   CHECK(other.run("INSERT INTO t(v) VALUES ('z')", 20ms) == SQLITE_OK);
 }
 
+TEST_CASE("sqlite: identify while frozen leaves the held locks in place") {
+  // POSIX locks belong to the process and closing any descriptor of the file
+  // drops them all; SQLite defers such closes while a lock is held, and this
+  // proves identify's own short-lived connection does not break the hold.
+  for (const std::string mode : {"wal", "delete"}) {
+    CAPTURE(mode);
+    quiesce::test::TempDir dir("sqlite-unit");
+    const auto path = make_db(dir / "app.db", mode);
+    auto writer = make_writer({{"databases", {path.string()}}});
+    REQUIRE(writer->freeze(context()).is_ok());
+    quiesce::Identity identity;
+    REQUIRE(writer->identify(context(), identity).is_ok());
+    CHECK(identity.components[0]["journal_mode"] == mode);
+    Db other(path);
+    CHECK(other.run("INSERT INTO t(v) VALUES ('x')", 20ms) == SQLITE_BUSY);
+    quiesce::HoldReport hold;
+    REQUIRE(writer->thaw(context(), hold).is_ok());
+    CHECK(hold.continuous);
+  }
+}
+
 TEST_CASE("sqlite: a database file replaced between prepare and freeze is locked anew") {
   quiesce::test::TempDir dir("sqlite-unit");
   const auto path = make_db(dir / "app.db", "delete");
@@ -396,7 +417,7 @@ TEST_CASE("sqlite: errors an admin must fix are non_retryable and say what to fi
   }
 }
 
-TEST_CASE("sqlite: options are validated, errors name the field") {
+TEST_CASE("sqlite: options are validated and errors name the field") {
   quiesce::test::TempDir dir("sqlite-unit");
   const auto path = make_db(dir / "app.db", "wal");
   CHECK(field_error({{"databases", {path.string(), (dir / "missing.db").string()}}})
@@ -418,7 +439,7 @@ TEST_CASE("sqlite: options are validated, errors name the field") {
   CHECK(field_error({{"databases", {path.string()}}, {"busy_timeout_ms", 10}}) == "no error");
 }
 
-TEST_CASE("sqlite: figures (prepare / freeze / thaw on a database with some data)") {
+TEST_CASE("sqlite: figures for prepare and freeze and thaw on a database with some data") {
   quiesce::test::TempDir dir("sqlite-unit");
   const auto path = make_db(dir / "app.db", "wal", 100000);
   Db other(path);
