@@ -256,7 +256,8 @@ Expected<Manifest> Checkpointer::create_production(const CreateOptions& options,
   }
   report("thaw",
          std::string("hold ") + (continuous ? "continuous" : "BROKEN") + ", " +
-             std::to_string(m.verdict.is_object() ? m.verdict.value("hold_ms", 0.0) : 0.0).substr(0, 6) + " ms",
+             std::to_string(static_cast<long long>(m.verdict.is_object() ? m.verdict.value("hold_ms", 0.0) : 0.0)) +
+             " ms",
          m.timings_ms["thaw"].get<double>());
 
   step_start = Clock::now();
