@@ -3,6 +3,8 @@
 #   packaging/dev.sh demo   install what is missing, build, run the main job
 #   packaging/dev.sh test   install what is missing, build, run every test
 #   packaging/dev.sh asan   build the unit tests with ASan+UBSan and run them
+#   packaging/dev.sh bench [ARGS]  as root: hold window vs raw FIFREEZE and qemu-ga,
+#                           scaling, footprint (docs/performance.md; ARGS go to quiesce_bench)
 #   packaging/dev.sh deps | build
 # Environment: BUILD_DIR (default build), QUIESCE_WERROR=ON to fail on warnings,
 # JOBS (default: number of cores).
@@ -17,6 +19,7 @@ packages=(
   build-essential cmake pkg-config ccache git
   libboost-dev nlohmann-json3-dev libspdlog-dev doctest-dev libsystemd-dev libsqlite3-dev sqlite3
   curl util-linux e2fsprogs xfsprogs btrfs-progs python3
+  qemu-guest-agent gnuplot-nox
 )
 
 say() { printf '\n== %s\n' "$*"; }
@@ -69,6 +72,20 @@ asan() {
     ctest --test-dir "$dir" -L unit --output-on-failure -j "$jobs" --timeout 300
 }
 
+# Builds only what the bench runs, then runs it; results in $build_dir/bench.
+bench() {
+  say "building the bench in $build_dir"
+  cmake -S "$repo" -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DQUIESCE_WERROR="${QUIESCE_WERROR:-OFF}" >/dev/null
+  cmake --build "$build_dir" -j "$jobs" --target quiesce_bench quiesce-agent quiesce-freeze-holder
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "dev.sh bench: needs root (loop devices, mount, FIFREEZE)" >&2
+    exit 1
+  fi
+  say "running quiesce_bench $*"
+  "$build_dir/bin/quiesce_bench" --out "$build_dir/bench" "$@"
+}
+
 demo() {
   exec "$repo/packaging/demo.sh" "$build_dir"
 }
@@ -79,5 +96,6 @@ case "${1:-}" in
   test) deps; build; run_tests ;;
   asan) deps; asan ;;
   demo) deps; build; demo ;;
-  *) sed -n '2,9p' "$0"; exit 2 ;;
+  bench) shift; deps; bench "$@" ;;
+  *) sed -n '2,11p' "$0"; exit 2 ;;
 esac

@@ -1,0 +1,673 @@
+// quiesce_bench: the hold window of Quiesce against raw FIFREEZE/FITHAW and
+// qemu-guest-agent on loop-mounted ext4, writer scaling, and idle
+// footprint. Root only; it freezes nothing but the filesystems it creates.
+// Entry point: packaging/dev.sh bench (docs/performance.md).
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <tuple>
+
+#include "host-bridge/client/agent_client.hpp"
+#include "tests/bench/bench_support.hpp"
+
+namespace fs = std::filesystem;
+using namespace quiesce::bench;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct Options {
+  int rounds = 30;
+  int scaling_rounds = 30;
+  int startup_rounds = 5;
+  int idle_seconds = 10;
+  int dirty_kib = 1024;
+  std::vector<int> counts{1, 4, 16};
+  std::vector<int> writer_counts{1, 8, 32};
+  fs::path out_dir = "bench-out";
+  fs::path bin_dir;
+  std::string qga = "qemu-ga";
+  bool with_qga = true;
+};
+
+void usage() {
+  std::cerr << "usage: quiesce_bench [--rounds N] [--scaling-rounds N] [--startup-rounds N]\n"
+               "                     [--idle-seconds S] [--dirty-kib K] [--counts 1,4,16]\n"
+               "                     [--writers 1,8,32] [--out DIR] [--bin DIR] [--qga PATH]\n"
+               "                     [--no-qga]\n"
+               "Run as root. Writes DIR/summary.csv, DIR/samples.csv, DIR/footprint.csv,\n"
+               "DIR/bench-hold.png (gnuplot) and prints the tables.\n";
+}
+
+std::vector<int> parse_list(const std::string& text) {
+  std::vector<int> values;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    values.push_back(std::stoi(item));
+  }
+  return values;
+}
+
+Options parse_options(int argc, char** argv) {
+  Options options;
+  std::error_code ec;
+  options.bin_dir = fs::read_symlink("/proc/self/exe", ec).parent_path();
+  for (int i = 1; i < argc; ++i) {
+    std::string flag = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        usage();
+        std::exit(64);
+      }
+      return argv[++i];
+    };
+    if (flag == "--rounds") {
+      options.rounds = std::stoi(value());
+    } else if (flag == "--scaling-rounds") {
+      options.scaling_rounds = std::stoi(value());
+    } else if (flag == "--startup-rounds") {
+      options.startup_rounds = std::stoi(value());
+    } else if (flag == "--idle-seconds") {
+      options.idle_seconds = std::stoi(value());
+    } else if (flag == "--dirty-kib") {
+      options.dirty_kib = std::stoi(value());
+    } else if (flag == "--counts") {
+      options.counts = parse_list(value());
+    } else if (flag == "--writers") {
+      options.writer_counts = parse_list(value());
+    } else if (flag == "--out") {
+      options.out_dir = value();
+    } else if (flag == "--bin") {
+      options.bin_dir = value();
+    } else if (flag == "--qga") {
+      options.qga = value();
+    } else if (flag == "--no-qga") {
+      options.with_qga = false;
+    } else {
+      usage();
+      std::exit(flag == "--help" || flag == "-h" ? 0 : 64);
+    }
+  }
+  return options;
+}
+
+// Samples keyed by (section, filesystems or writers, data, contender).
+using Key = std::tuple<std::string, int, std::string, std::string>;
+
+class Results {
+ public:
+  void add(const Key& key, double ms) { samples_[key].push_back(ms); }
+  [[nodiscard]] Summary summary(const Key& key) const {
+    auto it = samples_.find(key);
+    return it == samples_.end() ? Summary{} : summarise(it->second);
+  }
+  [[nodiscard]] const std::map<Key, std::vector<double>>& all() const { return samples_; }
+
+ private:
+  std::map<Key, std::vector<double>> samples_;
+};
+
+// The real quiesce-agent on a private Unix socket.
+class Agent {
+ public:
+  // `dir` holds the socket, run dir and logs (a tmpfs, like /run);
+  // `state_dir` the durable restore marker (a disk, like /var/lib).
+  Agent(const fs::path& bin_dir, const fs::path& dir, const fs::path& state_dir,
+        const nlohmann::json& writers)
+      : socket_((dir / "agent.sock").string()) {
+    fs::create_directories(dir);
+    nlohmann::json config = {
+        {"listen", {{"unix", {{"path", socket_}}}, {"vsock", false}}},
+        {"state_dir", state_dir.string()},
+        {"run_dir", (dir / "run").string()},
+        {"log", {{"target", "file"}, {"file", (dir / "agent.log").string()}, {"level", "info"}}},
+        {"writers", writers}};
+    const auto config_path = dir / "agent.json";
+    std::ofstream(config_path) << config.dump(2);
+    fs::remove(socket_);
+    const auto started = Clock::now();
+    child_ = std::make_unique<Child>(
+        std::vector<std::string>{(bin_dir / "quiesce-agent").string(), "--config",
+                                 config_path.string()},
+        dir / "agent.out");
+    quiesce::client::ClientOptions probe;
+    probe.endpoint = quiesce::client::Endpoint::parse("unix:" + socket_);
+    probe.timeout = 1s;
+    probe.retries = 0;
+    quiesce::client::AgentClient client(probe);
+    while (Clock::now() - started < 20s) {
+      if (!child_->running()) {
+        throw std::runtime_error("quiesce-agent exited at start; see " + (dir / "agent.out").string());
+      }
+      if (can_connect(socket_)) {
+        try {
+          if (client.health().ok()) {
+            ready_ms_ = ms_since(started);
+            break;
+          }
+        } catch (const std::exception&) {
+        }
+      }
+      std::this_thread::sleep_for(200us);
+    }
+    if (ready_ms_ < 0) {
+      throw std::runtime_error("quiesce-agent did not answer health in 20 s");
+    }
+    quiesce::client::ClientOptions options;
+    options.endpoint = probe.endpoint;
+    options.timeout = 60s;
+    client_ = std::make_unique<quiesce::client::AgentClient>(options);
+  }
+
+  [[nodiscard]] double ready_ms() const { return ready_ms_; }
+  [[nodiscard]] pid_t pid() const { return child_->pid(); }
+
+  struct Round {
+    double hold_host_ms = 0;   // freeze request sent -> thaw answer received
+    double hold_agent_ms = 0;  // verdict.hold_ms
+    double round_trip_ms = 0;  // create -> complete answered
+  };
+
+  Round round() {
+    Round result;
+    const auto began = Clock::now();
+    auto created = client_->create_session(nlohmann::json::object());
+    expect(created, "create");
+    const std::string id = created.body["id"];
+    const auto freeze_sent = Clock::now();
+    expect(client_->freeze(id), "freeze");
+    auto thawed = client_->thaw(id);
+    result.hold_host_ms = ms_since(freeze_sent);
+    expect(thawed, "thaw");
+    if (thawed.body["verdict"]["continuous"] != true) {
+      throw std::runtime_error("the agent reported a broken hold: " + thawed.body.dump());
+    }
+    result.hold_agent_ms = thawed.body["verdict"]["hold_ms"].get<double>();
+    expect(client_->complete(id, "bench"), "complete");
+    result.round_trip_ms = ms_since(began);
+    return result;
+  }
+
+ private:
+  static void expect(const quiesce::client::Result& result, const char* what) {
+    if (!result.ok()) {
+      throw std::runtime_error(std::string("agent ") + what + " failed: " + result.raw_body);
+    }
+  }
+
+  std::string socket_;
+  std::unique_ptr<Child> child_;
+  std::unique_ptr<quiesce::client::AgentClient> client_;
+  double ready_ms_ = -1;
+};
+
+// Debian's qemu-guest-agent on a private socket with a private state dir
+// and no fsfreeze hook.
+class Qga {
+ public:
+  Qga(const std::string& program, const fs::path& dir) : socket_((dir / "qga.sock").string()) {
+    fs::create_directories(dir / "state");
+    fs::remove(socket_);
+    const auto started = Clock::now();
+    child_ = std::make_unique<Child>(
+        std::vector<std::string>{program, "-m", "unix-listen", "-p", socket_, "-t",
+                                 (dir / "state").string(), "-f", (dir / "qga.pid").string(),
+                                 "-l", (dir / "qga.log").string()},
+        dir / "qga.out");
+    while (Clock::now() - started < 20s) {
+      if (!child_->running()) {
+        throw std::runtime_error("qemu-ga exited at start; see " + (dir / "qga.out").string());
+      }
+      if (can_connect(socket_)) {
+        try {
+          client_ = std::make_unique<QgaClient>(socket_);
+          client_->sync();
+          ready_ms_ = ms_since(started);
+          break;
+        } catch (const std::exception&) {
+          client_.reset();
+        }
+      }
+      std::this_thread::sleep_for(200us);
+    }
+    if (ready_ms_ < 0) {
+      throw std::runtime_error("qemu-ga did not answer guest-sync in 20 s");
+    }
+  }
+
+  [[nodiscard]] double ready_ms() const { return ready_ms_; }
+  [[nodiscard]] pid_t pid() const { return child_->pid(); }
+
+  // freeze-list sent -> thaw answered, after a guest-sync outside the window.
+  double round(const std::vector<std::string>& mounts) {
+    client_->sync();
+    const auto sent = Clock::now();
+    auto frozen = client_->execute("guest-fsfreeze-freeze-list", {{"mountpoints", mounts}});
+    auto thawed = client_->execute("guest-fsfreeze-thaw");
+    const auto took = ms_since(sent);
+    if (frozen != static_cast<int>(mounts.size()) || thawed != static_cast<int>(mounts.size())) {
+      throw std::runtime_error("qemu-ga froze " + frozen.dump() + " and thawed " + thawed.dump() +
+                               " of " + std::to_string(mounts.size()));
+    }
+    return took;
+  }
+
+ private:
+  std::string socket_;
+  std::unique_ptr<Child> child_;
+  std::unique_ptr<QgaClient> client_;
+  double ready_ms_ = -1;
+};
+
+nlohmann::json fsfreeze_writer(const std::vector<std::string>& mounts) {
+  return {{"type", "fsfreeze"}, {"name", "fs"}, {"options", {{"mounts", mounts}}}};
+}
+
+nlohmann::json scaling_writers(int delay_writers, const std::vector<std::string>& mounts) {
+  nlohmann::json writers = nlohmann::json::array();
+  for (int i = 0; i < delay_writers; ++i) {
+    writers.push_back({{"type", "delay"},
+                       {"name", "delay" + std::to_string(i)},
+                       {"level", "application"},
+                       {"options", {{"delays_ms", {{"freeze", 10}}}}}});
+  }
+  writers.push_back(fsfreeze_writer(mounts));
+  return writers;
+}
+
+// Rotates the order each round (A B C, B C A, ...) so drift and warm-up hit
+// every contender alike.
+template <typename T>
+std::vector<T> rotated(std::vector<T> items, int round) {
+  if (!items.empty()) {
+    std::rotate(items.begin(),
+                items.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(round) %
+                                                            items.size()),
+                items.end());
+  }
+  return items;
+}
+
+std::string cell(const Summary& summary) {
+  if (summary.count == 0) {
+    return "-";
+  }
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(summary.median < 10 ? 2 : 1) << summary.median << " / "
+      << summary.p90;
+  return out.str();
+}
+
+std::string ratio(double numerator, double denominator) {
+  if (denominator <= 0 || numerator <= 0) {
+    return "-";
+  }
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(numerator / denominator < 10 ? 2 : 1)
+      << numerator / denominator << "x";
+  return out.str();
+}
+
+struct FootprintRow {
+  std::string who;
+  std::vector<double> ready_ms;
+  double rss_fresh_kib = 0;
+  double rss_after_kib = 0;   // with the fsfreeze holder, after one freeze
+  double idle_cpu_ms = 0;
+  long idle_switches = 0;
+};
+
+void print_table(const std::vector<std::string>& header,
+                 const std::vector<std::vector<std::string>>& rows) {
+  std::vector<std::size_t> widths(header.size(), 0);
+  for (std::size_t c = 0; c < header.size(); ++c) {
+    widths[c] = header[c].size();
+    for (const auto& row : rows) {
+      widths[c] = std::max(widths[c], row[c].size());
+    }
+  }
+  auto line = [&](const std::vector<std::string>& cells) {
+    std::cout << "|";
+    for (std::size_t c = 0; c < cells.size(); ++c) {
+      std::cout << " " << std::left << std::setw(static_cast<int>(widths[c])) << cells[c] << " |";
+    }
+    std::cout << "\n";
+  };
+  line(header);
+  std::cout << "|";
+  for (auto width : widths) {
+    std::cout << std::string(width + 2, '-') << "|";
+  }
+  std::cout << "\n";
+  for (const auto& row : rows) {
+    line(row);
+  }
+}
+
+int run_bench(const Options& options) {
+  const int max_count = *std::max_element(options.counts.begin(), options.counts.end());
+  fs::create_directories(options.out_dir);
+  char dir_template[] = "/tmp/quiesce-bench-XXXXXX";
+  if (::mkdtemp(dir_template) == nullptr) {
+    throw std::runtime_error("mkdtemp failed");
+  }
+  const fs::path dir = dir_template;
+  std::cout << "== setting up " << max_count << " loop-mounted ext4 filesystems in " << dir << "\n"
+            << std::flush;
+  // The agents' run dirs and qemu-ga's state dir live on a tmpfs, as /run
+  // does on a Debian guest: the fsfreeze record (fsync'd) and qemu-ga's
+  // frozen flag cost what they cost in production, not a disk flush.
+  const fs::path run_fs = dir / "run";
+  fs::create_directories(run_fs);
+  if (run({"mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "quiesce-bench", run_fs.string()}) !=
+      0) {
+    throw std::runtime_error("cannot mount a tmpfs at " + run_fs.string());
+  }
+  struct Cleanup {
+    fs::path dir;
+    fs::path run_fs;
+    ~Cleanup() {
+      std::string ignored;
+      run({"umount", run_fs.string()}, &ignored);
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  } cleanup{dir, run_fs};
+  LoopSet loops(dir, max_count, 64);
+
+  Results results;
+  std::vector<FootprintRow> footprint;
+  {
+    std::map<int, std::unique_ptr<Agent>> agents;
+    std::map<int, std::unique_ptr<RawFreezer>> raw;
+    for (int n : options.counts) {
+      agents[n] = std::make_unique<Agent>(options.bin_dir, run_fs / ("agent-" + std::to_string(n)),
+                                          dir / ("state-" + std::to_string(n)),
+                                          nlohmann::json::array({fsfreeze_writer(loops.mounts(n))}));
+      raw[n] = std::make_unique<RawFreezer>(loops.mounts(n));
+    }
+    std::unique_ptr<Qga> qga;
+    if (options.with_qga) {
+      qga = std::make_unique<Qga>(options.qga, run_fs / "qga");
+    }
+    // Warm-up: starts the freeze holders and faults everything in.
+    for (int n : options.counts) {
+      (void)agents[n]->round();
+    }
+
+    std::cout << "== hold window: " << options.rounds << " rounds, clean and with "
+              << options.dirty_kib << " KiB fresh per filesystem\n"
+              << std::flush;
+    std::vector<std::string> contenders{"raw_seq", "raw_par", "quiesce", "qemu_ga"};
+    if (!qga) {
+      contenders.pop_back();
+    }
+    for (int round = 0; round < options.rounds && !interrupted(); ++round) {
+      for (const std::string data : {"clean", "dirty"}) {
+        for (int n : options.counts) {
+          for (const auto& contender : rotated(contenders, round)) {
+            if (data == "dirty") {
+              loops.dirty(n, options.dirty_kib);
+            } else {
+              loops.clean(n);
+            }
+            auto key = [&](const std::string& name) { return Key{"hold", n, data, name}; };
+            if (contender == "raw_seq") {
+              results.add(key("raw_seq"), raw[n]->sequential());
+            } else if (contender == "raw_par") {
+              results.add(key("raw_par"), raw[n]->parallel());
+            } else if (contender == "quiesce") {
+              auto r = agents[n]->round();
+              results.add(key("quiesce_host"), r.hold_host_ms);
+              results.add(key("quiesce_agent"), r.hold_agent_ms);
+              results.add(key("quiesce_round_trip"), r.round_trip_ms);
+            } else {
+              results.add(key("qemu_ga"), qga->round(loops.mounts(n)));
+            }
+          }
+        }
+      }
+      std::cout << "." << std::flush;
+    }
+    std::cout << "\n";
+  }
+
+  {
+    const int n = std::min(4, max_count);
+    std::cout << "== scaling: " << options.scaling_rounds << " rounds of 1..N delay writers (10 ms "
+              << "freeze, one level) + fsfreeze on " << n << " filesystems\n"
+              << std::flush;
+    std::map<int, std::unique_ptr<Agent>> agents;
+    for (int k : options.writer_counts) {
+      agents[k] = std::make_unique<Agent>(options.bin_dir,
+                                          run_fs / ("scaling-" + std::to_string(k)),
+                                          dir / ("state-scaling-" + std::to_string(k)),
+                                          scaling_writers(k, loops.mounts(n)));
+      (void)agents[k]->round();
+    }
+    for (int round = 0; round < options.scaling_rounds && !interrupted(); ++round) {
+      for (int k : rotated(options.writer_counts, round)) {
+        loops.clean(n);
+        auto r = agents[k]->round();
+        results.add({"scaling", k, "clean", "quiesce_host"}, r.hold_host_ms);
+        results.add({"scaling", k, "clean", "quiesce_agent"}, r.hold_agent_ms);
+      }
+    }
+  }
+
+  if (!interrupted()) {
+    const int n = std::min(4, max_count);
+    std::cout << "== footprint: start-to-ready x" << options.startup_rounds << ", then "
+              << options.idle_seconds << " s idle after one freeze each\n"
+              << std::flush;
+    FootprintRow agent_row{"quiesce-agent", {}, 0, 0, 0, 0};
+    FootprintRow qga_row{"qemu-ga", {}, 0, 0, 0, 0};
+    std::unique_ptr<Agent> agent;
+    std::unique_ptr<Qga> qga;
+    for (int round = 0; round < options.startup_rounds && !interrupted(); ++round) {
+      agent.reset();
+      qga.reset();
+      // Alternate who starts first.
+      auto start_agent = [&] {
+        agent = std::make_unique<Agent>(options.bin_dir, run_fs / "footprint-agent", dir / "state-footprint",
+                                        nlohmann::json::array({fsfreeze_writer(loops.mounts(n))}));
+        agent_row.ready_ms.push_back(agent->ready_ms());
+      };
+      auto start_qga = [&] {
+        if (options.with_qga) {
+          qga = std::make_unique<Qga>(options.qga, run_fs / "footprint-qga");
+          qga_row.ready_ms.push_back(qga->ready_ms());
+        }
+      };
+      if (round % 2 == 0) {
+        start_agent();
+        start_qga();
+      } else {
+        start_qga();
+        start_agent();
+      }
+    }
+    if (agent) {
+      std::this_thread::sleep_for(300ms);
+      agent_row.rss_fresh_kib = usage_of({agent->pid()}).rss_kib;
+      if (qga) {
+        qga_row.rss_fresh_kib = usage_of({qga->pid()}).rss_kib;
+      }
+      loops.clean(n);
+      (void)agent->round();
+      if (qga) {
+        (void)qga->round(loops.mounts(n));
+      }
+      std::this_thread::sleep_for(500ms);
+      auto agent_pids = [&] {
+        auto pids = children_of(agent->pid());
+        pids.insert(pids.begin(), agent->pid());
+        return pids;
+      };
+      const auto agent_before = usage_of(agent_pids());
+      const auto qga_before = qga ? usage_of({qga->pid()}) : ProcessUsage{};
+      std::this_thread::sleep_for(std::chrono::seconds(options.idle_seconds));
+      const auto agent_after = usage_of(agent_pids());
+      const auto qga_after = qga ? usage_of({qga->pid()}) : ProcessUsage{};
+      agent_row.rss_after_kib = agent_after.rss_kib;
+      agent_row.idle_cpu_ms = agent_after.cpu_ms - agent_before.cpu_ms;
+      agent_row.idle_switches = agent_after.context_switches - agent_before.context_switches;
+      qga_row.rss_after_kib = qga_after.rss_kib;
+      qga_row.idle_cpu_ms = qga_after.cpu_ms - qga_before.cpu_ms;
+      qga_row.idle_switches = qga_after.context_switches - qga_before.context_switches;
+    }
+    footprint.push_back(agent_row);
+    if (options.with_qga) {
+      footprint.push_back(qga_row);
+    }
+  }
+
+  // ---- report ----
+  std::ofstream samples_csv(options.out_dir / "samples.csv");
+  samples_csv << "section,count,data,contender,sample,ms\n";
+  for (const auto& [key, samples] : results.all()) {
+    for (std::size_t i = 0; i < samples.size(); ++i) {
+      samples_csv << std::get<0>(key) << "," << std::get<1>(key) << "," << std::get<2>(key) << ","
+                  << std::get<3>(key) << "," << i << "," << samples[i] << "\n";
+    }
+  }
+
+  std::ofstream summary_csv(options.out_dir / "summary.csv");
+  summary_csv << "section,count,data,contender,median_ms,p90_ms,samples,vs_raw_seq,vs_raw_par,"
+                 "vs_qemu_ga\n";
+  for (const auto& [key, samples] : results.all()) {
+    const auto& [section, n, data, contender] = key;
+    auto s = summarise(samples);
+    auto base = [&](const std::string& name) {
+      return results.summary({section, n, data, name}).median;
+    };
+    auto r = [&](double denominator) {
+      return denominator > 0 ? std::to_string(s.median / denominator) : std::string();
+    };
+    summary_csv << section << "," << n << "," << data << "," << contender << "," << s.median << ","
+                << s.p90 << "," << s.count << "," << r(base("raw_seq")) << ","
+                << r(base("raw_par")) << "," << r(base("qemu_ga")) << "\n";
+  }
+
+  std::cout << "\nHold window, ms, median / p90 (" << options.rounds
+            << " rounds; dirty = " << options.dirty_kib
+            << " KiB written to a new file on each filesystem just before the round)\n\n";
+  std::vector<std::vector<std::string>> rows;
+  std::ofstream chart_data(options.out_dir / "hold.dat");
+  chart_data << "# case raw_seq raw_par qemu_ga quiesce_host quiesce_agent\n";
+  for (const std::string data : {"clean", "dirty"}) {
+    for (int n : options.counts) {
+      auto get = [&](const std::string& name) { return results.summary({"hold", n, data, name}); };
+      auto q = get("quiesce_host");
+      rows.push_back({std::to_string(n), data, cell(get("raw_seq")), cell(get("raw_par")),
+                      cell(get("qemu_ga")), cell(q), cell(get("quiesce_agent")),
+                      cell(get("quiesce_round_trip")), ratio(q.median, get("raw_par").median),
+                      ratio(q.median, get("raw_seq").median),
+                      ratio(q.median, get("qemu_ga").median)});
+      chart_data << "\"" << n << " fs " << data << "\" " << get("raw_seq").median << " "
+                 << get("raw_par").median << " " << get("qemu_ga").median << " " << q.median << " "
+                 << get("quiesce_agent").median << "\n";
+    }
+  }
+  print_table({"fs", "data", "raw seq", "raw par (floor)", "qemu-ga", "Quiesce hold (host)",
+               "Quiesce hold_ms (agent)", "Quiesce round trip", "Q/par", "Q/seq", "Q/qemu-ga"},
+              rows);
+
+  std::cout << "\nScaling: delay writers (10 ms freeze each, one level) + fsfreeze, hold ms, "
+               "median / p90\n\n";
+  rows.clear();
+  std::ofstream scaling_data(options.out_dir / "scaling.dat");
+  scaling_data << "# writers quiesce_host quiesce_agent\n";
+  const double one = results.summary({"scaling", options.writer_counts.front(), "clean",
+                                      "quiesce_host"})
+                         .median;
+  for (int k : options.writer_counts) {
+    auto host = results.summary({"scaling", k, "clean", "quiesce_host"});
+    auto agent = results.summary({"scaling", k, "clean", "quiesce_agent"});
+    rows.push_back({std::to_string(k), cell(host), cell(agent), ratio(host.median, one)});
+    scaling_data << k << " " << host.median << " " << agent.median << "\n";
+  }
+  print_table({"delay writers", "hold (host)", "hold_ms (agent)", "vs first"}, rows);
+
+  std::cout << "\nFootprint\n\n";
+  rows.clear();
+  std::ofstream footprint_csv(options.out_dir / "footprint.csv");
+  footprint_csv << "process,ready_median_ms,ready_p90_ms,rss_fresh_kib,rss_after_freeze_kib,"
+                   "idle_cpu_ms,idle_context_switches,idle_seconds\n";
+  for (const auto& row : footprint) {
+    auto ready = summarise(row.ready_ms);
+    std::ostringstream rss_fresh;
+    std::ostringstream rss_after;
+    std::ostringstream cpu;
+    rss_fresh << std::fixed << std::setprecision(1) << row.rss_fresh_kib / 1024 << " MiB";
+    rss_after << std::fixed << std::setprecision(1) << row.rss_after_kib / 1024 << " MiB";
+    cpu << std::fixed << std::setprecision(0) << row.idle_cpu_ms << " ms";
+    rows.push_back({row.who, cell(ready), rss_fresh.str(), rss_after.str(), cpu.str(),
+                     std::to_string(row.idle_switches)});
+    footprint_csv << row.who << "," << ready.median << "," << ready.p90 << ","
+                  << row.rss_fresh_kib << "," << row.rss_after_kib << "," << row.idle_cpu_ms
+                  << "," << row.idle_switches << "," << options.idle_seconds << "\n";
+  }
+  print_table({"process", "start-to-ready ms", "RSS fresh", "RSS after a freeze (+holder)",
+               "CPU over idle", "wakeups over idle (ctx switches)"},
+              rows);
+
+  // gnuplot reads these files: flush them first.
+  chart_data.close();
+  scaling_data.close();
+  summary_csv.close();
+  samples_csv.close();
+  footprint_csv.close();
+  // The chart: hold windows per case (log scale), and writer scaling.
+  const auto script = options.out_dir / "bench.gp";
+  std::ofstream(script)
+      << "set terminal pngcairo size 1400,560 font 'sans,10'\n"
+      << "set output '" << (options.out_dir / "bench-hold.png").string() << "'\n"
+      << "set multiplot layout 1,2 margins 0.06,0.98,0.18,0.90 spacing 0.07\n"
+      << "set title 'Hold window, median ms (log scale)'\n"
+      << "set style data histograms\nset style histogram clustered gap 1\n"
+      << "set style fill solid 0.85 border -1\nset boxwidth 0.9\nset logscale y\n"
+      << "set grid ytics\nset key top left\nset xtics rotate by -30\nset yrange [0.1:*]\n"
+      << "plot '" << (options.out_dir / "hold.dat").string()
+      << "' using 2:xtic(1) title 'raw one-after-another', '' using 3 title 'raw parallel "
+         "(floor)', '' using 4 title 'qemu-ga', '' using 5 title 'Quiesce (host sees)'\n"
+      << "unset logscale y\nset yrange [0:*]\nset xtics norotate\n"
+      << "set title 'Writer scaling: N delay writers (10 ms) + fsfreeze, median ms'\n"
+      << "plot '" << (options.out_dir / "scaling.dat").string()
+      << "' using 2:xtic(1) title 'hold (host sees)', '' using 3 title 'hold\\_ms (agent)'\n"
+      << "unset multiplot\n";
+  if (run({"gnuplot", script.string()}) != 0) {
+    std::cerr << "gnuplot failed; the data is in " << options.out_dir << "\n";
+  }
+  std::cout << "\nWrote " << (options.out_dir / "summary.csv").string() << ", samples.csv, "
+            << "footprint.csv and bench-hold.png in " << options.out_dir << "\n";
+  return interrupted() ? 130 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  auto options = parse_options(argc, argv);
+  if (::geteuid() != 0) {
+    std::cerr << "quiesce_bench needs root (loop devices, mount, FIFREEZE)\n";
+    return 77;
+  }
+  install_interrupt_handler();
+  try {
+    return run_bench(options);
+  } catch (const std::exception& error) {
+    std::cerr << "quiesce_bench: " << error.what() << "\n";
+    return 1;
+  }
+}
