@@ -287,6 +287,20 @@ TEST_CASE("hooks: a hook past its timeout is killed with its whole process group
   CHECK(quiesce::test::eventually(5s, [&] { return process_gone(child) && process_gone(hook); }));
 }
 
+TEST_CASE("hooks: the call's deadline cuts a hook's timeout short") {
+  HookFixture f;
+  f.add_script("10-slow", "sleep 1000");
+  auto writer = f.make({{"timeout_ms", 30000}});
+  auto ctx = f.ctx();
+  ctx.deadline = quiesce::Clock::now() + 400ms;
+  auto status = writer->freeze(ctx);
+  REQUIRE_FALSE(status.is_ok());
+  CHECK(status.error().error_class == ErrorClass::timeout);
+  CHECK(status.error().message.find("10-slow freeze: timed out") != std::string::npos);
+  // Killed (SIGTERM, then SIGKILL at the latest) by the call's deadline.
+  CHECK(quiesce::Clock::now() < ctx.deadline + 5s);
+}
+
 TEST_CASE("hooks: the stop token kills a running hook") {
   HookFixture f;
   const auto pid_file = f.temp("hook.pid");

@@ -423,7 +423,13 @@ class HooksWriter final : public Writer {
     std::string message = "hook " + hook.path + " " + std::string(argument) + ": " +
                           result.describe();
     if (!result.last_stderr_line.empty()) {
-      message += " (stderr: " + result.last_stderr_line + ")";
+      // One line is enough to point at the cause; the rest is in the log.
+      constexpr std::size_t max_quoted = 300;
+      auto line = result.last_stderr_line.substr(0, max_quoted);
+      if (result.last_stderr_line.size() > max_quoted) {
+        line += "...";
+      }
+      message += " (stderr: " + line + ")";
     }
     switch (result.outcome) {
       case Outcome::timed_out:
