@@ -93,7 +93,9 @@ struct CtlFixture {
   std::unique_ptr<quiesce::test::RunningServer> running;
   std::string socket;
 
-  CtlFixture() {
+  // The agent's behaviour is fixed before the server starts: the handler
+  // threads read it, and nothing orders a later write with their reads.
+  explicit CtlFixture(FakeAgent behaviour = {}) : agent(std::move(behaviour)) {
     fake.respond = [this](const quiesce::api::Request& request) { return agent.handle(request); };
     quiesce::api::ServerConfig config;
     config.unix_socket = quiesce::api::UnixListener{};
@@ -161,8 +163,7 @@ TEST_CASE("quiescectl: a failed freeze aborts the session and exits 1") {
   if (!quiescectl()) {
     return;
   }
-  CtlFixture fixture;
-  fixture.agent.fail_at = "POST /v1/sessions/s1/freeze";
+  CtlFixture fixture(FakeAgent{"POST /v1/sessions/s1/freeze", false});
   std::string output;
   const int rc = ctl({"--socket", fixture.socket, "run"}, &output);
   CAPTURE(output);
@@ -177,8 +178,7 @@ TEST_CASE("quiescectl: a failed thaw aborts too; --json gives one line per phase
   if (!quiescectl()) {
     return;
   }
-  CtlFixture fixture;
-  fixture.agent.fail_at = "POST /v1/sessions/s1/thaw";
+  CtlFixture fixture(FakeAgent{"POST /v1/sessions/s1/thaw", false});
   std::string output;
   const int rc = ctl({"--socket", fixture.socket, "--json", "run"}, &output);
   CAPTURE(output);
@@ -204,8 +204,7 @@ TEST_CASE("quiescectl: a broken hold completes but exits 1") {
   if (!quiescectl()) {
     return;
   }
-  CtlFixture fixture;
-  fixture.agent.broken_hold = true;
+  CtlFixture fixture(FakeAgent{"", true});
   std::string output;
   CHECK(ctl({"--socket", fixture.socket, "run"}, &output) == 1);
   CAPTURE(output);
