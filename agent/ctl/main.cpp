@@ -6,6 +6,7 @@
 //   1  the agent answered with a failure (API error, a failed phase, a broken hold)
 //   2  usage error
 //   3  cannot connect to or talk with the agent (transport error, timeout)
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -277,7 +278,8 @@ void print_session(const json& session) {
   std::cout << "\n";
 
   // Timing columns in protocol order, then whatever else the agent reports.
-  std::vector<std::string> phases = {"prepare", "freeze", "thaw", "complete", "post_snapshot", "abort"};
+  const std::vector<std::string> phases = {"identify", "prepare", "freeze",        "hold",
+                                           "thaw",     "complete", "post_snapshot", "abort"};
   const json writers = session.value("writers", json::array());
   std::vector<std::string> present;
   for (const auto& phase : phases) {
@@ -316,9 +318,22 @@ void print_session(const json& session) {
     print_table(header, rows);
   }
   if (session.contains("timings_ms") && session["timings_ms"].is_object() && !session["timings_ms"].empty()) {
+    // Protocol order first (JSON objects come back sorted by name).
+    const auto& timings = session["timings_ms"];
+    std::vector<std::string> order;
+    for (const auto& phase : phases) {
+      if (timings.contains(phase)) {
+        order.push_back(phase);
+      }
+    }
+    for (const auto& [phase, unused] : timings.items()) {
+      if (std::find(order.begin(), order.end(), phase) == order.end()) {
+        order.push_back(phase);
+      }
+    }
     std::cout << "  timings:";
-    for (const auto& [phase, ms] : session["timings_ms"].items()) {
-      std::cout << " " << phase << " " << text_of(ms) << " ms";
+    for (const auto& phase : order) {
+      std::cout << " " << phase << " " << text_of(timings[phase]) << " ms";
     }
     std::cout << "\n";
   }
