@@ -4,6 +4,7 @@
 #include "quiesce/writer_registry.hpp"
 #include "writers/delay/delay_writer.hpp"
 #include "writers/fsfreeze/fsfreeze_writer.hpp"
+#include "writers/postgres/postgres_writer.hpp"
 #include "writers/sqlite/sqlite_writer.hpp"
 #include "writers/hooks/hooks_writer.hpp"
 
@@ -13,6 +14,7 @@ void register_builtin_writers(WriterRegistry& registry) {
   writers::register_delay_writer(registry);
   writers::register_fsfreeze_writer(registry);
   writers::register_sqlite_writer(registry);
+  writers::register_postgres_writer(registry);
   writers::register_hooks_writer(registry);
 }
 
