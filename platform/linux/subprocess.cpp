@@ -50,6 +50,7 @@ class Fd {
 
   [[nodiscard]] int get() const { return fd_; }
   [[nodiscard]] bool valid() const { return fd_ >= 0; }
+  [[nodiscard]] int release() { return std::exchange(fd_, -1); }
   void reset() {
     if (fd_ >= 0) {
       ::close(fd_);
@@ -483,6 +484,67 @@ SubprocessResult run_subprocess(const SubprocessSpec& spec) {
     result.outcome = Outcome::exited;
   }
   return result;
+}
+
+SpawnedProcess spawn_process(const SpawnSpec& spec) {
+  SpawnedProcess spawned;
+  if (spec.argv.empty() || spec.argv.front().empty()) {
+    spawned.error = "no program given";
+    return spawned;
+  }
+  std::string error;
+  auto in_pipe = make_pipe(error);
+  auto out_pipe = in_pipe ? make_pipe(error) : std::nullopt;
+  auto err_pipe = out_pipe ? make_pipe(error) : std::nullopt;
+  auto report_pipe = err_pipe ? make_pipe(error) : std::nullopt;
+  if (!report_pipe) {
+    spawned.error = error;
+    return spawned;
+  }
+  auto argv_storage = spec.argv;
+  auto env_storage = spec.env;
+  auto argv = c_strings(argv_storage);
+  auto envp = c_strings(env_storage);
+  const std::string working_dir = spec.working_dir;
+
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    spawned.error = "fork: " + errno_text(errno);
+    return spawned;
+  }
+  if (pid == 0) {
+    exec_child(argv.data(), envp.data(), working_dir.c_str(), in_pipe->read.get(),
+               out_pipe->write.get(), err_pipe->write.get(), report_pipe->write.get());
+  }
+  ::setpgid(pid, pid);  // as in run_subprocess: a group kill must not miss it
+  in_pipe->read.reset();
+  out_pipe->write.reset();
+  err_pipe->write.reset();
+  report_pipe->write.reset();
+
+  ChildFailure failure{};
+  ssize_t got = 0;
+  do {
+    got = ::read(report_pipe->read.get(), &failure, sizeof failure);
+  } while (got < 0 && errno == EINTR);
+  if (got == static_cast<ssize_t>(sizeof failure)) {
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    static constexpr std::array<const char*, 3> stages{"cannot change to directory ",
+                                                       "cannot execute ", "cannot set up stdio for "};
+    const char* stage = stages.at(static_cast<std::size_t>(std::clamp(failure.stage, 0, 2)));
+    spawned.error = std::string(stage) + (failure.stage == 0 ? spec.working_dir : spec.argv[0]) +
+                    ": " + errno_text(failure.error);
+    return spawned;
+  }
+  ::fcntl(out_pipe->read.get(), F_SETFL, O_NONBLOCK);
+  ::fcntl(err_pipe->read.get(), F_SETFL, O_NONBLOCK);
+  spawned.pid = pid;
+  spawned.stdin_fd = in_pipe->write.release();
+  spawned.stdout_fd = out_pipe->read.release();
+  spawned.stderr_fd = err_pipe->read.release();
+  return spawned;
 }
 
 }  // namespace quiesce::platform

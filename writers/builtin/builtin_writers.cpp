@@ -3,6 +3,7 @@
 
 #include "quiesce/writer_registry.hpp"
 #include "writers/delay/delay_writer.hpp"
+#include "writers/exec/exec_writer.hpp"
 #include "writers/fsfreeze/fsfreeze_writer.hpp"
 #include "writers/postgres/postgres_writer.hpp"
 #include "writers/sqlite/sqlite_writer.hpp"
@@ -16,6 +17,7 @@ void register_builtin_writers(WriterRegistry& registry) {
   writers::register_sqlite_writer(registry);
   writers::register_postgres_writer(registry);
   writers::register_hooks_writer(registry);
+  writers::register_exec_writer(registry);
 }
 
 }  // namespace quiesce
