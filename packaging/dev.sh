@@ -17,7 +17,7 @@ jobs=${JOBS:-$(nproc)}
 # Debian 12 packages the build and the tests need.
 packages=(
   build-essential cmake pkg-config ccache git
-  libboost-dev nlohmann-json3-dev libspdlog-dev doctest-dev libsystemd-dev libsqlite3-dev sqlite3 postgresql libpq-dev
+  libboost-dev nlohmann-json3-dev libspdlog-dev doctest-dev libsystemd-dev libsqlite3-dev sqlite3 postgresql libpq-dev redis-server libhiredis-dev mariadb-server libmariadb-dev
   curl util-linux e2fsprogs xfsprogs btrfs-progs python3
   qemu-guest-agent gnuplot-nox
 )
