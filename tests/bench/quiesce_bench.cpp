@@ -13,6 +13,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <tuple>
@@ -118,6 +119,39 @@ class Results {
   std::map<Key, std::vector<double>> samples_;
 };
 
+// Every mount point but /, the pseudo filesystems qemu-ga needs, and those
+// in `visible` or above one of them: deepest first, for `umount -l`.
+std::vector<std::string> mounts_to_hide(const std::vector<std::string>& visible) {
+  std::vector<std::string> all;
+  std::ifstream mountinfo("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(mountinfo, line)) {
+    std::istringstream fields(line);
+    std::string id, parent, device, root, mount_point;
+    fields >> id >> parent >> device >> root >> mount_point;
+    if (mount_point.find('\\') != std::string::npos || mount_point.find('\'') != std::string::npos) {
+      continue;  // escaped or quoted names: not ours, and not worth quoting
+    }
+    all.push_back(mount_point);
+  }
+  auto kept = [&](const std::string& mount_point) {
+    if (mount_point == "/" || mount_point == "/proc" || mount_point == "/dev" ||
+        mount_point == "/sys") {
+      return true;
+    }
+    return std::any_of(visible.begin(), visible.end(), [&](const std::string& keep) {
+      return keep == mount_point || keep.starts_with(mount_point + "/");
+    });
+  };
+  std::vector<std::string> hide;
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    if (!kept(*it)) {
+      hide.push_back(*it);
+    }
+  }
+  return hide;
+}
+
 // The real quiesce-agent on a private Unix socket.
 class Agent {
  public:
@@ -216,15 +250,41 @@ class Agent {
 // and no fsfreeze hook.
 class Qga {
  public:
-  Qga(const std::string& program, const fs::path& dir) : socket_((dir / "qga.sock").string()) {
+  // `visible`: the only mounts (besides /, /proc, /dev, /sys) qemu-ga may
+  // see. guest-fsfreeze-thaw thaws every frozen filesystem in its mount
+  // table, so on a shared machine it would thaw other people's freezes;
+  // in a private mount namespace without their mounts it cannot. Without
+  // `visible` (footprint: it never freezes there) it is started directly,
+  // so its start-to-ready time is its own.
+  Qga(const std::string& program, const fs::path& dir,
+      const std::optional<std::vector<std::string>>& visible)
+      : socket_((dir / "qga.sock").string()) {
     fs::create_directories(dir / "state");
     fs::remove(socket_);
+    std::vector<std::string> argv{program,
+                                  "-m",
+                                  "unix-listen",
+                                  "-p",
+                                  socket_,
+                                  "-t",
+                                  (dir / "state").string(),
+                                  "-f",
+                                  (dir / "qga.pid").string(),
+                                  "-l",
+                                  (dir / "qga.log").string()};
+    if (visible) {
+      std::string script;
+      for (const auto& mount_point : mounts_to_hide(*visible)) {
+        script += "umount -l '" + mount_point + "' 2>/dev/null; ";
+      }
+      script += "exec";
+      for (const auto& arg : argv) {
+        script += " '" + arg + "'";
+      }
+      argv = {"unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script};
+    }
     const auto started = Clock::now();
-    child_ = std::make_unique<Child>(
-        std::vector<std::string>{program, "-m", "unix-listen", "-p", socket_, "-t",
-                                 (dir / "state").string(), "-f", (dir / "qga.pid").string(),
-                                 "-l", (dir / "qga.log").string()},
-        dir / "qga.out");
+    child_ = std::make_unique<Child>(argv, dir / "qga.out");
     while (Clock::now() - started < 20s) {
       if (!child_->running()) {
         throw std::runtime_error("qemu-ga exited at start; see " + (dir / "qga.out").string());
@@ -399,7 +459,9 @@ int run_bench(const Options& options) {
     }
     std::unique_ptr<Qga> qga;
     if (options.with_qga) {
-      qga = std::make_unique<Qga>(options.qga, run_fs / "qga");
+      auto visible = loops.mounts(max_count);
+      visible.push_back(run_fs.string());
+      qga = std::make_unique<Qga>(options.qga, run_fs / "qga", visible);
     }
     // Warm-up: starts the freeze holders and faults everything in.
     for (int n : options.counts) {
@@ -486,7 +548,7 @@ int run_bench(const Options& options) {
       };
       auto start_qga = [&] {
         if (options.with_qga) {
-          qga = std::make_unique<Qga>(options.qga, run_fs / "footprint-qga");
+          qga = std::make_unique<Qga>(options.qga, run_fs / "footprint-qga", std::nullopt);
           qga_row.ready_ms.push_back(qga->ready_ms());
         }
       };
@@ -505,10 +567,9 @@ int run_bench(const Options& options) {
         qga_row.rss_fresh_kib = usage_of({qga->pid()}).rss_kib;
       }
       loops.clean(n);
+      // qemu-ga has no helper to start, and a thaw outside its jail would
+      // thaw every frozen filesystem on the machine: it is measured as started.
       (void)agent->round();
-      if (qga) {
-        (void)qga->round(loops.mounts(n));
-      }
       std::this_thread::sleep_for(500ms);
       auto agent_pids = [&] {
         auto pids = children_of(agent->pid());
