@@ -292,6 +292,10 @@ struct ServerState {
   // handler's final post never targets a destroyed io_context.
   asio::io_context ioc;
   asio::thread_pool pool;
+  // GETs (health, status, metrics) only read the coordinator's state, never
+  // wait on a writer: their own small pool keeps them answering while every
+  // thread of `pool` is busy with slow operations (DESIGN.md invariant 6).
+  asio::thread_pool read_pool{2};
   asio::executor_work_guard<asio::io_context::executor_type> work;
   asio::steady_timer grace_timer;
 
@@ -512,7 +516,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
     // The handler may block for as long as a freeze takes; it runs on the
     // pool. The work guard keeps run() alive until the response is back.
-    asio::post(server_.pool, [self = shared_from_this(), request = std::move(request),
+    auto& pool = request.method == "GET" ? server_.read_pool : server_.pool;
+    asio::post(pool, [self = shared_from_this(), request = std::move(request),
                               work = asio::make_work_guard(server_.ioc)]() mutable {
       Response response = self->server_.invoke_handler(request);
       asio::post(self->server_.ioc, [self, response = std::move(response)]() mutable {
@@ -836,7 +841,15 @@ void ServerState::bind_unix(const UnixListener& config_in) {
   const Endpoint endpoint{asio::local::stream_protocol::endpoint(config_in.path)};
   try {
     listener->acceptor.open(endpoint.protocol());
-    listener->acceptor.bind(endpoint);
+    // Bind with a umask that leaves the socket owner-only until the chmod
+    // below, so nobody can connect in between.
+    const mode_t old_umask = ::umask(0177);
+    boost::system::error_code bind_error;
+    listener->acceptor.bind(endpoint, bind_error);
+    ::umask(old_umask);
+    if (bind_error) {
+      throw boost::system::system_error(bind_error);
+    }
     listener->acceptor.listen(asio::socket_base::max_listen_connections);
   } catch (const boost::system::system_error& e) {
     throw listener_error(name, e.code().message());
@@ -846,8 +859,6 @@ void ServerState::bind_unix(const UnixListener& config_in) {
   if (::lstat(config_in.path.c_str(), &st) == 0) {
     unix_inode = std::make_pair(st.st_dev, st.st_ino);
   }
-  // Until chmod runs the socket has umask permissions; with the usual umask
-  // (022) nobody but us can connect (connect needs write permission).
   if (::chmod(config_in.path.c_str(), static_cast<mode_t>(config_in.mode)) != 0) {
     throw listener_error(name, "chmod: " + errno_text(errno));
   }
@@ -966,6 +977,7 @@ HttpServer::~HttpServer() {
   // Running handlers hold sessions that point at impl_; wait for them before
   // the io_context (and the sessions it owns) goes away.
   impl_->pool.join();
+  impl_->read_pool.join();
   impl_->remove_unix_socket_file();
 }
 
