@@ -419,7 +419,15 @@ int command_writers(AgentClient& client, const Options& options) {
         if (list.is_array() && !list.empty()) {
           components.clear();
           for (const auto& component : list) {
-            components += (components.empty() ? "" : ",") + text_of(component);
+            // A component is an object; its name is what a person scans for.
+            std::string label = text_of(component);
+            for (const char* key : {"name", "path", "mount"}) {
+              if (component.is_object() && component.contains(key) && component[key].is_string()) {
+                label = component[key].get<std::string>();
+                break;
+              }
+            }
+            components += (components.empty() ? "" : ",") + label;
           }
         }
       }
