@@ -45,6 +45,16 @@ bool is_terminal(const std::string& state) {
   return state == "completed" || state == "aborted" || state == "failed" || state == "expired";
 }
 
+// A second operation is refused at once rather than queued behind the first.
+wire::ApiError operation_in_progress() {
+  return wire::ApiError{409, "operation_in_progress",
+                        "another request is working on the active session", std::nullopt, true};
+}
+
+wire::ApiError unknown_session(const std::string& id) {
+  return wire::ApiError{404, "unknown_session", "no session " + id, std::nullopt, false};
+}
+
 // Writes a small file durably: temp file, fsync, rename, fsync the folder.
 bool write_file_durably(const std::filesystem::path& path, const std::string& content) {
   auto temp = path;
@@ -341,8 +351,7 @@ Expected<nlohmann::json> Coordinator::create_session(const SessionRequest& reque
 
   std::unique_lock op(op_mutex_, std::try_to_lock);
   if (!op.owns_lock()) {
-    return wire::ApiError{409, "operation_in_progress",
-                          "another request is working on the active session", std::nullopt, true};
+    return operation_in_progress();
   }
   Session* session = nullptr;
   {
@@ -475,15 +484,14 @@ Expected<nlohmann::json> Coordinator::run_create(Session& session) {
 Expected<nlohmann::json> Coordinator::freeze(const std::string& id) {
   std::unique_lock op(op_mutex_, std::try_to_lock);
   if (!op.owns_lock()) {
-    return wire::ApiError{409, "operation_in_progress",
-                          "another request is working on the active session", std::nullopt, true};
+    return operation_in_progress();
   }
   Session* session = nullptr;
   {
     std::lock_guard lock(state_mutex_);
     session = find_locked(id);
     if (session == nullptr) {
-      return wire::ApiError{404, "unknown_session", "no session " + id, std::nullopt, false};
+      return unknown_session(id);
     }
     if (session->state != "prepared") {
       return wire::ApiError{409, "invalid_phase",
@@ -583,7 +591,7 @@ Expected<nlohmann::json> Coordinator::thaw(const std::string& id) {
     std::lock_guard lock(state_mutex_);
     auto* session = find_locked(id);
     if (session == nullptr) {
-      return wire::ApiError{404, "unknown_session", "no session " + id, std::nullopt, false};
+      return unknown_session(id);
     }
     // Thaw is idempotent: a repeated thaw answers with the same verdict.
     if (!session->verdict.is_null() && session->state != "frozen") {
@@ -602,8 +610,7 @@ Expected<nlohmann::json> Coordinator::thaw(const std::string& id) {
   }
   std::unique_lock op(op_mutex_, std::defer_lock);
   if (!op.try_lock_for(limits_.phase_timeouts.thaw * 3 + Millis(1000))) {
-    return wire::ApiError{409, "operation_in_progress",
-                          "another request is working on the active session", std::nullopt, true};
+    return operation_in_progress();
   }
   if (auto answer = check()) {
     return *answer;
@@ -715,15 +722,14 @@ Expected<nlohmann::json> Coordinator::complete(const std::string& id,
                                                const std::string& snapshot_id) {
   std::unique_lock op(op_mutex_, std::try_to_lock);
   if (!op.owns_lock()) {
-    return wire::ApiError{409, "operation_in_progress",
-                          "another request is working on the active session", std::nullopt, true};
+    return operation_in_progress();
   }
   Session* session = nullptr;
   {
     std::lock_guard lock(state_mutex_);
     session = find_locked(id);
     if (session == nullptr) {
-      return wire::ApiError{404, "unknown_session", "no session " + id, std::nullopt, false};
+      return unknown_session(id);
     }
     if (session->state != "thawed") {
       return wire::ApiError{409, "invalid_phase",
@@ -800,7 +806,7 @@ Expected<nlohmann::json> Coordinator::abort(const std::string& id) {
     std::lock_guard lock(state_mutex_);
     auto* session = find_locked(id);
     if (session == nullptr) {
-      return wire::ApiError{404, "unknown_session", "no session " + id, std::nullopt, false};
+      return unknown_session(id);
     }
     if (is_terminal(session->state)) {
       return status_locked(*session);  // abort is idempotent
@@ -817,7 +823,7 @@ Expected<nlohmann::json> Coordinator::abort(const std::string& id) {
     std::lock_guard lock(state_mutex_);
     session = find_locked(id);
     if (session == nullptr) {
-      return wire::ApiError{404, "unknown_session", "no session " + id, std::nullopt, false};
+      return unknown_session(id);
     }
     if (is_terminal(session->state)) {
       return status_locked(*session);
@@ -837,7 +843,7 @@ Expected<nlohmann::json> Coordinator::session_status(const std::string& id) cons
   std::lock_guard lock(state_mutex_);
   auto* session = find_locked(id);
   if (session == nullptr) {
-    return wire::ApiError{404, "unknown_session", "no session " + id, std::nullopt, false};
+    return unknown_session(id);
   }
   return status_locked(*session);
 }
