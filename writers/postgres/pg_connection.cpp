@@ -131,6 +131,10 @@ Status Connection::open(const ConnectParams& params, const std::string& where,
     return Status::retryable(where + ": could not connect: libpq is out of memory");
   }
   std::unique_ptr<Connection> connection(new Connection(raw, where));
+  // libpq prints server notices (a dying backend's "aborting backup")
+  // to stderr by default; the agent must not write anywhere uncontrolled
+  // while frozen, and the writer reports what those notices say itself.
+  PQsetNoticeProcessor(raw, [](void*, const char*) {}, nullptr);
   if (PQstatus(raw) == CONNECTION_BAD) {
     return classify_connect_error(where, PQerrorMessage(raw));
   }
