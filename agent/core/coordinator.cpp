@@ -303,6 +303,29 @@ std::vector<Coordinator::SessionWriter*> Coordinator::writers_at(Session& sessio
   return group;
 }
 
+bool Coordinator::record_batch(Session& session, const std::vector<SessionWriter*>& group,
+                               std::vector<CallResult>& results, Phase phase,
+                               WriterState on_success) {
+  bool failed = false;
+  for (std::size_t i = 0; i < group.size(); ++i) {
+    auto& writer = *group[i];
+    auto& result = results[i];
+    writer.timings_ms[phase] = result.elapsed_ms;
+    if (result.finished && !result.error) {
+      if (phase == Phase::post_snapshot) {
+        writer.artifacts = std::move(result.scratch.artifacts);
+      }
+      set_writer_state(session, writer, on_success);
+    } else {
+      writer.failed_phase = phase;
+      writer.error = result.error;
+      set_writer_state(session, writer, WriterState::failed);
+      failed = true;
+    }
+  }
+  return failed;
+}
+
 void Coordinator::set_writer_state(Session& /*session*/, SessionWriter& writer, WriterState state) {
   writer.state = state;
   writer.slot->last_state = std::string(to_string(state));
@@ -435,19 +458,7 @@ Expected<nlohmann::json> Coordinator::run_create(Session& session) {
                                });
   {
     std::lock_guard lock(state_mutex_);
-    for (std::size_t i = 0; i < everyone.size(); ++i) {
-      auto& writer = *everyone[i];
-      auto& result = prepared[i];
-      writer.timings_ms[Phase::prepare] = result.elapsed_ms;
-      if (result.finished && !result.error) {
-        set_writer_state(session, writer, WriterState::prepared);
-      } else {
-        writer.failed_phase = Phase::prepare;
-        writer.error = result.error;
-        set_writer_state(session, writer, WriterState::failed);
-        failed = true;
-      }
-    }
+    failed = record_batch(session, everyone, prepared, Phase::prepare, WriterState::prepared) || failed;
     session.timings_ms["prepare"] = millis_between(prepare_began, Clock::now());
   }
   if (failed || session.interrupt.stop_requested()) {
@@ -528,19 +539,7 @@ Expected<nlohmann::json> Coordinator::freeze(const std::string& id) {
     bool failed = false;
     {
       std::lock_guard lock(state_mutex_);
-      for (std::size_t i = 0; i < group.size(); ++i) {
-        auto& writer = *group[i];
-        auto& result = results[i];
-        writer.timings_ms[Phase::freeze] = result.elapsed_ms;
-        if (result.finished && !result.error) {
-          set_writer_state(*session, writer, WriterState::frozen);
-        } else {
-          writer.failed_phase = Phase::freeze;
-          writer.error = result.error;
-          set_writer_state(*session, writer, WriterState::failed);
-          failed = true;
-        }
-      }
+      failed = record_batch(*session, group, results, Phase::freeze, WriterState::frozen);
     }
     if (failed || session->interrupt.stop_requested()) {
       wire::ApiError error;
@@ -766,20 +765,9 @@ Expected<nlohmann::json> Coordinator::complete(const std::string& id,
                                   return w.post_snapshot(ctx, snapshot, s.artifacts);
                                 });
     std::lock_guard lock(state_mutex_);
-    for (std::size_t i = 0; i < group.size(); ++i) {
-      auto& writer = *group[i];
-      auto& result = results[i];
-      writer.timings_ms[Phase::post_snapshot] = result.elapsed_ms;
-      if (result.finished && !result.error) {
-        writer.artifacts = result.scratch.artifacts;
-        set_writer_state(*session, writer, WriterState::completed);
-      } else {
-        writer.failed_phase = Phase::post_snapshot;
-        writer.error = result.error;
-        set_writer_state(*session, writer, WriterState::failed);
-        failed = true;
-      }
-    }
+    failed = record_batch(*session, group, results, Phase::post_snapshot,
+                          WriterState::completed) ||
+             failed;
   }
   std::optional<wire::ApiError> error;
   if (failed) {

@@ -146,6 +146,10 @@ class Coordinator {
                                        Phase phase, Clock::time_point hard_deadline,
                                        bool interruptible, const WriterCall& call);
   std::vector<SessionWriter*> writers_at(Session& session, Level level);
+  // Writes a batch's outcome into the session (caller holds state_mutex_):
+  // timings, then `on_success` or failed_at_<phase>. True when any failed.
+  bool record_batch(Session& session, const std::vector<SessionWriter*>& group,
+                    std::vector<CallResult>& results, Phase phase, WriterState on_success);
 
   Expected<nlohmann::json> run_create(Session& session);
   void roll_back(Session& session, const std::string& reason);
