@@ -8,6 +8,7 @@
 #include "writers/postgres/postgres_writer.hpp"
 #include "writers/sqlite/sqlite_writer.hpp"
 #include "writers/hooks/hooks_writer.hpp"
+#include "writers/plugin/plugin_writer.hpp"
 #include "writers/redis/redis_writer.hpp"
 
 namespace quiesce {
@@ -18,6 +19,7 @@ void register_builtin_writers(WriterRegistry& registry) {
   writers::register_sqlite_writer(registry);
   writers::register_postgres_writer(registry);
   writers::register_hooks_writer(registry);
+  writers::register_plugin_writer(registry);
   writers::register_redis_writer(registry);
   writers::register_exec_writer(registry);
 }

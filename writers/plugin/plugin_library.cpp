@@ -1,0 +1,185 @@
+#include "writers/plugin/plugin_library.hpp"
+
+#include <dlfcn.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <regex>
+
+namespace quiesce::writers::plugin {
+
+namespace {
+
+// Why `st` may not be trusted to load into a root process ("" when it may):
+// anyone who can write the file (or, for the directory, replace it) could
+// run code as root. The same rules as hook scripts.
+std::string ownership_problem(const struct stat& st, const LoadRules& rules) {
+  if (!rules.allow_non_root_owner && st.st_uid != 0) {
+    return "owned by uid " + std::to_string(st.st_uid) + ", not root";
+  }
+  if ((st.st_mode & S_IWGRP) != 0) {
+    return "writable by its group";
+  }
+  if ((st.st_mode & S_IWOTH) != 0) {
+    return "writable by others";
+  }
+  return "";
+}
+
+// Resolves `path` and checks the file and its directory before dlopen ever
+// runs the library's constructors.
+std::string checked_real_path(const std::string& path, const LoadRules& rules) {
+  if (path.empty() || path.front() != '/') {
+    throw PluginLoadError("plugin path '" + path + "' must be absolute");
+  }
+  char resolved[PATH_MAX];
+  if (::realpath(path.c_str(), resolved) == nullptr) {
+    throw PluginLoadError("plugin " + path + ": " + std::strerror(errno));
+  }
+  const std::string real(resolved);
+  struct stat file_stat {};
+  if (::stat(real.c_str(), &file_stat) != 0) {
+    throw PluginLoadError("plugin " + path + ": " + std::strerror(errno));
+  }
+  if (!S_ISREG(file_stat.st_mode)) {
+    throw PluginLoadError("plugin " + path + ": not a regular file");
+  }
+  if (auto problem = ownership_problem(file_stat, rules); !problem.empty()) {
+    throw PluginLoadError("plugin " + path + " refused: " + problem);
+  }
+  const auto directory = std::filesystem::path(real).parent_path().string();
+  struct stat dir_stat {};
+  if (::stat(directory.c_str(), &dir_stat) != 0) {
+    throw PluginLoadError("plugin directory " + directory + ": " + std::strerror(errno));
+  }
+  if (auto problem = ownership_problem(dir_stat, rules); !problem.empty()) {
+    throw PluginLoadError("plugin " + path + " refused: its directory " + directory + " is " +
+                          problem);
+  }
+  return real;
+}
+
+template <typename Function>
+Function* find_symbol(void* dl_handle, const char* name) {
+  // POSIX guarantees a data pointer from dlsym converts to a function pointer.
+  return reinterpret_cast<Function*>(::dlsym(dl_handle, name));
+}
+
+}  // namespace
+
+std::string to_string(quiesce_plugin_version version) {
+  return std::to_string(version.major) + "." + std::to_string(version.minor) + "." +
+         std::to_string(version.patch);
+}
+
+std::string abi_version_problem(quiesce_plugin_version plugin, quiesce_plugin_version host) {
+  if (plugin.major != host.major) {
+    return "built for plugin ABI " + to_string(plugin) + ", but this agent implements ABI " +
+           to_string(host) + " (the major versions must be equal)";
+  }
+  if (plugin.minor > host.minor) {
+    return "built for plugin ABI " + to_string(plugin) + ", newer than this agent's ABI " +
+           to_string(host) + " (upgrade the agent, or rebuild the plugin against ABI " +
+           std::to_string(host.major) + "." + std::to_string(host.minor) + ")";
+  }
+  return "";
+}
+
+std::shared_ptr<PluginLibrary> PluginLibrary::load(const std::string& path,
+                                                   const LoadRules& rules) {
+  const auto real = checked_real_path(path, rules);
+  ::dlerror();
+  // RTLD_NOW: an unresolved symbol fails here, not in the middle of a freeze.
+  // RTLD_LOCAL: one plugin's symbols never satisfy another's.
+  void* dl_handle = ::dlopen(real.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (dl_handle == nullptr) {
+    const char* error = ::dlerror();
+    throw PluginLoadError("plugin " + path + ": cannot load: " +
+                          (error != nullptr ? error : "unknown dlopen error"));
+  }
+  std::shared_ptr<PluginLibrary> library(new PluginLibrary(path, dl_handle));
+  auto& fns = library->functions_;
+
+  // The version first: nothing else about a plugin of another ABI can be
+  // trusted, not even the names or signatures of its other entry points.
+  fns.abi_version = find_symbol<quiesce_plugin_abi_version_fn>(dl_handle, "quiesce_plugin_abi_version");
+  if (fns.abi_version == nullptr) {
+    throw PluginLoadError("plugin " + path +
+                          ": not a Quiesce writer plugin (no quiesce_plugin_abi_version symbol)");
+  }
+  library->abi_version_ = fns.abi_version();
+  if (auto problem = abi_version_problem(library->abi_version_, host_abi_version());
+      !problem.empty()) {
+    throw PluginLoadError("plugin " + path + " refused: " + problem);
+  }
+
+  std::string missing;
+  auto require = [&]<typename Function>(Function*& slot, const char* name) {
+    slot = find_symbol<Function>(dl_handle, name);
+    if (slot == nullptr) {
+      missing += (missing.empty() ? "" : ", ") + std::string(name);
+    }
+  };
+  require(fns.describe, "quiesce_plugin_describe");
+  require(fns.create, "quiesce_plugin_create");
+  require(fns.destroy, "quiesce_plugin_destroy");
+  require(fns.identify, "quiesce_plugin_identify");
+  require(fns.prepare, "quiesce_plugin_prepare");
+  require(fns.freeze, "quiesce_plugin_freeze");
+  require(fns.thaw, "quiesce_plugin_thaw");
+  require(fns.abort, "quiesce_plugin_abort");
+  require(fns.get_last_error, "quiesce_plugin_get_last_error");
+  if (!missing.empty()) {
+    throw PluginLoadError("plugin " + path + " refused: missing required symbol(s): " + missing);
+  }
+  fns.post_snapshot =
+      find_symbol<quiesce_plugin_post_snapshot_fn>(dl_handle, "quiesce_plugin_post_snapshot");
+  fns.post_restore =
+      find_symbol<quiesce_plugin_post_restore_fn>(dl_handle, "quiesce_plugin_post_restore");
+
+  const quiesce_plugin_description* description = fns.describe();
+  if (description == nullptr || description->type_name == nullptr) {
+    throw PluginLoadError("plugin " + path + " refused: quiesce_plugin_describe gave no type name");
+  }
+  static const std::regex type_pattern("^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$");
+  if (!std::regex_match(description->type_name, type_pattern)) {
+    throw PluginLoadError("plugin " + path + " refused: type name '" +
+                          std::string(description->type_name) +
+                          "' is not 1-64 letters, digits, '_', '.', '-'");
+  }
+  if (description->default_level < QUIESCE_PLUGIN_LEVEL_APPLICATION ||
+      description->default_level > QUIESCE_PLUGIN_LEVEL_FILESYSTEM) {
+    throw PluginLoadError("plugin " + path + " refused: unknown default level " +
+                          std::to_string(description->default_level));
+  }
+  library->description_ = PluginDescription{
+      .type_name = description->type_name,
+      .level = description->default_level,
+      .description = description->description != nullptr ? description->description : "",
+      .plugin_version = description->plugin_version != nullptr ? description->plugin_version : "",
+  };
+  return library;
+}
+
+PluginLibrary::~PluginLibrary() {
+  if (dl_handle_ != nullptr) {
+    ::dlclose(dl_handle_);
+  }
+}
+
+std::vector<std::string> PluginLibrary::capabilities() const {
+  std::vector<std::string> result;
+  if (functions_.post_snapshot != nullptr) {
+    result.emplace_back("post_snapshot");
+  }
+  if (functions_.post_restore != nullptr) {
+    result.emplace_back("post_restore");
+  }
+  return result;
+}
+
+}  // namespace quiesce::writers::plugin
