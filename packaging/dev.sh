@@ -17,8 +17,11 @@ jobs=${JOBS:-$(nproc)}
 # Debian 12 packages the build and the tests need.
 packages=(
   build-essential cmake pkg-config ccache git
-  libboost-dev nlohmann-json3-dev libspdlog-dev doctest-dev libsystemd-dev libsqlite3-dev sqlite3 postgresql libpq-dev redis-server libhiredis-dev mariadb-server libmariadb-dev
+  libboost-dev nlohmann-json3-dev libspdlog-dev doctest-dev libsystemd-dev
   curl util-linux e2fsprogs xfsprogs btrfs-progs python3
+  # the database writers and their tests (real servers)
+  libsqlite3-dev sqlite3 postgresql libpq-dev redis-server libhiredis-dev
+  # the benchmark's peer and its chart
   qemu-guest-agent gnuplot-nox
 )
 
