@@ -92,7 +92,7 @@ class Holder {
     ::setsockopt(config_.socket_fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
     send(Message{"READY", {std::to_string(protocol_version), std::to_string(::getpid())}, {}});
 
-    std::vector<char> buffer(max_message_size + 1);
+    std::string buffer;
     bool socket_open = true;
     for (;;) {
       if (terminating_ && state_ != State::freezing) {
@@ -123,9 +123,11 @@ class Holder {
         on_deadline();
       }
       if (socket_open && fds[0].revents != 0) {
-        auto n = ::recv(config_.socket_fd, buffer.data(), buffer.size(), 0);
+        auto n = receive_datagram(config_.socket_fd, buffer);
         if (n > 0) {
-          on_message(std::string_view(buffer.data(), static_cast<std::size_t>(n)));
+          on_message(buffer);
+        } else if (n < 0 && errno == EMSGSIZE) {
+          send(Message{"ERROR", {"message too large"}, {}});
         } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
           socket_open = false;
           begin_terminate("the agent closed its connection (it exited or was killed)");

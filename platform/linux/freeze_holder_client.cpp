@@ -210,7 +210,7 @@ Reply HolderClient::request(const Message& request, Clock::time_point deadline,
 }
 
 Reply HolderClient::receive(Clock::time_point deadline, const std::stop_token& stop) {
-  std::vector<char> buffer(max_message_size + 1);
+  std::string buffer;
   for (;;) {
     if (!connected_) {
       note_exit(true);
@@ -236,16 +236,19 @@ Reply HolderClient::receive(Clock::time_point deadline, const std::stop_token& s
       }
       continue;
     }
-    auto n = ::recv(socket_fd_, buffer.data(), buffer.size(), MSG_DONTWAIT);
+    auto n = receive_datagram(socket_fd_, buffer, MSG_DONTWAIT);
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
       continue;
+    }
+    if (n < 0 && errno == EMSGSIZE) {
+      return {ReplyStatus::protocol, {}, "the freeze holder sent an oversized message"};
     }
     if (n <= 0) {
       // EOF: the holder exited. Its last words (an AUTO-THAW) were read before.
       connected_ = false;
       continue;
     }
-    auto message = decode(std::string_view(buffer.data(), static_cast<std::size_t>(n)));
+    auto message = decode(buffer);
     if (!message) {
       return {ReplyStatus::protocol, {}, "the freeze holder sent an empty message"};
     }

@@ -1,6 +1,9 @@
 #include "platform/linux/freeze_holder_protocol.hpp"
 
+#include <sys/socket.h>
+
 #include <array>
+#include <cerrno>
 #include <charconv>
 
 #include "platform/linux/mountinfo.hpp"
@@ -181,6 +184,26 @@ std::optional<std::vector<MountResult>> mount_results_from(const Message& messag
     results.push_back(std::move(*result));
   }
   return results;
+}
+
+ssize_t receive_datagram(int fd, std::string& buffer, int flags) {
+  // MSG_TRUNC with MSG_PEEK answers the datagram's full length.
+  auto size = ::recv(fd, nullptr, 0, MSG_PEEK | MSG_TRUNC | flags);
+  if (size <= 0) {
+    return size;
+  }
+  if (static_cast<std::size_t>(size) > max_message_size) {
+    char discard = 0;
+    (void)::recv(fd, &discard, 1, flags);
+    errno = EMSGSIZE;
+    return -1;
+  }
+  buffer.resize(static_cast<std::size_t>(size));
+  auto n = ::recv(fd, buffer.data(), buffer.size(), flags);
+  if (n >= 0) {
+    buffer.resize(static_cast<std::size_t>(n));
+  }
+  return n;
 }
 
 }  // namespace quiesce::platform::holder
