@@ -283,7 +283,7 @@ bool running_as_root() { return ::geteuid() == 0; }
 
 }  // namespace
 
-TEST_CASE("redis restore: without AOF, fsfreeze alone loses recent writes; the redis writer loses none") {
+TEST_CASE("redis restore: without AOF, fsfreeze alone loses recent writes - the redis writer loses none") {
   if (!running_as_root() || !quiesce::test::redis_server_available()) {
     MESSAGE("needs root (loop devices, mount, FIFREEZE) and redis-server; skipping");
     return;

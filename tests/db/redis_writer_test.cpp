@@ -136,7 +136,7 @@ TEST_CASE("redis writer: AOF mode switches appendfsync to always for the hold an
   CHECK(artifacts["snapshot_id"] == "snap-1");
 }
 
-TEST_CASE("redis writer: RDB mode saves at freeze; hold_writes pauses writes until thaw") {
+TEST_CASE("redis writer: RDB mode saves at freeze - hold_writes pauses writes until thaw") {
   SKIP_WITHOUT_REDIS();
   quiesce::test::TempDir dir("redis-rdb");
   RedisServer server(dir.path(), dir / "data");

@@ -115,7 +115,7 @@ TEST_CASE("agent: SIGKILL while frozen leaves every filesystem writable within a
   MESSAGE("writable again " << took << " ms after SIGKILL of quiesce-agent");
 }
 
-TEST_CASE("agent: the host never thaws; writable again at the deadline, the verdict says broken") {
+TEST_CASE("agent: the host never thaws - writable again at the deadline, the verdict says broken") {
   AgentOnLoopMounts rig;
   auto client = rig.client();
   auto created = client.create_session({{"freeze_window_ms", 500}});

@@ -69,7 +69,7 @@ const quiesce::platform::MountEntry* mount_entry(const quiesce::platform::MountT
 
 }  // namespace
 
-TEST_CASE("fsfreeze: freeze blocks writes on ext4, xfs and btrfs; thaw releases them") {
+TEST_CASE("fsfreeze: freeze blocks writes on ext4, xfs and btrfs - thaw releases them") {
   quiesce::test::TempDir dir("fsfreeze-root");
   LoopFs ext4(dir.path(), "ext4", "ext4");
   LoopFs xfs(dir.path(), "xfs", "xfs");

@@ -18,7 +18,10 @@ struct FailureRecorder : doctest::IReporter {
   explicit FailureRecorder(const doctest::ContextOptions&) {}
   void report_query(const doctest::QueryData&) override {}
   void test_run_start() override {}
-  void test_run_end(const doctest::TestRunStats&) override {}
+  void test_run_end(const doctest::TestRunStats& stats) override {
+    cases_run = stats.numTestCasesPassingFilters;
+  }
+  static inline unsigned cases_run = 0;
   void test_case_start(const doctest::TestCaseData&) override {}
   void test_case_reenter(const doctest::TestCaseData&) override {}
   void test_case_end(const doctest::CurrentTestCaseStats& stats) override {
@@ -64,5 +67,19 @@ int main(int argc, char** argv) {
     std::cerr << "these tests need root (loop devices, FIFREEZE); skipping\n";
     return 77;
   }
-  return context.run();
+  const int result = context.run();
+  // CTest runs one case per process by name. A name that matches nothing
+  // (a renamed case, a ';' that CMake split) would "pass" without running:
+  // make that a failure instead.
+  bool filtered = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]).rfind("--test-case=", 0) == 0) {
+      filtered = true;
+    }
+  }
+  if (!listing && filtered && FailureRecorder::cases_run == 0) {
+    std::cerr << "no test case matched the --test-case filter\n";
+    return 1;
+  }
+  return result;
 }

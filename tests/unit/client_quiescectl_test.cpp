@@ -174,7 +174,7 @@ TEST_CASE("quiescectl: a failed freeze aborts the session and exits 1") {
   CHECK(output.find("[abort] 200") != std::string::npos);
 }
 
-TEST_CASE("quiescectl: a failed thaw aborts too; --json gives one line per phase") {
+TEST_CASE("quiescectl: a failed thaw aborts too - --json gives one line per phase") {
   if (!quiescectl()) {
     return;
   }

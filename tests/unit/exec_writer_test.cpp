@@ -213,7 +213,7 @@ TEST_CASE("exec writer: a full session with the Python example holds its lock fr
   CHECK(f.log().find("freeze: holding") != std::string::npos);
 }
 
-TEST_CASE("exec writer: a child killed mid-freeze fails freeze non_retryable; the next call restarts it") {
+TEST_CASE("exec writer: a child killed mid-freeze fails freeze non_retryable - the next call restarts it") {
   ExecFixture f;
   auto writer = f.scripted("slow_freeze", {{"PID_FILE", f.path("pid").string()}});
   const int first_pid = child_pid(*writer);
@@ -237,7 +237,7 @@ TEST_CASE("exec writer: a child killed mid-freeze fails freeze non_retryable; th
   CHECK(f.calls().find(std::to_string(second_pid) + " abort") != std::string::npos);
 }
 
-TEST_CASE("exec writer: a child that dies while holding breaks the hold; thaw says so") {
+TEST_CASE("exec writer: a child that dies while holding breaks the hold - thaw says so") {
   ExecFixture f;
   auto writer = f.scripted("");
   const int pid = child_pid(*writer);
@@ -325,7 +325,7 @@ TEST_CASE("exec writer: a bad hello or a wrong protocol major is refused clearly
   }
 }
 
-TEST_CASE("exec writer: an error reply keeps its class; the child keeps running") {
+TEST_CASE("exec writer: an error reply keeps its class - the child keeps running") {
   ExecFixture f;
   auto writer = f.scripted("prepare_retryable");
   const int pid = child_pid(*writer);
@@ -336,7 +336,7 @@ TEST_CASE("exec writer: an error reply keeps its class; the child keeps running"
   CHECK(child_pid(*writer) == pid);
 }
 
-TEST_CASE("exec writer: the child gets exactly the configured environment; stderr is logged by line") {
+TEST_CASE("exec writer: the child gets exactly the configured environment - stderr is logged by line") {
   ExecFixture f;
   auto writer = f.scripted("", {{"EXAMPLE_VAR", "hello-env"}});
   REQUIRE(writer->prepare(context()).is_ok());

@@ -70,7 +70,7 @@ TEST_CASE("fsfreeze selection: all, on a docker container, freezes only real fil
   CHECK(selection.errors.empty());
 }
 
-TEST_CASE("fsfreeze selection: btrfs subvolumes are one filesystem; / is last") {
+TEST_CASE("fsfreeze selection: btrfs subvolumes are one filesystem - / is last") {
   auto selection = select_filesystems(load_sample("btrfs_subvolumes.mountinfo"), {{}, true, {}, {}});
   CHECK(mount_points(selection) == std::vector<std::string>{"/boot/efi", "/srv/pool", "/"});
   CHECK(wave_of(selection, "/boot/efi") == 0);

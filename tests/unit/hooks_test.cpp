@@ -161,7 +161,7 @@ TEST_CASE("hooks: a qemu-ga fsfreeze-hook.d directory runs unmodified, thaw in r
   CHECK(f.calls().empty());
 }
 
-TEST_CASE("hooks: qemu style, a failing freeze hook is named; earlier hooks get thaw at abort") {
+TEST_CASE("hooks: qemu style, a failing freeze hook is named - earlier hooks get thaw at abort") {
   HookFixture f;
   f.add_qemu_hook("10-a");
   f.add_qemu_hook("20-b");
@@ -200,7 +200,7 @@ TEST_CASE("hooks: an open-vm-tools backupScripts.d directory runs unmodified") {
         Calls{"a-first freeze", "b-second freeze", "b-second thaw", "a-first thaw"});
 }
 
-TEST_CASE("hooks: vmware style, a failing freeze hook; earlier hooks get freezeFail in reverse") {
+TEST_CASE("hooks: vmware style, a failing freeze hook - earlier hooks get freezeFail in reverse") {
   HookFixture f;
   f.add_vmware_hook("10-a");
   f.add_vmware_hook("20-b");

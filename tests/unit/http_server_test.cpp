@@ -315,7 +315,7 @@ TEST_CASE("http: a TCP listener without a token is refused") {
   CHECK_THROWS_AS(server.start(), std::runtime_error);
 }
 
-TEST_CASE("http: a stale socket file is replaced; a live one or a regular file is not") {
+TEST_CASE("http: a stale socket file is replaced - a live one or a regular file is not") {
   quiesce::test::TempDir dir;
   FakeHandler fake;
   const auto config = unix_config(dir);
