@@ -129,3 +129,24 @@ TEST_CASE("quiesce-writer-check: bad usage and bad options exit 2") {
   CHECK(check({"--type", "exec", "--options", R"({"command": ["relative"]})"}, output) == 2);
   CHECK(output.find("options.command") != std::string::npos);
 }
+
+TEST_CASE("quiesce-writer-check: the C and C++ plugin examples pass every check") {
+  quiesce::test::TempDir dir;
+  // The checker applies the agent's ownership rules to the .so; relax the
+  // owner check only, as a non-root developer build needs.
+  const std::vector<std::pair<std::string, nlohmann::json>> plugins{
+      {QUIESCE_TOUCH_FILE_PLUGIN, {{"path", (dir / "marker").string()}}},
+      {QUIESCE_FLOCK_PLUGIN, {{"lock_file", (dir / "lock").string()}}}};
+  for (const auto& [so, plugin_options] : plugins) {
+    CAPTURE(so);
+    const auto options = nlohmann::json{{"path", so},
+                                        {"allow_non_root_owner", true},
+                                        {"options", plugin_options}}
+                             .dump();
+    std::string output;
+    int code = check({"--type", "plugin", "--options", options}, output);
+    INFO(output);
+    CHECK(code == 0);
+    CHECK(output.find("13 checks: 13 passed, 0 failed") != std::string::npos);
+  }
+}
