@@ -699,7 +699,7 @@ int run_bench(const Options& options) {
       << "set title 'Hold window, median ms (log scale)'\n"
       << "set style data histograms\nset style histogram clustered gap 1\n"
       << "set style fill solid 0.85 border -1\nset boxwidth 0.9\nset logscale y\n"
-      << "set grid ytics\nset key top left\nset xtics rotate by -30\nset yrange [0.1:*]\n"
+      << "set grid ytics\nset key below\nset xtics rotate by -30\nset yrange [0.1:*]\n"
       << "plot '" << (options.out_dir / "hold.dat").string()
       << "' using 2:xtic(1) title 'raw one-after-another', '' using 3 title 'raw parallel "
          "(floor)', '' using 4 title 'qemu-ga', '' using 5 title 'Quiesce (host sees)'\n"
