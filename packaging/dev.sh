@@ -23,6 +23,8 @@ packages=(
   libsqlite3-dev sqlite3 postgresql libpq-dev redis-server libhiredis-dev
   # the benchmark's peer and its chart
   qemu-guest-agent gnuplot-nox
+  # the qmp snapshot backend's test
+  qemu-system-x86 qemu-utils
 )
 
 say() { printf '\n== %s\n' "$*"; }

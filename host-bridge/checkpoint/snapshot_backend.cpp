@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "host-bridge/checkpoint/process.hpp"
+#include "host-bridge/checkpoint/qmp_backend.hpp"
 
 namespace quiesce::host {
 
@@ -387,7 +388,14 @@ Expected<std::unique_ptr<SnapshotBackend>> make_backend(const json& j, const std
     }
     return std::unique_ptr<SnapshotBackend>(std::make_unique<CommandBackend>(std::move(*options)));
   }
-  return Error{ErrorKind::invalid_input, where + ".type: expected \"file\" or \"command\", got \"" + type + "\""};
+  if (type == "qmp") {
+    auto options = QmpBackendOptions::from_json(j, where);
+    if (!options) {
+      return options.error();
+    }
+    return std::unique_ptr<SnapshotBackend>(std::make_unique<QmpBackend>(std::move(*options)));
+  }
+  return Error{ErrorKind::invalid_input, where + ".type: expected \"file\", \"command\" or \"qmp\", got \"" + type + "\""};
 }
 
 }  // namespace quiesce::host
