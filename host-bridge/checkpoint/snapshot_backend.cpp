@@ -372,7 +372,7 @@ Expected<std::unique_ptr<SnapshotBackend>> make_backend(const json& j, const std
     return std::unique_ptr<SnapshotBackend>(std::make_unique<FileBackend>());
   }
   if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
-    return Error{ErrorKind::invalid_input, where + ".type: expected \"file\" or \"command\""};
+    return Error{ErrorKind::invalid_input, where + ".type: expected \"file\", \"command\" or \"qmp\""};
   }
   const auto type = j["type"].get<std::string>();
   if (type == "file") {

@@ -110,7 +110,8 @@ class CommandBackend final : public SnapshotBackend {
 [[nodiscard]] std::vector<std::string> expand_command(const std::vector<std::string>& argv,
                                                       const std::map<std::string, std::string>& vars);
 
-// From a VM's "backend" setting: {"type": "file"} (the default) or a command backend.
+// From a VM's "backend" setting: {"type": "file"} (the default), a command
+// backend or a qmp backend (qmp_backend.hpp).
 [[nodiscard]] Expected<std::unique_ptr<SnapshotBackend>> make_backend(const nlohmann::json& json,
                                                                       const std::string& where);
 
