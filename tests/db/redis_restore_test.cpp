@@ -25,11 +25,16 @@
 #include "tests/db/redis_server.hpp"
 #include "tests/support/processes.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/running_agent.hpp"
 
 using namespace std::chrono_literals;
 using quiesce::test::RedisClient;
 using quiesce::test::RedisServer;
 using quiesce::test::RedisServerOptions;
+
+using quiesce::test::RunningAgent;
+using quiesce::test::read_text;
+using quiesce::test::describe;
 
 namespace {
 
@@ -145,39 +150,6 @@ class Workload {
   std::vector<long> acked_;
   std::jthread thread_;
 };
-
-struct RunningAgent {
-  std::filesystem::path socket;
-  std::unique_ptr<quiesce::test::ChildProcess> process;
-
-  RunningAgent(const quiesce::test::TempDir& dir, const nlohmann::json& config)
-      : socket(dir / "agent.sock") {
-    const auto config_path = dir / "agent.json";
-    std::ofstream(config_path) << config.dump(2);
-    process = std::make_unique<quiesce::test::ChildProcess>(
-        std::vector<std::string>{quiesce::test::built_binary("quiesce-agent").string(), "--config",
-                                 config_path.string()},
-        dir / "agent.out");
-    REQUIRE_MESSAGE(quiesce::test::eventually(10s, [&] { return std::filesystem::exists(socket); }),
-                    "the agent did not open its socket");
-  }
-
-  [[nodiscard]] quiesce::client::AgentClient client() const {
-    quiesce::client::ClientOptions options;
-    options.endpoint = quiesce::client::Endpoint::parse("unix:" + socket.string());
-    options.timeout = 30s;
-    return quiesce::client::AgentClient(options);
-  }
-};
-
-std::string describe(const quiesce::client::Result& result) {
-  return std::to_string(result.status) + " " + result.body.dump();
-}
-
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
 
 struct Outcome {
   std::size_t acked_before_freeze = 0;

@@ -13,10 +13,14 @@
 #include "host-bridge/client/agent_client.hpp"
 #include "tests/support/processes.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/running_agent.hpp"
 
 using namespace quiesce;
 using namespace std::chrono_literals;
 using test::ChildProcess;
+
+using quiesce::test::RunningAgent;
+using quiesce::test::read_text;
 
 namespace {
 
@@ -32,34 +36,6 @@ nlohmann::json delay_config(const test::TempDir& dir, nlohmann::json session = n
              {"name", "db"},
              {"level", "database"},
              {"options", {{"delays_ms", {{"prepare", 5}, {"freeze", 10}}}}}}}}};
-}
-
-struct RunningAgent {
-  std::filesystem::path socket;
-  std::unique_ptr<ChildProcess> process;
-
-  RunningAgent(const test::TempDir& dir, const nlohmann::json& config) : socket(dir / "agent.sock") {
-    const auto config_path = dir / "agent.json";
-    std::ofstream(config_path) << config.dump(2);
-    process = std::make_unique<ChildProcess>(
-        std::vector<std::string>{test::built_binary("quiesce-agent").string(), "--config",
-                                 config_path.string()},
-        dir / "agent.out");
-    REQUIRE_MESSAGE(test::eventually(10s, [&] { return std::filesystem::exists(socket); }),
-                    "the agent did not open its socket");
-  }
-
-  client::AgentClient client() const {
-    client::ClientOptions options;
-    options.endpoint = client::Endpoint::parse("unix:" + socket.string());
-    options.timeout = 10s;
-    return client::AgentClient(options);
-  }
-};
-
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  return {std::istreambuf_iterator<char>(in), {}};
 }
 
 }  // namespace

@@ -13,12 +13,15 @@
 #include "tests/root/loop_fs.hpp"
 #include "tests/support/processes.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/running_agent.hpp"
 
 using namespace quiesce;
 using namespace std::chrono_literals;
 using test::LoopFs;
 using test::writable_within;
 using test::WriteProbe;
+
+using quiesce::test::read_text;
 
 namespace {
 
@@ -58,11 +61,6 @@ struct AgentOnLoopMounts {
     return client::AgentClient(options);
   }
 };
-
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
 
 }  // namespace
 
