@@ -23,10 +23,11 @@
 #include "tests/db/postgres_server.hpp"
 #include "tests/support/processes.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/loop_image.hpp"
 #include "tests/support/running_agent.hpp"
 
 using namespace std::chrono_literals;
-using quiesce::test::postgres::LoopImage;
+using quiesce::test::LoopImage;
 using quiesce::test::postgres::PgSession;
 using quiesce::test::postgres::PostgresServer;
 namespace pgtest = quiesce::test::postgres;

@@ -89,28 +89,4 @@ class PgSession {
   pg_conn* conn_ = nullptr;
 };
 
-// An ext4 image on a loop device, mounted; unmounted and detached on destruction.
-class LoopImage {
- public:
-  LoopImage() = default;
-  ~LoopImage();
-  LoopImage(const LoopImage&) = delete;
-  LoopImage& operator=(const LoopImage&) = delete;
-
-  // Makes a sparse image of `size_mb`, formats it ext4 and mounts it.
-  void create(const std::string& image, const std::string& mount_point, int size_mb);
-  // Attaches an existing image (a copy) and mounts it.
-  void attach(const std::string& image, const std::string& mount_point);
-
-  [[nodiscard]] const std::string& mount_point() const { return mount_point_; }
-  [[nodiscard]] const std::string& image() const { return image_; }
-
- private:
-  void attach_device();
-  std::string image_;
-  std::string device_;
-  std::string mount_point_;
-  bool mounted_ = false;
-};
-
 }  // namespace quiesce::test::postgres

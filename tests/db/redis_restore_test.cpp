@@ -25,6 +25,7 @@
 #include "tests/db/redis_server.hpp"
 #include "tests/support/processes.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/loop_image.hpp"
 #include "tests/support/running_agent.hpp"
 
 using namespace std::chrono_literals;
@@ -48,61 +49,6 @@ void must_run(const std::vector<std::string>& argv) {
   INFO("command: " << command << "\noutput: " << output);
   REQUIRE(code == 0);
 }
-
-std::string trimmed(std::string text) {
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) {
-    text.pop_back();
-  }
-  return text;
-}
-
-// An ext4 image on a loop device, mounted; unmounted (thawed first, in case
-// a failed test left it frozen) and detached when the object goes away.
-// (tests/root/loop_fs.cpp marks its whole binary root-only, so this binary,
-// whose other cases need no root, carries its own.)
-class LoopMount {
- public:
-  LoopMount() = default;
-  ~LoopMount() {
-    std::string ignored;
-    if (mounted_) {
-      quiesce::test::run_command({"fsfreeze", "-u", mount_point_}, &ignored);
-      if (quiesce::test::run_command({"umount", mount_point_}, &ignored) != 0) {
-        quiesce::test::run_command({"umount", "-l", mount_point_}, &ignored);
-      }
-    }
-    if (!device_.empty()) {
-      quiesce::test::run_command({"losetup", "-d", device_}, &ignored);
-    }
-  }
-  LoopMount(const LoopMount&) = delete;
-  LoopMount& operator=(const LoopMount&) = delete;
-
-  // A new, formatted image.
-  void create(const std::string& image, const std::string& mount_point) {
-    must_run({"truncate", "-s", "64M", image});
-    attach(image, mount_point, true);
-  }
-  // An existing image (a copy).
-  void attach(const std::string& image, const std::string& mount_point, bool format = false) {
-    mount_point_ = mount_point;
-    std::filesystem::create_directories(mount_point);
-    std::string output;
-    REQUIRE(quiesce::test::run_command({"losetup", "-f", "--show", image}, &output) == 0);
-    device_ = trimmed(output);
-    if (format) {
-      must_run({"mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", device_});
-    }
-    must_run({"mount", device_, mount_point});
-    mounted_ = true;
-  }
-  [[nodiscard]] const std::string& mount_point() const { return mount_point_; }
-
- private:
-  std::string device_;
-  std::string mount_point_;
-  bool mounted_ = false;
-};
 
 // SETs w:<n> one at a time on its own connection, as an application would,
 // and records n once Redis answered OK.
@@ -165,7 +111,7 @@ struct Outcome {
 Outcome checkpoint_and_restore(const std::string& label, bool with_writer, RedisServerOptions options) {
   Outcome outcome;
   quiesce::test::TempDir dir("redis-restore-" + label);
-  LoopMount data;
+  quiesce::test::LoopImage data;
   data.create((dir / "data.img").string(), (dir / "data").string());
   const auto redis_dir = std::filesystem::path(data.mount_point()) / "redis";
 
@@ -218,7 +164,7 @@ Outcome checkpoint_and_restore(const std::string& label, bool with_writer, Redis
   server.reset();  // before the mount goes away
 
   // Restore: the copy mounted somewhere new, a fresh server loading it.
-  LoopMount restored;
+  quiesce::test::LoopImage restored;
   restored.attach((dir / "copy.img").string(), (dir / "restored").string());
   RedisServer restored_server(dir / "restored-server",
                               std::filesystem::path(restored.mount_point()) / "redis", options);

@@ -20,6 +20,7 @@
 #include "tests/root/loop_fs.hpp"
 #include "tests/support/processes.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/loop_image.hpp"
 #include "tests/support/running_agent.hpp"
 
 using namespace std::chrono_literals;
@@ -31,44 +32,6 @@ using quiesce::test::read_text;
 using quiesce::test::describe;
 
 namespace {
-
-// A copied image attached and mounted somewhere new; detached again when
-// the object goes away, whatever happened in between.
-class LoopMount {
- public:
-  LoopMount() = default;
-  ~LoopMount() {
-    if (mounted_) {
-      quiesce::test::unmount(mount_point_);
-    }
-    if (!device_.empty()) {
-      std::string ignored;
-      quiesce::test::run_command({"losetup", "-d", device_}, &ignored);
-    }
-  }
-  LoopMount(const LoopMount&) = delete;
-  LoopMount& operator=(const LoopMount&) = delete;
-
-  // Separate from the constructor so that the destructor cleans up after a
-  // failure half-way.
-  void attach(const std::string& image, const std::string& mount_point) {
-    mount_point_ = mount_point;
-    std::filesystem::create_directories(mount_point);
-    std::string output;
-    REQUIRE(quiesce::test::run_command({"losetup", "-f", "--show", image}, &output) == 0);
-    while (!output.empty() && (output.back() == '\n' || output.back() == ' ')) {
-      output.pop_back();
-    }
-    device_ = output;
-    must_run({"mount", "-o", "rw", device_, mount_point});
-    mounted_ = true;
-  }
-
- private:
-  std::string device_;
-  std::string mount_point_;
-  bool mounted_ = false;
-};
 
 sqlite3* open_db(const std::string& path, int flags) {
   sqlite3* db = nullptr;
@@ -219,7 +182,7 @@ TEST_CASE("sqlite restore: a checkpoint through the agent keeps every acknowledg
 
   // Restore: the copy mounted read-write somewhere new, opened as an
   // application would (which replays whatever WAL it holds).
-  LoopMount restored;
+  quiesce::test::LoopImage restored;
   restored.attach((dir / "copy.img").string(), (dir / "restored").string());
   const std::string restored_db = (dir / "restored" / "app.db").string();
   sqlite3* db = open_db(restored_db, SQLITE_OPEN_READWRITE);
