@@ -20,7 +20,7 @@ packages=(
   libboost-dev nlohmann-json3-dev libspdlog-dev doctest-dev libsystemd-dev
   curl util-linux e2fsprogs xfsprogs btrfs-progs python3
   # the database writers and their tests (real servers)
-  libsqlite3-dev sqlite3 postgresql libpq-dev redis-server libhiredis-dev
+  libsqlite3-dev sqlite3 postgresql libpq-dev redis-server libhiredis-dev mariadb-server libmariadb-dev
   # the benchmark's peer and its chart
   qemu-guest-agent gnuplot-nox
   # the qmp snapshot backend's test

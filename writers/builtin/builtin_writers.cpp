@@ -5,6 +5,7 @@
 #include "writers/delay/delay_writer.hpp"
 #include "writers/exec/exec_writer.hpp"
 #include "writers/fsfreeze/fsfreeze_writer.hpp"
+#include "writers/mariadb/mariadb_writer.hpp"
 #include "writers/postgres/postgres_writer.hpp"
 #include "writers/sqlite/sqlite_writer.hpp"
 #include "writers/hooks/hooks_writer.hpp"
@@ -18,6 +19,7 @@ void register_builtin_writers(WriterRegistry& registry) {
   writers::register_fsfreeze_writer(registry);
   writers::register_sqlite_writer(registry);
   writers::register_postgres_writer(registry);
+  writers::register_mariadb_writer(registry);
   writers::register_hooks_writer(registry);
   writers::register_plugin_writer(registry);
   writers::register_redis_writer(registry);

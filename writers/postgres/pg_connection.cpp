@@ -1,21 +1,14 @@
 #include "writers/postgres/pg_connection.hpp"
 
 #include <libpq-fe.h>
-#include <poll.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstdint>
-#include <cstring>
-#include <functional>
+
+#include "platform/linux/socket_wait.hpp"
 
 namespace quiesce::writers::postgres {
 
 namespace {
-
-using std::chrono::milliseconds;
 
 bool contains(std::string_view text, std::string_view part) {
   return text.find(part) != std::string_view::npos;
@@ -30,32 +23,6 @@ std::string tidy(std::string_view message) {
   std::replace(out.begin(), out.end(), '\n', ' ');
   return out;
 }
-
-// An eventfd that a stop_callback writes to, so a wait in poll() wakes up
-// the moment the call is stopped instead of at its next timeout.
-class StopWakeup {
- public:
-  explicit StopWakeup(const std::stop_token& stop)
-      : fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-        callback_(stop, [this] {
-          const std::uint64_t one = 1;
-          if (fd_ >= 0) {
-            (void)!::write(fd_, &one, sizeof one);
-          }
-        }) {}
-  ~StopWakeup() {
-    if (fd_ >= 0) {
-      ::close(fd_);
-    }
-  }
-  StopWakeup(const StopWakeup&) = delete;
-  StopWakeup& operator=(const StopWakeup&) = delete;
-  [[nodiscard]] int fd() const { return fd_; }
-
- private:
-  int fd_;
-  std::stop_callback<std::function<void()>> callback_;
-};
 
 }  // namespace
 
@@ -169,31 +136,8 @@ Status Connection::open(const ConnectParams& params, const std::string& where,
 
 std::string Connection::wait_socket(bool read, bool write, const Budget& budget,
                                     Clock::time_point deadline) const {
-  StopWakeup wakeup(budget.stop);
-  for (;;) {
-    if (budget.stop.stop_requested()) {
-      return "stopped (the call was aborted or timed out)";
-    }
-    const auto now = Clock::now();
-    if (now >= deadline) {
-      return "no answer before the deadline";
-    }
-    pollfd fds[2] = {{PQsocket(conn_), static_cast<short>((read ? POLLIN : 0) | (write ? POLLOUT : 0)), 0},
-                     {wakeup.fd(), POLLIN, 0}};
-    if (fds[0].fd < 0) {
-      return "the connection has no socket";
-    }
-    // Capped so a deadline of time_point::max() does not overflow.
-    const auto left = std::min<std::int64_t>(
-        std::chrono::duration_cast<milliseconds>(deadline - now).count() + 1, 60'000);
-    const int rc = ::poll(fds, wakeup.fd() >= 0 ? 2 : 1, static_cast<int>(left));
-    if (rc < 0 && errno != EINTR) {
-      return std::string("poll failed: ") + std::strerror(errno);
-    }
-    if (rc > 0 && fds[0].revents != 0) {
-      return "";
-    }
-  }
+  return platform::wait_socket(PQsocket(conn_), {.read = read, .write = write}, deadline,
+                               budget.stop);
 }
 
 void Connection::cancel_and_drop() {

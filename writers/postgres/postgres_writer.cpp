@@ -1,7 +1,6 @@
 #include "writers/postgres/postgres_writer.hpp"
 
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <set>
 
@@ -27,26 +26,6 @@ struct PostgresOptions {
   std::string label_prefix = "quiesce";
 };
 
-std::string read_password_file(const JsonFields& fields, const std::string& path) {
-  const auto where = fields.path_of("password_file");
-  if (path.empty() || path.front() != '/') {
-    throw FieldError(where, "'" + path + "' is not an absolute path");
-  }
-  std::ifstream in(path);
-  if (!in) {
-    throw FieldError(where, "cannot read '" + path + "' (it must exist and be readable by the agent)");
-  }
-  std::string password((std::istreambuf_iterator<char>(in)), {});
-  // Editors and `echo` leave a newline that is not part of the password.
-  while (!password.empty() && (password.back() == '\n' || password.back() == '\r')) {
-    password.pop_back();
-  }
-  if (password.empty()) {
-    throw FieldError(where, "'" + path + "' is empty");
-  }
-  return password;
-}
-
 PostgresOptions parse_options(const nlohmann::json& json) {
   PostgresOptions options;
   JsonFields fields(json, "options");
@@ -63,9 +42,7 @@ PostgresOptions parse_options(const nlohmann::json& json) {
   if (options.connect.dbname.empty()) {
     throw FieldError(fields.path_of("dbname"), "must not be empty");
   }
-  if (auto file = fields.optional_string("password_file")) {
-    options.connect.password = read_password_file(fields, *file);
-  }
+  options.connect.password = fields.secret_file("password_file");
   options.connect.connect_timeout =
       fields.millis("connect_timeout_ms", milliseconds(5000), std::chrono::minutes(10));
   if (options.connect.connect_timeout.count() == 0) {

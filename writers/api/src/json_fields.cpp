@@ -1,5 +1,8 @@
 #include "quiesce/json_fields.hpp"
 
+#include <fstream>
+#include <iterator>
+
 namespace quiesce {
 
 namespace {
@@ -63,6 +66,29 @@ std::optional<std::string> JsonFields::optional_string(std::string_view key) {
     return std::nullopt;
   }
   return string(key);
+}
+
+std::optional<std::string> JsonFields::secret_file(std::string_view key) {
+  auto path = optional_string(key);
+  if (!path) {
+    return std::nullopt;
+  }
+  if (path->empty() || path->front() != '/') {
+    fail(key, "'" + *path + "' is not an absolute path");
+  }
+  std::ifstream in(*path);
+  if (!in) {
+    fail(key, "cannot read '" + *path + "' (it must exist and be readable by the agent)");
+  }
+  std::string secret((std::istreambuf_iterator<char>(in)), {});
+  // Editors and `echo` leave a newline that is not part of the secret.
+  while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) {
+    secret.pop_back();
+  }
+  if (secret.empty()) {
+    fail(key, "'" + *path + "' is empty");
+  }
+  return secret;
 }
 
 std::int64_t JsonFields::integer(std::string_view key, std::optional<std::int64_t> fallback,

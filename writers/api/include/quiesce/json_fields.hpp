@@ -46,6 +46,10 @@ class JsonFields {
                                    std::chrono::milliseconds max = std::chrono::hours(24));
   std::vector<std::string> strings(std::string_view key,
                                    std::optional<std::vector<std::string>> fallback = std::nullopt);
+  // The contents of the file an absolute path names, for secrets that must
+  // not sit in the config itself (passwords). Trailing newlines are not
+  // part of the secret; a missing, unreadable or empty file is an error.
+  std::optional<std::string> secret_file(std::string_view key);
   // Any JSON value, unchecked (nullptr when absent). Marks the key as used.
   const nlohmann::json* raw(std::string_view key);
   // A nested object (an empty one when absent and `required` is false).
