@@ -187,10 +187,10 @@ class MariadbWriter final : public Writer {
       notes.push_back("options.method is backup_stage but this server has no BACKUP STAGE "
                       "(MariaDB 10.4 or later): freeze will fail");
     }
-    if (text_of(rows, 5) == "0") {
-      notes.push_back("innodb_flush_log_at_trx_commit = 0: InnoDB writes its log about once a "
-                      "second, so transactions acknowledged in the last second before the "
-                      "freeze may be missing from the snapshot; use 1 (or 2)");
+    if (text_of(rows, 5) != "1") {
+      notes.push_back("innodb_flush_log_at_trx_commit = " + text_of(rows, 5) +
+                      ": commits are acknowledged before InnoDB's log is on disk, so freeze "
+                      "flushes it under the lock (FLUSH ENGINE LOGS)");
     }
     if (log_bin && text_of(rows, 6) == "0") {
       notes.push_back("sync_binlog = 0: the binary log is not synced at commit; the snapshot's "
@@ -310,6 +310,18 @@ class MariadbWriter final : public Writer {
     stage_ = Stage::holding;
     held_thread_id_ = held_->thread_id();
     timings_["lock_ms"] = ms_since(started);
+    // With innodb_flush_log_at_trx_commit 0 or 2 an acknowledged commit may
+    // still sit in InnoDB's log buffer (0) or only in the page cache (2);
+    // with commits blocked, one flush puts every one of them in the log.
+    if (!log_flushed_at_commit_) {
+      if (auto status = held_->query("flush InnoDB's log (FLUSH ENGINE LOGS)",
+                                     "FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS", budget, rows,
+                                     grant_reload());
+          !status.is_ok()) {
+        drop_held();
+        return status;
+      }
+    }
     // Commits are blocked: the position now is exactly what the snapshot holds.
     if (auto status = read_position(budget); !status.is_ok()) {
       drop_held();
@@ -456,7 +468,8 @@ class MariadbWriter final : public Writer {
     }
     const auto started = Clock::now();
     std::vector<Row> rows;
-    if (auto status = held_->query("read the account and log_bin", "SELECT CURRENT_USER(), @@log_bin",
+    if (auto status = held_->query("read the account and settings",
+                                   "SELECT CURRENT_USER(), @@log_bin, @@innodb_flush_log_at_trx_commit",
                                    budget, rows);
         !status.is_ok()) {
       drop_held();
@@ -464,6 +477,7 @@ class MariadbWriter final : public Writer {
     }
     account_ = quote_account(text_of(rows, 0));
     log_bin_ = text_of(rows, 1) == "1";
+    log_flushed_at_commit_ = text_of(rows, 2) == "1";
     // The binlog position is read under the lock; a missing privilege must
     // show up now, not with the application already blocked.
     if (log_bin_) {
@@ -580,6 +594,7 @@ class MariadbWriter final : public Writer {
   Method method_ = Method::backup_stage;  // resolved against the server in begin()
   std::string account_ = "CURRENT_USER";  // 'user'@'host', for GRANT hints
   bool log_bin_ = false;
+  bool log_flushed_at_commit_ = true;  // innodb_flush_log_at_trx_commit = 1
   unsigned long held_thread_id_ = 0;
   std::string hold_lost_;        // why the hold broke, until the next freeze
   nlohmann::json position_;      // binlog/GTID read under the lock
