@@ -114,6 +114,16 @@ std::string text_of(const nlohmann::json& value) {
   return value.is_string() ? value.get<std::string>() : value.dump();
 }
 
+// When a test fails during the hold: thaws the mount the test created (a
+// no-op when it is not frozen).
+struct ThawOnExit {
+  std::string mount;
+  ~ThawOnExit() {
+    std::string ignored;
+    (void)quiesce::test::run_command({"fsfreeze", "-u", mount}, &ignored);
+  }
+};
+
 // The whole round trip; `settings` are extra options for the original server.
 void checkpoint_and_restore(const std::vector<std::string>& settings) {
   quiesce::test::TempDir dir("mdb-restore");
@@ -152,10 +162,16 @@ void checkpoint_and_restore(const std::vector<std::string>& settings) {
            {"user", "root"},
            {"password_file", password_file.string()}}}},
         {{"type", "fsfreeze"}, {"name", "fs"}, {"options", {{"mounts", {data.mount_point()}}}}}}}};
+  // Declared before the agent so that, when a test fails during the hold,
+  // the agent goes first (its lock and the freeze go with it) and the
+  // workloads' blocked inserts can finish.
+  std::vector<std::unique_ptr<Workload>> workloads;
   RunningAgent agent(dir, config);
+  // Destroyed first: the test's own mount is thawed before the agent is
+  // killed, so nothing below waits on a frozen filesystem.
+  const ThawOnExit thaw_on_exit{data.mount_point()};
   auto client = agent.client();
 
-  std::vector<std::unique_ptr<Workload>> workloads;
   for (const auto* table : {"acked_InnoDB", "acked_MyISAM", "acked_Aria"}) {
     workloads.push_back(std::make_unique<Workload>(server, table));
   }

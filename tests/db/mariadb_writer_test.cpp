@@ -122,7 +122,7 @@ std::string without_trailing_slash(std::string path) {
 class Background {
  public:
   Background(const MariadbServer& server, std::string sql)
-      : session_(server), sql_(std::move(sql)) {
+      : socket_(server.socket()), session_(server), sql_(std::move(sql)) {
     REQUIRE_MESSAGE(session_.ok(), session_.error());
     session_.exec("SET SESSION lock_wait_timeout = 20");
     thread_ = std::jthread([this] {
@@ -132,7 +132,13 @@ class Background {
       done_ = true;
     });
   }
+  // A test that failed during the hold must not wait for the statement:
+  // it is killed on the server from a second connection.
   ~Background() {
+    if (!done_) {
+      MariadbSession killer(socket_, "root", mdbtest::superuser_password);
+      (void)killer.try_exec("KILL QUERY " + std::to_string(session_.connection_id()));
+    }
     if (thread_.joinable()) {
       thread_.join();
     }
@@ -147,6 +153,7 @@ class Background {
   }
 
  private:
+  std::string socket_;
   MariadbSession session_;
   std::string sql_;
   std::atomic<bool> done_{false};
