@@ -121,10 +121,15 @@ std::string without_trailing_slash(std::string path) {
 // is never released fails the test instead of hanging it.
 class Background {
  public:
-  Background(const MariadbServer& server, std::string sql)
+  // `setup` runs first, on the same connection, in the calling thread.
+  Background(const MariadbServer& server, std::string sql,
+             const std::vector<std::string>& setup = {})
       : socket_(server.socket()), session_(server), sql_(std::move(sql)) {
     REQUIRE_MESSAGE(session_.ok(), session_.error());
     session_.exec("SET SESSION lock_wait_timeout = 20");
+    for (const auto& statement : setup) {
+      session_.exec(statement);
+    }
     thread_ = std::jthread([this] {
       auto error = session_.try_exec(sql_);
       std::lock_guard lock(mutex_);
@@ -174,19 +179,24 @@ std::string write_now(const MariadbServer& server, int wait_s = 3) {
   return session.try_exec("INSERT INTO qt.t(v) VALUES (100)");
 }
 
-// Starts a write and checks that the hold blocks it: still waiting after
+// Starts a statement and checks that the hold blocks it: still waiting after
 // 300 ms (the caller releases the hold and then checks it went through).
-std::unique_ptr<Background> blocked_write(const MariadbServer& server) {
-  auto write = std::make_unique<Background>(server, "INSERT INTO qt.t(v) VALUES (42)");
+std::unique_ptr<Background> blocked(const MariadbServer& server, const std::string& sql,
+                                    const std::vector<std::string>& setup = {}) {
+  auto statement = std::make_unique<Background>(server, sql, setup);
   std::this_thread::sleep_for(300ms);
-  CHECK_MESSAGE(!write->done(), "a write went through during the hold: " << write->error());
-  return write;
+  CHECK_MESSAGE(!statement->done(), sql << " went through during the hold: " << statement->error());
+  return statement;
 }
 
-void check_released(Background& write) {
-  CHECK_MESSAGE(quiesce::test::eventually(5s, [&] { return write.done(); }),
-                "the write blocked by the hold did not proceed after thaw");
-  CHECK_MESSAGE(write.error().empty(), write.error());
+std::unique_ptr<Background> blocked_write(const MariadbServer& server) {
+  return blocked(server, "INSERT INTO qt.t(v) VALUES (42)");
+}
+
+void check_released(Background& statement) {
+  CHECK_MESSAGE(quiesce::test::eventually(5s, [&] { return statement.done(); }),
+                "a statement blocked by the hold did not proceed after thaw");
+  CHECK_MESSAGE(statement.error().empty(), statement.error());
 }
 
 std::string notes_text(const quiesce::Identity& identity) {
@@ -274,6 +284,10 @@ TEST_CASE("mariadb writer: every phase with BACKUP STAGE, binlog position and GT
   REQUIRE(held_at.size() == 1);
   const auto held_gtid = admin.value("SELECT @@gtid_binlog_pos");
   auto write = blocked_write(db.server);
+  // Under BLOCK_COMMIT a transaction's DML on InnoDB goes on; its COMMIT
+  // waits, and so does DDL (BLOCK_DDL).
+  auto commit = blocked(db.server, "COMMIT", {"BEGIN", "INSERT INTO qt.t(v) VALUES (43)"});
+  auto ddl = blocked(db.server, "CREATE TABLE qt.during_hold(i int) ENGINE=InnoDB");
 
   quiesce::HoldReport hold;
   started = Clock::now();
@@ -282,6 +296,8 @@ TEST_CASE("mariadb writer: every phase with BACKUP STAGE, binlog position and GT
   REQUIRE_MESSAGE(status.is_ok(), message_of(status));
   CHECK(hold.continuous);
   check_released(*write);
+  check_released(*commit);
+  check_released(*ddl);
 
   nlohmann::json artifacts;
   started = Clock::now();
