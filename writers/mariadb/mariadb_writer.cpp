@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <memory>
 #include <set>
+#include <thread>
 
 #include <spdlog/spdlog.h>
 
@@ -44,6 +45,8 @@ constexpr unsigned long kFirstBackupStageVersion = 100401;
 constexpr unsigned long kFirstBinlogMonitorVersion = 100502;
 // MySQL 8.2 renamed SHOW MASTER STATUS to SHOW BINARY LOG STATUS (8.4 dropped the old name).
 constexpr unsigned long kFirstBinaryLogStatusVersion = 80200;
+// How often freeze looks whether InnoDB's background flush has run.
+constexpr auto kLogFlushPoll = std::chrono::milliseconds(10);
 // Every non-system schema, for the engine summary in identify.
 constexpr const char* kSystemSchemas =
     "('mysql','information_schema','performance_schema','sys')";
@@ -188,9 +191,14 @@ class MariadbWriter final : public Writer {
                       "(MariaDB 10.4 or later): freeze will fail");
     }
     if (text_of(rows, 5) != "1") {
-      notes.push_back("innodb_flush_log_at_trx_commit = " + text_of(rows, 5) +
-                      ": commits are acknowledged before InnoDB's log is on disk, so freeze "
-                      "flushes it under the lock (FLUSH ENGINE LOGS)");
+      notes.push_back(
+          "innodb_flush_log_at_trx_commit = " + text_of(rows, 5) +
+          ": commits are acknowledged before InnoDB's log is on disk, so freeze flushes it "
+          "under the lock" +
+          (text_of(rows, 5) == "0"
+               ? std::string(" by waiting for InnoDB's background flush (up to "
+                             "innodb_flush_log_at_timeout seconds of hold)")
+               : std::string(" (FLUSH ENGINE LOGS)")));
     }
     if (log_bin && text_of(rows, 6) == "0") {
       notes.push_back("sync_binlog = 0: the binary log is not synced at commit; the snapshot's "
@@ -312,12 +320,9 @@ class MariadbWriter final : public Writer {
     timings_["lock_ms"] = ms_since(started);
     // With innodb_flush_log_at_trx_commit 0 or 2 an acknowledged commit may
     // still sit in InnoDB's log buffer (0) or only in the page cache (2);
-    // with commits blocked, one flush puts every one of them in the log.
-    if (!log_flushed_at_commit_) {
-      if (auto status = held_->query("flush InnoDB's log (FLUSH ENGINE LOGS)",
-                                     "FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS", budget, rows,
-                                     grant_reload());
-          !status.is_ok()) {
+    // with commits blocked, every one of them must reach the log file.
+    if (flush_log_at_trx_commit_ != "1") {
+      if (auto status = flush_innodb_log(budget); !status.is_ok()) {
         drop_held();
         return status;
       }
@@ -477,7 +482,7 @@ class MariadbWriter final : public Writer {
     }
     account_ = quote_account(text_of(rows, 0));
     log_bin_ = text_of(rows, 1) == "1";
-    log_flushed_at_commit_ = text_of(rows, 2) == "1";
+    flush_log_at_trx_commit_ = text_of(rows, 2);
     // The binlog position is read under the lock; a missing privilege must
     // show up now, not with the application already blocked.
     if (log_bin_) {
@@ -568,6 +573,63 @@ class MariadbWriter final : public Writer {
     return Status::ok();
   }
 
+  // FLUSH ENGINE LOGS writes InnoDB's log buffer to the log file when
+  // innodb_flush_log_at_trx_commit is 2 (fsfreeze then syncs it), but does
+  // nothing when it is 0: then only InnoDB's background flush, once every
+  // innodb_flush_log_at_timeout seconds, writes it. So with 0 freeze waits
+  // (within its deadline) until the log is flushed up to the LSN it had
+  // when commits were blocked: up to a second of hold for no lost commit.
+  Status flush_innodb_log(const Budget& budget) {
+    const auto started = Clock::now();
+    std::vector<Row> rows;
+    if (auto status = held_->query("flush InnoDB's log (FLUSH ENGINE LOGS)",
+                                   "FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS", budget, rows,
+                                   grant_reload());
+        !status.is_ok()) {
+      return status;
+    }
+    if (flush_log_at_trx_commit_ == "0") {
+      auto lsn = [&](const char* name, unsigned long long& out) -> Status {
+        if (auto status = held_->query("read InnoDB's log position",
+                                       std::string("SHOW GLOBAL STATUS LIKE '") + name + "'",
+                                       budget, rows);
+            !status.is_ok()) {
+          return status;
+        }
+        out = text_of(rows, 1).empty() ? 0 : std::stoull(text_of(rows, 1));
+        return Status::ok();
+      };
+      unsigned long long target = 0;
+      unsigned long long flushed = 0;
+      if (auto status = lsn("Innodb_lsn_current", target); !status.is_ok()) {
+        return status;
+      }
+      if (target == 0) {
+        log().warn("{}: innodb_flush_log_at_trx_commit = 0 and the server has no Innodb_lsn_* "
+                   "status (MySQL): commits from the last second may be missing from the "
+                   "snapshot", where_);
+        return Status::ok();
+      }
+      for (;;) {
+        if (auto status = lsn("Innodb_lsn_flushed", flushed); !status.is_ok()) {
+          return status;
+        }
+        if (flushed >= target) {
+          break;
+        }
+        if (budget.stop.stop_requested() || Clock::now() + kLogFlushPoll >= budget.deadline) {
+          return Status::timeout(where_ + ": InnoDB's log was not flushed up to LSN " +
+                                 std::to_string(target) + " (flushed: " + std::to_string(flushed) +
+                                 ") before the deadline; with innodb_flush_log_at_trx_commit = 0 "
+                                 "freeze needs up to innodb_flush_log_at_timeout seconds");
+        }
+        std::this_thread::sleep_for(kLogFlushPoll);
+      }
+    }
+    timings_["log_flush_ms"] = ms_since(started);
+    return Status::ok();
+  }
+
   [[nodiscard]] const char* binlog_status_sql() const {
     return !held_->is_mariadb() && held_->server_version() >= kFirstBinaryLogStatusVersion
                ? "SHOW BINARY LOG STATUS"
@@ -594,7 +656,7 @@ class MariadbWriter final : public Writer {
   Method method_ = Method::backup_stage;  // resolved against the server in begin()
   std::string account_ = "CURRENT_USER";  // 'user'@'host', for GRANT hints
   bool log_bin_ = false;
-  bool log_flushed_at_commit_ = true;  // innodb_flush_log_at_trx_commit = 1
+  std::string flush_log_at_trx_commit_ = "1";  // innodb_flush_log_at_trx_commit
   unsigned long held_thread_id_ = 0;
   std::string hold_lost_;        // why the hold broke, until the next freeze
   nlohmann::json position_;      // binlog/GTID read under the lock
