@@ -1,10 +1,9 @@
 #include "writers/postgres/pg_connection.hpp"
 
-#include <libpq-fe.h>
-
 #include <algorithm>
 
 #include "platform/linux/socket_wait.hpp"
+#include "writers/postgres/libpq_api.hpp"
 
 namespace quiesce::writers::postgres {
 
@@ -77,12 +76,13 @@ Connection::Connection(pg_conn* conn, std::string where) : conn_(conn), where_(s
 
 Connection::~Connection() {
   if (conn_ != nullptr) {
-    PQfinish(conn_);
+    libpq().PQfinish(conn_);
   }
 }
 
 Status Connection::open(const ConnectParams& params, const std::string& where,
                         const Budget& budget, std::unique_ptr<Connection>& out) {
+  const LibpqApi& pq = libpq();
   const std::string port = std::to_string(params.port);
   std::vector<const char*> keys{"host", "port", "user", "dbname", "application_name"};
   std::vector<const char*> values{params.host.c_str(), port.c_str(), params.user.c_str(),
@@ -93,7 +93,7 @@ Status Connection::open(const ConnectParams& params, const std::string& where,
   }
   keys.push_back(nullptr);
   values.push_back(nullptr);
-  pg_conn* raw = PQconnectStartParams(keys.data(), values.data(), 0);
+  pg_conn* raw = pq.PQconnectStartParams(keys.data(), values.data(), 0);
   if (raw == nullptr) {
     return Status::retryable(where + ": could not connect: libpq is out of memory");
   }
@@ -101,9 +101,9 @@ Status Connection::open(const ConnectParams& params, const std::string& where,
   // libpq prints server notices (a dying backend's "aborting backup")
   // to stderr by default; the agent must not write anywhere uncontrolled
   // while frozen, and the writer reports what those notices say itself.
-  PQsetNoticeProcessor(raw, [](void*, const char*) {}, nullptr);
-  if (PQstatus(raw) == CONNECTION_BAD) {
-    return classify_connect_error(where, PQerrorMessage(raw));
+  pq.PQsetNoticeProcessor(raw, [](void*, const char*) {}, nullptr);
+  if (pq.PQstatus(raw) == CONNECTION_BAD) {
+    return classify_connect_error(where, pq.PQerrorMessage(raw));
   }
   const auto started = Clock::now();
   const auto connect_deadline = started + params.connect_timeout;
@@ -111,7 +111,7 @@ Status Connection::open(const ConnectParams& params, const std::string& where,
   PostgresPollingStatusType state = PGRES_POLLING_WRITING;
   while (state != PGRES_POLLING_OK) {
     if (state == PGRES_POLLING_FAILED) {
-      return classify_connect_error(where, PQerrorMessage(raw));
+      return classify_connect_error(where, pq.PQerrorMessage(raw));
     }
     auto why = connection->wait_socket(state == PGRES_POLLING_READING,
                                        state == PGRES_POLLING_WRITING, budget, deadline);
@@ -124,11 +124,11 @@ Status Connection::open(const ConnectParams& params, const std::string& where,
       return Status::retryable(text + " (options.connect_timeout_ms = " +
                                std::to_string(params.connect_timeout.count()) + ")");
     }
-    state = PQconnectPoll(raw);
+    state = pq.PQconnectPoll(raw);
   }
-  if (PQsetnonblocking(raw, 1) != 0) {
+  if (pq.PQsetnonblocking(raw, 1) != 0) {
     return Status::retryable(where + ": could not switch the connection to non-blocking mode: " +
-                             tidy(PQerrorMessage(raw)));
+                             tidy(pq.PQerrorMessage(raw)));
   }
   out = std::move(connection);
   return Status::ok();
@@ -136,22 +136,23 @@ Status Connection::open(const ConnectParams& params, const std::string& where,
 
 std::string Connection::wait_socket(bool read, bool write, const Budget& budget,
                                     Clock::time_point deadline) const {
-  return platform::wait_socket(PQsocket(conn_), {.read = read, .write = write}, deadline,
-                               budget.stop);
+  return platform::wait_socket(libpq().PQsocket(conn_), {.read = read, .write = write},
+                               deadline, budget.stop);
 }
 
 void Connection::cancel_and_drop() {
+  const LibpqApi& pq = libpq();
   if (conn_ == nullptr) {
     return;
   }
   // Ask the server to stop the statement, then drop the session: whatever
   // the statement had started (a backup) ends with it.
-  if (PGcancel* cancel = PQgetCancel(conn_)) {
+  if (PGcancel* cancel = pq.PQgetCancel(conn_)) {
     char ignored[256];
-    (void)PQcancel(cancel, ignored, sizeof ignored);
-    PQfreeCancel(cancel);
+    (void)pq.PQcancel(cancel, ignored, sizeof ignored);
+    pq.PQfreeCancel(cancel);
   }
-  PQfinish(conn_);
+  pq.PQfinish(conn_);
   conn_ = nullptr;
 }
 
@@ -159,20 +160,21 @@ Status Connection::query(std::string_view action, const std::string& sql,
                          const std::vector<std::string>& params, const Budget& budget,
                          std::vector<Row>& rows, std::string_view grant_hint,
                          ServerError* error) {
+  const LibpqApi& pq = libpq();
   rows.clear();
   const std::string prefix = where_ + ": could not " + std::string(action) + ": ";
   if (!ok()) {
     return Status::retryable(prefix + "the connection is closed" +
-                             (conn_ != nullptr ? " (" + tidy(PQerrorMessage(conn_)) + ")" : ""));
+                             (conn_ != nullptr ? " (" + tidy(pq.PQerrorMessage(conn_)) + ")" : ""));
   }
   std::vector<const char*> values;
   values.reserve(params.size());
   for (const auto& param : params) {
     values.push_back(param.c_str());
   }
-  if (PQsendQueryParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr,
+  if (pq.PQsendQueryParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr,
                         values.data(), nullptr, nullptr, 0) == 0) {
-    return Status::retryable(prefix + "the connection was lost: " + tidy(PQerrorMessage(conn_)));
+    return Status::retryable(prefix + "the connection was lost: " + tidy(pq.PQerrorMessage(conn_)));
   }
   auto interrupted = [&](const std::string& why) {
     cancel_and_drop();
@@ -180,68 +182,70 @@ Status Connection::query(std::string_view action, const std::string& sql,
   };
   // In non-blocking mode a statement may not fit the socket buffer at once.
   for (;;) {
-    const int flushed = PQflush(conn_);
+    const int flushed = pq.PQflush(conn_);
     if (flushed == 0) {
       break;
     }
     if (flushed < 0) {
-      return Status::retryable(prefix + "the connection was lost: " + tidy(PQerrorMessage(conn_)));
+      return Status::retryable(prefix + "the connection was lost: " +
+                               tidy(pq.PQerrorMessage(conn_)));
     }
     if (auto why = wait_socket(true, true, budget, budget.deadline); !why.empty()) {
       return interrupted(why);
     }
-    if (PQconsumeInput(conn_) == 0) {
-      return Status::retryable(prefix + "the connection was lost: " + tidy(PQerrorMessage(conn_)));
+    if (pq.PQconsumeInput(conn_) == 0) {
+      return Status::retryable(prefix + "the connection was lost: " +
+                               tidy(pq.PQerrorMessage(conn_)));
     }
   }
   ServerError first;
   bool failed = false;
   for (;;) {
-    while (PQisBusy(conn_) != 0) {
+    while (pq.PQisBusy(conn_) != 0) {
       if (auto why = wait_socket(true, false, budget, budget.deadline); !why.empty()) {
         return interrupted(why);
       }
-      if (PQconsumeInput(conn_) == 0) {
+      if (pq.PQconsumeInput(conn_) == 0) {
         failed = true;
-        first = {"", "the connection was lost: " + tidy(PQerrorMessage(conn_))};
+        first = {"", "the connection was lost: " + tidy(pq.PQerrorMessage(conn_))};
         break;
       }
     }
-    if (failed && first.sqlstate.empty() && PQstatus(conn_) == CONNECTION_BAD) {
+    if (failed && first.sqlstate.empty() && pq.PQstatus(conn_) == CONNECTION_BAD) {
       break;
     }
-    PGresult* result = PQgetResult(conn_);
+    PGresult* result = pq.PQgetResult(conn_);
     if (result == nullptr) {
       break;
     }
-    const auto status = PQresultStatus(result);
+    const auto status = pq.PQresultStatus(result);
     if (status == PGRES_TUPLES_OK) {
-      const int columns = PQnfields(result);
-      for (int r = 0; r < PQntuples(result); ++r) {
+      const int columns = pq.PQnfields(result);
+      for (int r = 0; r < pq.PQntuples(result); ++r) {
         Row row;
         for (int c = 0; c < columns; ++c) {
-          if (PQgetisnull(result, r, c) != 0) {
+          if (pq.PQgetisnull(result, r, c) != 0) {
             row.emplace_back(std::nullopt);
           } else {
-            row.emplace_back(std::string(PQgetvalue(result, r, c),
-                                         static_cast<std::size_t>(PQgetlength(result, r, c))));
+            row.emplace_back(std::string(pq.PQgetvalue(result, r, c),
+                                         static_cast<std::size_t>(pq.PQgetlength(result, r, c))));
           }
         }
         rows.push_back(std::move(row));
       }
     } else if (status != PGRES_COMMAND_OK && !failed) {
       failed = true;
-      const char* state = PQresultErrorField(result, PG_DIAG_SQLSTATE);
-      const char* primary = PQresultErrorField(result, PG_DIAG_MESSAGE_PRIMARY);
-      const char* hint = PQresultErrorField(result, PG_DIAG_MESSAGE_HINT);
+      const char* state = pq.PQresultErrorField(result, PG_DIAG_SQLSTATE);
+      const char* primary = pq.PQresultErrorField(result, PG_DIAG_MESSAGE_PRIMARY);
+      const char* hint = pq.PQresultErrorField(result, PG_DIAG_MESSAGE_HINT);
       first.sqlstate = state != nullptr ? state : "";
-      first.message = primary != nullptr ? primary : tidy(PQresultErrorMessage(result));
+      first.message = primary != nullptr ? primary : tidy(pq.PQresultErrorMessage(result));
       if (hint != nullptr) {
         first.message += std::string(" (hint: ") + hint + ")";
       }
     }
-    PQclear(result);
-    if (PQstatus(conn_) == CONNECTION_BAD) {
+    pq.PQclear(result);
+    if (pq.PQstatus(conn_) == CONNECTION_BAD) {
       break;
     }
   }
@@ -254,14 +258,16 @@ Status Connection::query(std::string_view action, const std::string& sql,
   return classify_statement_error(where_, action, first, grant_hint);
 }
 
-bool Connection::ok() const { return conn_ != nullptr && PQstatus(conn_) == CONNECTION_OK; }
+bool Connection::ok() const { return conn_ != nullptr && libpq().PQstatus(conn_) == CONNECTION_OK; }
 
-int Connection::backend_pid() const { return conn_ != nullptr ? PQbackendPID(conn_) : 0; }
+int Connection::backend_pid() const { return conn_ != nullptr ? libpq().PQbackendPID(conn_) : 0; }
 
-int Connection::server_version() const { return conn_ != nullptr ? PQserverVersion(conn_) : 0; }
+int Connection::server_version() const {
+  return conn_ != nullptr ? libpq().PQserverVersion(conn_) : 0;
+}
 
 std::string Connection::error_message() const {
-  return conn_ != nullptr ? tidy(PQerrorMessage(conn_)) : "the connection was closed";
+  return conn_ != nullptr ? tidy(libpq().PQerrorMessage(conn_)) : "the connection was closed";
 }
 
 }  // namespace quiesce::writers::postgres

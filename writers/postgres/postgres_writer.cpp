@@ -8,6 +8,7 @@
 
 #include "platform/linux/mountinfo.hpp"
 #include "quiesce/json_fields.hpp"
+#include "writers/postgres/libpq_api.hpp"
 #include "writers/postgres/pg_connection.hpp"
 
 namespace quiesce::writers {
@@ -428,7 +429,11 @@ void register_postgres_writer(WriterRegistry& registry) {
       .description = "PostgreSQL 15+: CHECKPOINT, then a non-exclusive backup held across the "
                      "snapshot; backup_label as an artifact",
       .create = [](const WriterSpec& spec, const WriterEnvironment& env) -> std::unique_ptr<Writer> {
-        return std::make_unique<PostgresWriter>(spec, parse_options(spec.options), env);
+        auto options = parse_options(spec.options);
+        // libpq is loaded here, when the config names a postgres writer, so
+        // that a missing libpq fails config loading and --check-config.
+        (void)postgres::libpq();
+        return std::make_unique<PostgresWriter>(spec, std::move(options), env);
       },
   });
 }
