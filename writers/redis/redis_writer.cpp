@@ -383,14 +383,20 @@ class RedisWriter final : public Writer {
                         : std::chrono::duration_cast<milliseconds>(ctx.hold_deadline - now) +
                               milliseconds(5000);
       length = std::max(length, milliseconds(1000));
+      // Counted as paused before the answer: when the deadline cuts the
+      // wait for it short, the server may have paused all the same, and
+      // freeze's undo (or abort) must end that pause rather than leave the
+      // application's writes refused until it lapses.
+      paused_ = true;
+      pause_until_ = now + length;
       if (auto status = connection_->run("hold writes (CLIENT PAUSE WRITE)",
                                          {"CLIENT", "PAUSE", std::to_string(length.count()), "WRITE"},
                                          deadline, reply);
           !status.is_ok()) {
+        // An answer (an error reply) or a command never sent means nothing changed.
+        paused_ = !connection_->usable();
         return status;
       }
-      paused_ = true;
-      pause_until_ = now + length;
     }
     return persistence_.aof ? sync_aof(deadline) : save_rdb(ctx, deadline);
   }
@@ -405,12 +411,19 @@ class RedisWriter final : public Writer {
   Status sync_aof(Clock::time_point deadline) {
     Reply reply;
     if (persistence_.appendfsync != "always") {
+      // Recorded before the answer, for the same reason as the pause: a
+      // switch the server made after our deadline passed would otherwise
+      // stay at `always` for good (and the next freeze would take it for
+      // the admin's setting).
+      restore_appendfsync_ = persistence_.appendfsync;
       if (auto status = connection_->run("make the AOF durable (CONFIG SET appendfsync always)",
                                          {"CONFIG", "SET", "appendfsync", "always"}, deadline, reply);
           !status.is_ok()) {
+        if (connection_->usable()) {
+          restore_appendfsync_.reset();  // refused, or never sent: nothing changed
+        }
         return status;
       }
-      restore_appendfsync_ = persistence_.appendfsync;
     }
     InfoFields fields;
     if (auto status = connection_->info("persistence", deadline, fields); !status.is_ok()) {
