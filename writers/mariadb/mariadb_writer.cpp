@@ -11,6 +11,7 @@
 
 #include "platform/linux/mountinfo.hpp"
 #include "quiesce/json_fields.hpp"
+#include "writers/mariadb/libmariadb_api.hpp"
 #include "writers/mariadb/mariadb_connection.hpp"
 
 namespace quiesce::writers {
@@ -45,6 +46,8 @@ constexpr unsigned long kFirstBackupStageVersion = 100401;
 constexpr unsigned long kFirstBinlogMonitorVersion = 100502;
 // MySQL 8.2 renamed SHOW MASTER STATUS to SHOW BINARY LOG STATUS (8.4 dropped the old name).
 constexpr unsigned long kFirstBinaryLogStatusVersion = 80200;
+// ER_SPECIFIC_ACCESS_DENIED_ERROR: "you need (at least one of) the RELOAD privilege(s)".
+constexpr unsigned int kMissingPrivilege = 1227;
 // How often freeze looks whether InnoDB's background flush has run.
 constexpr auto kLogFlushPoll = std::chrono::milliseconds(10);
 // Every non-system schema, for the engine summary in identify.
@@ -302,7 +305,7 @@ class MariadbWriter final : public Writer {
       return status;
     }
     std::vector<Row> rows;
-    // BLOCK_COMMIT passes through BLOCK_DDL: DDL and commits wait from here
+    // BLOCK_COMMIT passes through FLUSH and BLOCK_DDL: DDL and commits wait from here
     // on, non-transactional tables are flushed and closed, and the binary
     // log is flushed. FLUSH TABLES WITH READ LOCK blocks every write.
     const bool backup_stage = method_ == Method::backup_stage;
@@ -483,42 +486,53 @@ class MariadbWriter final : public Writer {
     account_ = quote_account(text_of(rows, 0));
     log_bin_ = text_of(rows, 1) == "1";
     flush_log_at_trx_commit_ = text_of(rows, 2);
-    // The binlog position is read under the lock; a missing privilege must
-    // show up now, not with the application already blocked.
-    if (log_bin_) {
-      if (auto status = held_->query("read the binary log position", binlog_status_sql(), budget,
-                                     rows, grant_binlog());
-          !status.is_ok()) {
-        drop_held();
-        return status;
-      }
-    }
     if (auto status = set_lock_wait_timeout(budget); !status.is_ok()) {
       drop_held();
       return status;
     }
-    if (method_ == Method::backup_stage) {
-      // START blocks nothing the application does; FLUSH closes and flushes
-      // the non-transactional tables not in use, which BLOCK_COMMIT would
-      // otherwise do inside the hold window.
-      for (const char* stage : {"BACKUP STAGE START", "BACKUP STAGE FLUSH"}) {
-        if (auto status = held_->query(std::string("run ") + stage, stage, budget, rows,
-                                       grant_reload());
-            !status.is_ok()) {
-          drop_held();
-          return status;
-        }
+    // Both privileges the hold needs are tried now, before anything is
+    // blocked, and every one missing is named at once: an admin should not
+    // have to fix them one failed checkpoint at a time.
+    std::vector<std::string> denied;
+    auto attempt = [&](std::string_view action, const std::string& sql,
+                       const std::string& grant) -> Status {
+      mariadb::ServerError error;
+      auto status = held_->query(action, sql, budget, rows, grant, &error);
+      if (!status.is_ok() && error.code == kMissingPrivilege) {
+        denied.push_back(status.error().message.substr(where_.size() + 2));
+        return Status::ok();  // collected; reported together below
       }
-    } else {
-      // Flushing the tables first makes FLUSH TABLES WITH READ LOCK quick
-      // (the usual practice of backup tools); it locks nothing afterwards.
-      if (auto status = held_->query("flush the tables (FLUSH TABLES)",
-                                     "FLUSH NO_WRITE_TO_BINLOG TABLES", budget, rows,
-                                     grant_reload());
+      return status;
+    };
+    // The binlog position is read under the lock.
+    if (log_bin_) {
+      if (auto status = attempt("read the binary log position", binlog_status_sql(), grant_binlog());
           !status.is_ok()) {
         drop_held();
         return status;
       }
+    }
+    // BACKUP STAGE START blocks nothing the application does. FLUSH (and
+    // BLOCK_DDL) are left to BLOCK_COMMIT in freeze: FLUSH already makes
+    // writes to non-transactional tables (MyISAM) wait, and prepare may come
+    // long before the hold. For FLUSH TABLES WITH READ LOCK, flushing the
+    // tables first makes the lock quick (the usual practice of backup
+    // tools); it locks nothing afterwards.
+    const bool backup_stage = method_ == Method::backup_stage;
+    if (auto status = attempt(backup_stage ? "run BACKUP STAGE START" : "flush the tables (FLUSH TABLES)",
+                              backup_stage ? "BACKUP STAGE START" : "FLUSH NO_WRITE_TO_BINLOG TABLES",
+                              grant_reload());
+        !status.is_ok()) {
+      drop_held();
+      return status;
+    }
+    if (!denied.empty()) {
+      drop_held();
+      std::string message = where_ + ": the account " + account_ + " lacks privileges: ";
+      for (std::size_t i = 0; i < denied.size(); ++i) {
+        message += (i == 0 ? "" : "; ") + denied[i];
+      }
+      return Status::non_retryable(message);
     }
     stage_ = Stage::prepared;
     timings_ = nlohmann::json::object();
@@ -674,7 +688,11 @@ void register_mariadb_writer(WriterRegistry& registry) {
                      "LOCK) held on one connection across the snapshot; binlog/GTID position "
                      "as an artifact",
       .create = [](const WriterSpec& spec, const WriterEnvironment& env) -> std::unique_ptr<Writer> {
-        return std::make_unique<MariadbWriter>(spec, parse_options(spec.options), env);
+        auto options = parse_options(spec.options);
+        // libmariadb is loaded here, when the config names a mariadb writer,
+        // so that a missing libmariadb fails config loading and --check-config.
+        (void)mariadb::libmariadb();
+        return std::make_unique<MariadbWriter>(spec, std::move(options), env);
       },
   });
 }
