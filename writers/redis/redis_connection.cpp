@@ -1,6 +1,5 @@
 #include "writers/redis/redis_connection.hpp"
 
-#include <hiredis/hiredis.h>
 #include <sys/time.h>
 
 #include <algorithm>
@@ -9,6 +8,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "writers/redis/hiredis_api.hpp"
+
 namespace quiesce::writers::redis {
 
 namespace {
@@ -16,7 +17,7 @@ namespace {
 using std::chrono::milliseconds;
 
 struct ReplyDeleter {
-  void operator()(redisReply* reply) const { freeReplyObject(reply); }
+  void operator()(redisReply* reply) const { hiredis().freeReplyObject(reply); }
 };
 using ReplyPtr = std::unique_ptr<redisReply, ReplyDeleter>;
 
@@ -156,7 +157,7 @@ Status classify_error_reply(const Target& target, std::string_view action, std::
 
 Connection::~Connection() {
   if (context_ != nullptr) {
-    redisFree(context_);
+    hiredis().redisFree(context_);
   }
 }
 
@@ -168,15 +169,16 @@ Status Connection::open(const Target& target, Clock::time_point deadline,
   }
   const auto remaining = std::chrono::duration_cast<milliseconds>(deadline - now);
   const auto tv = to_timeval(std::min(remaining, target.connect_timeout));
+  const HiredisApi& api = hiredis();
   redisContext* context = target.socket.empty()
-                              ? redisConnectWithTimeout(target.host.c_str(), target.port, tv)
-                              : redisConnectUnixWithTimeout(target.socket.c_str(), tv);
+                              ? api.redisConnectWithTimeout(target.host.c_str(), target.port, tv)
+                              : api.redisConnectUnixWithTimeout(target.socket.c_str(), tv);
   if (context == nullptr) {
     return Status::retryable("redis " + target.endpoint() + ": could not connect: out of memory");
   }
   if (context->err != 0) {
     std::string reason = context->errstr;
-    redisFree(context);
+    api.redisFree(context);
     return Status::retryable("redis " + target.endpoint() + ": could not connect (" + reason +
                              "); is the server running and is options." +
                              (target.socket.empty() ? "host/port" : "socket") + " right?");
@@ -214,7 +216,7 @@ Status Connection::set_deadline(std::string_view action, Clock::time_point deadl
   const auto remaining = std::chrono::duration_cast<milliseconds>(deadline - now);
   // hiredis has no per-call timeout: the socket's SO_RCVTIMEO/SO_SNDTIMEO
   // bound each call instead.
-  if (redisSetTimeout(context_, to_timeval(remaining)) != REDIS_OK) {
+  if (hiredis().redisSetTimeout(context_, to_timeval(remaining)) != REDIS_OK) {
     return io_error(action);
   }
   return Status::ok();
@@ -259,15 +261,15 @@ Status Connection::pipeline(std::string_view action,
       args.push_back(arg.data());
       lengths.push_back(arg.size());
     }
-    if (redisAppendCommandArgv(context_, static_cast<int>(args.size()), args.data(),
-                               lengths.data()) != REDIS_OK) {
+    if (hiredis().redisAppendCommandArgv(context_, static_cast<int>(args.size()), args.data(),
+                                         lengths.data()) != REDIS_OK) {
       return io_error(action);
     }
   }
   out.clear();
   for (std::size_t i = 0; i < commands.size(); ++i) {
     void* raw = nullptr;
-    if (redisGetReply(context_, &raw) != REDIS_OK || raw == nullptr) {
+    if (hiredis().redisGetReply(context_, &raw) != REDIS_OK || raw == nullptr) {
       return io_error(action);
     }
     ReplyPtr reply(static_cast<redisReply*>(raw));

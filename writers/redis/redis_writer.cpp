@@ -15,6 +15,7 @@
 
 #include "platform/linux/mountinfo.hpp"
 #include "quiesce/json_fields.hpp"
+#include "writers/redis/hiredis_api.hpp"
 #include "writers/redis/redis_connection.hpp"
 
 namespace quiesce::writers {
@@ -616,7 +617,11 @@ void register_redis_writer(WriterRegistry& registry) {
       .description = "makes every acknowledged Redis write durable (AOF fsync or BGSAVE); "
                      "optionally pauses writes",
       .create = [](const WriterSpec& spec, const WriterEnvironment& env) -> std::unique_ptr<Writer> {
-        return std::make_unique<RedisWriter>(spec, parse_options(spec.options), env);
+        auto options = parse_options(spec.options);
+        // hiredis is loaded here, when the config names a redis writer, so
+        // that a missing hiredis fails config loading and --check-config.
+        (void)redis::hiredis();
+        return std::make_unique<RedisWriter>(spec, std::move(options), env);
       },
   });
 }
