@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "quiesce/writer_registry.hpp"
+#include "tests/db/mariadb_server.hpp"
 #include "tests/db/postgres_server.hpp"
 #include "tests/db/redis_server.hpp"
 #include "tests/support/processes.hpp"
@@ -122,9 +123,10 @@ fs::path make_sqlite_db(const fs::path& path, const std::string& journal_mode) {
   return path;
 }
 
-bool skip_unless_root() {
+// The PostgreSQL and MariaDB fixtures run their servers as another OS user.
+bool skip_unless_root(const char* why) {
   if (::geteuid() != 0) {
-    MESSAGE("skipped: PostgreSQL fixtures need root (runuser to the postgres user)");
+    MESSAGE("skipped: " << why);
     return true;
   }
   return false;
@@ -269,7 +271,7 @@ TEST_CASE("conformance: the sqlite writer passes quiesce-writer-check (WAL and r
 }
 
 TEST_CASE("conformance: the postgres writer passes quiesce-writer-check (superuser and least-privilege role)") {
-  if (skip_unless_root()) {
+  if (skip_unless_root("PostgreSQL fixtures need root (runuser to the postgres user)")) {
     return;
   }
   namespace pg = quiesce::test::postgres;
@@ -301,6 +303,45 @@ TEST_CASE("conformance: the postgres writer passes quiesce-writer-check (superus
   };
   expect_conformance("postgres", options("postgres", pg::superuser_password), "superuser");
   expect_conformance("postgres", options("quiesce", "quiesce-pw"), "least-privilege role");
+}
+
+TEST_CASE("conformance: the mariadb writer passes quiesce-writer-check (BACKUP STAGE as root - FLUSH TABLES WITH READ LOCK as a least-privilege user)") {
+  if (skip_unless_root("MariaDB fixtures need root (mariadbd --user=mysql, chown)")) {
+    return;
+  }
+  namespace mdb = quiesce::test::mariadb;
+  quiesce::test::TempDir dir("conformance-mariadb");
+  mdb::open_for_traversal(dir.path());
+  mdb::MariadbServer server(dir / "work", dir / "data");
+  server.init();
+  server.start();  // with the binary log, so freeze reads a binlog position too
+  {
+    mdb::MariadbSession admin(server);
+    REQUIRE_MESSAGE(admin.ok(), admin.error());
+    admin.exec("CREATE DATABASE qt");
+    admin.exec("CREATE TABLE qt.t(id bigint AUTO_INCREMENT PRIMARY KEY, v int) ENGINE=InnoDB");
+    admin.exec("INSERT INTO qt.t(v) VALUES (1), (2), (3)");
+    // The dedicated account docs/writers/mariadb.md recommends.
+    mdb::create_user(admin, "quiesce", "quiesce-pw", "RELOAD, BINLOG MONITOR");
+  }
+  auto options = [&](const std::string& user, const std::string& password,
+                     const std::string& method) {
+    const auto file = dir / ("pw-" + user);
+    std::ofstream(file) << password << "\n";
+    return nlohmann::json{{"socket", server.socket()},
+                          {"user", user},
+                          {"password_file", file.string()},
+                          {"connect_timeout_ms", 3000},
+                          {"method", method}};
+  };
+  expect_conformance("mariadb", options("root", mdb::superuser_password, "backup_stage"),
+                     "BACKUP STAGE, root");
+  expect_conformance("mariadb", options("quiesce", "quiesce-pw", "flush_tables"),
+                     "FLUSH TABLES WITH READ LOCK, RELOAD and BINLOG MONITOR only");
+  // Every check let go of its lock: a commit goes through at once.
+  mdb::MariadbSession admin(server, "root", mdb::superuser_password, std::chrono::seconds(5));
+  REQUIRE_MESSAGE(admin.ok(), admin.error());
+  CHECK(admin.try_exec("INSERT INTO qt.t(v) VALUES (4)").empty());
 }
 
 TEST_CASE("conformance: the redis writer passes quiesce-writer-check (RDB - and AOF holding writes)") {
