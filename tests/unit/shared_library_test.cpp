@@ -85,6 +85,8 @@ TEST_CASE("database writers load their client library when created") {
   // calls (the -dev packages the build needs pull in the runtime ones).
   for (const auto& [type, options, soname] : {
            Case{"postgres", nlohmann::json::object(), "libpq.so.5"},
+           Case{"mariadb", nlohmann::json::object(), "libmariadb.so.3"},
+           Case{"redis", {{"socket", "/nonexistent/redis.sock"}}, "libhiredis.so.0.14"},
        }) {
     CAPTURE(type);
     const auto* writer_type = registry.find(type);

@@ -1,11 +1,11 @@
 #include "writers/mariadb/mariadb_connection.hpp"
 
-#include <mysql.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 
 #include "platform/linux/socket_wait.hpp"
+#include "writers/mariadb/libmariadb_api.hpp"
 
 namespace quiesce::writers::mariadb {
 
@@ -138,7 +138,7 @@ Connection::~Connection() { close(); }
 
 void Connection::close() {
   if (mysql_ != nullptr) {
-    mysql_close(mysql_);
+    libmariadb().mysql_close(mysql_);
     mysql_ = nullptr;
   }
 }
@@ -155,9 +155,9 @@ std::string Connection::drive(int status, const Budget& budget, Step&& step) {
     const bool library_timeout = (status & MYSQL_WAIT_TIMEOUT) != 0;
     if (library_timeout) {
       deadline = std::min(deadline, now + std::chrono::milliseconds(
-                                              mysql_get_timeout_value_ms(mysql_)));
+                                              libmariadb().mysql_get_timeout_value_ms(mysql_)));
     }
-    auto why = platform::wait_socket(static_cast<int>(mysql_get_socket(mysql_)),
+    auto why = platform::wait_socket(static_cast<int>(libmariadb().mysql_get_socket(mysql_)),
                                      {.read = (status & MYSQL_WAIT_READ) != 0,
                                       .write = (status & MYSQL_WAIT_WRITE) != 0,
                                       .except = (status & MYSQL_WAIT_EXCEPT) != 0},
@@ -173,7 +173,7 @@ std::string Connection::drive(int status, const Budget& budget, Step&& step) {
     // Cut short. The call is still suspended inside libmariadb: shut the
     // socket so that finishing it fails at once, then let it finish, so the
     // connection is closed with no operation in flight.
-    const int fd = static_cast<int>(mysql_get_socket(mysql_));
+    const int fd = static_cast<int>(libmariadb().mysql_get_socket(mysql_));
     if (fd >= 0) {
       ::shutdown(fd, SHUT_RDWR);
     }
@@ -187,33 +187,34 @@ std::string Connection::drive(int status, const Budget& budget, Step&& step) {
 
 Status Connection::open(const ConnectParams& params, const std::string& where,
                         const Budget& budget, std::unique_ptr<Connection>& out) {
+  const LibmariadbApi& api = libmariadb();
   const std::string action = "connect to " + params.describe();
-  MYSQL* mysql = mysql_init(nullptr);
+  MYSQL* mysql = api.mysql_init(nullptr);
   if (mysql == nullptr) {
     return Status::retryable(where + ": could not " + action + ": out of memory");
   }
   std::unique_ptr<Connection> connection(new Connection(mysql, params, where));
   // No option files: credentials come from the writer's config only.
-  mysql_options(mysql, MYSQL_OPT_NONBLOCK, nullptr);
+  api.mysql_options(mysql, MYSQL_OPT_NONBLOCK, nullptr);
   const my_bool no_reconnect = 0;  // a reconnect would hide a lost hold
-  mysql_options(mysql, MYSQL_OPT_RECONNECT, &no_reconnect);
+  api.mysql_options(mysql, MYSQL_OPT_RECONNECT, &no_reconnect);
   const unsigned int no_local_infile = 0;
-  mysql_options(mysql, MYSQL_OPT_LOCAL_INFILE, &no_local_infile);
-  mysql_options(mysql, MYSQL_SET_CHARSET_NAME, "utf8mb4");
-  mysql_optionsv(mysql, MYSQL_OPT_CONNECT_ATTR_ADD, "program_name", "quiesce-agent");
+  api.mysql_options(mysql, MYSQL_OPT_LOCAL_INFILE, &no_local_infile);
+  api.mysql_options(mysql, MYSQL_SET_CHARSET_NAME, "utf8mb4");
+  api.mysql_optionsv(mysql, MYSQL_OPT_CONNECT_ATTR_ADD, "program_name", "quiesce-agent");
   const unsigned int protocol = params.host.empty() ? MYSQL_PROTOCOL_SOCKET : MYSQL_PROTOCOL_TCP;
-  mysql_options(mysql, MYSQL_OPT_PROTOCOL, &protocol);
+  api.mysql_options(mysql, MYSQL_OPT_PROTOCOL, &protocol);
 
   Budget connect_budget = budget;
   connect_budget.deadline = std::min(budget.deadline, Clock::now() + params.connect_timeout);
   MYSQL* connected = nullptr;
-  const int status = mysql_real_connect_start(
+  const int status = api.mysql_real_connect_start(
       &connected, mysql, params.host.empty() ? "localhost" : params.host.c_str(),
       params.user.c_str(), params.password ? params.password->c_str() : nullptr, nullptr,
       static_cast<unsigned int>(params.port), params.host.empty() ? params.socket.c_str() : nullptr,
       0);
   auto why = connection->drive(status, connect_budget, [&](int ready) {
-    return mysql_real_connect_cont(&connected, mysql, ready);
+    return api.mysql_real_connect_cont(&connected, mysql, ready);
   });
   if (!why.empty()) {
     const std::string text = where + ": could not " + action + ": " + why;
@@ -225,11 +226,12 @@ Status Connection::open(const ConnectParams& params, const std::string& where,
   }
   if (connected == nullptr) {
     return classify_error(where, action,
-                          {mysql_errno(mysql), mysql_sqlstate(mysql), mysql_error(mysql)});
+                          {api.mysql_errno(mysql), api.mysql_sqlstate(mysql),
+                           api.mysql_error(mysql)});
   }
-  connection->thread_id_ = mysql_thread_id(mysql);
-  connection->server_version_ = mysql_get_server_version(mysql);
-  connection->server_info_ = mysql_get_server_info(mysql);
+  connection->thread_id_ = api.mysql_thread_id(mysql);
+  connection->server_version_ = api.mysql_get_server_version(mysql);
+  connection->server_info_ = api.mysql_get_server_info(mysql);
   out = std::move(connection);
   return Status::ok();
 }
@@ -237,6 +239,7 @@ Status Connection::open(const ConnectParams& params, const std::string& where,
 Status Connection::query(std::string_view action, const std::string& sql, const Budget& budget,
                          std::vector<Row>& rows, std::string_view grant_hint,
                          ServerError* error) {
+  const LibmariadbApi& api = libmariadb();
   rows.clear();
   const std::string prefix = where_ + ": could not " + std::string(action) + ": ";
   if (!ok()) {
@@ -249,7 +252,8 @@ Status Connection::query(std::string_view action, const std::string& sql, const 
     return Status::timeout(prefix + why + "; its connection was killed on the server and closed");
   };
   auto failed = [&] {
-    ServerError server_error{mysql_errno(mysql_), mysql_sqlstate(mysql_), mysql_error(mysql_)};
+    ServerError server_error{api.mysql_errno(mysql_), api.mysql_sqlstate(mysql_),
+                             api.mysql_error(mysql_)};
     if (connection_lost(server_error.code)) {
       lost_ = true;
       lost_reason_ = server_error.message;
@@ -262,22 +266,26 @@ Status Connection::query(std::string_view action, const std::string& sql, const 
   };
 
   int result = 0;
-  int status = mysql_real_query_start(&result, mysql_, sql.data(), sql.size());
+  int status = api.mysql_real_query_start(&result, mysql_, sql.data(), sql.size());
   if (auto why = drive(status, budget,
-                       [&](int ready) { return mysql_real_query_cont(&result, mysql_, ready); });
+                       [&](int ready) {
+                         return api.mysql_real_query_cont(&result, mysql_, ready);
+                       });
       !why.empty()) {
     return interrupted(why);
   }
   if (result != 0) {
     return failed();
   }
-  if (mysql_field_count(mysql_) == 0) {
+  if (api.mysql_field_count(mysql_) == 0) {
     return Status::ok();  // a statement without a result set
   }
   MYSQL_RES* stored = nullptr;
-  status = mysql_store_result_start(&stored, mysql_);
+  status = api.mysql_store_result_start(&stored, mysql_);
   if (auto why = drive(status, budget,
-                       [&](int ready) { return mysql_store_result_cont(&stored, mysql_, ready); });
+                       [&](int ready) {
+                         return api.mysql_store_result_cont(&stored, mysql_, ready);
+                       });
       !why.empty()) {
     return interrupted(why);
   }
@@ -285,9 +293,9 @@ Status Connection::query(std::string_view action, const std::string& sql, const 
     return failed();
   }
   // A stored result is in memory: fetching and freeing do no I/O.
-  const unsigned int columns = mysql_num_fields(stored);
-  while (MYSQL_ROW row = mysql_fetch_row(stored)) {
-    const unsigned long* lengths = mysql_fetch_lengths(stored);
+  const unsigned int columns = api.mysql_num_fields(stored);
+  while (MYSQL_ROW row = api.mysql_fetch_row(stored)) {
+    const unsigned long* lengths = api.mysql_fetch_lengths(stored);
     Row values;
     values.reserve(columns);
     for (unsigned int c = 0; c < columns; ++c) {
@@ -299,7 +307,7 @@ Status Connection::query(std::string_view action, const std::string& sql, const 
     }
     rows.push_back(std::move(values));
   }
-  mysql_free_result(stored);
+  api.mysql_free_result(stored);
   return Status::ok();
 }
 
