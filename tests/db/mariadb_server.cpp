@@ -81,8 +81,15 @@ MariadbServer::~MariadbServer() {
 void MariadbServer::init() {
   fs::create_directories(data_dir_);
   give_to_mysql(data_dir_);
+  // The bootstrap server needs a tmpdir of its own too: a mariadbd starting
+  // up deletes every "#sql*" file in its tmpdir, which with the default
+  // (/tmp) includes the temporary tables of a bootstrap running alongside.
+  const auto bootstrap_tmp = work_dir_ / "bootstrap-tmp";
+  fs::create_directories(bootstrap_tmp);
+  give_to_mysql(bootstrap_tmp);
   std::vector<std::string> argv{"/usr/bin/mariadb-install-db", "--no-defaults",
                                 "--datadir=" + data_dir_.string(), "--user=mysql",
+                                "--tmpdir=" + bootstrap_tmp.string(),
                                 // root@localhost by password only: with unix_socket
                                 // any password would do for the (OS root) test.
                                 "--auth-root-authentication-method=normal", "--skip-test-db",
