@@ -1,6 +1,5 @@
 #include "writers/plugin/plugin_library.hpp"
 
-#include <dlfcn.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -63,12 +62,6 @@ std::string checked_real_path(const std::string& path, const LoadRules& rules) {
   return real;
 }
 
-template <typename Function>
-Function* find_symbol(void* dl_handle, const char* name) {
-  // POSIX guarantees a data pointer from dlsym converts to a function pointer.
-  return reinterpret_cast<Function*>(::dlsym(dl_handle, name));
-}
-
 }  // namespace
 
 std::string to_string(quiesce_plugin_version version) {
@@ -92,21 +85,23 @@ std::string abi_version_problem(quiesce_plugin_version plugin, quiesce_plugin_ve
 std::shared_ptr<PluginLibrary> PluginLibrary::load(const std::string& path,
                                                    const LoadRules& rules) {
   const auto real = checked_real_path(path, rules);
-  ::dlerror();
-  // RTLD_NOW: an unresolved symbol fails here, not in the middle of a freeze.
-  // RTLD_LOCAL: one plugin's symbols never satisfy another's.
-  void* dl_handle = ::dlopen(real.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (dl_handle == nullptr) {
-    const char* error = ::dlerror();
-    throw PluginLoadError("plugin " + path + ": cannot load: " +
-                          (error != nullptr ? error : "unknown dlopen error"));
-  }
-  std::shared_ptr<PluginLibrary> library(new PluginLibrary(path, dl_handle));
+  // RTLD_NOW | RTLD_LOCAL (SharedLibrary): an unresolved symbol fails here,
+  // not in the middle of a freeze, and one plugin's symbols never satisfy
+  // another's.
+  auto opened = [&] {
+    try {
+      return platform::SharedLibrary(real);
+    } catch (const platform::SharedLibraryError& e) {
+      throw PluginLoadError("plugin " + path + ": cannot load: " + e.reason());
+    }
+  }();
+  std::shared_ptr<PluginLibrary> library(new PluginLibrary(path, std::move(opened)));
+  platform::FunctionResolver resolve(library->library_);
   auto& fns = library->functions_;
 
   // The version first: nothing else about a plugin of another ABI can be
   // trusted, not even the names or signatures of its other entry points.
-  fns.abi_version = find_symbol<quiesce_plugin_abi_version_fn>(dl_handle, "quiesce_plugin_abi_version");
+  resolve(fns.abi_version, "quiesce_plugin_abi_version");
   if (fns.abi_version == nullptr) {
     throw PluginLoadError("plugin " + path +
                           ": not a Quiesce writer plugin (no quiesce_plugin_abi_version symbol)");
@@ -117,29 +112,26 @@ std::shared_ptr<PluginLibrary> PluginLibrary::load(const std::string& path,
     throw PluginLoadError("plugin " + path + " refused: " + problem);
   }
 
-  std::string missing;
-  auto require = [&]<typename Function>(Function*& slot, const char* name) {
-    slot = find_symbol<Function>(dl_handle, name);
-    if (slot == nullptr) {
-      missing += (missing.empty() ? "" : ", ") + std::string(name);
+  resolve(fns.describe, "quiesce_plugin_describe");
+  resolve(fns.create, "quiesce_plugin_create");
+  resolve(fns.destroy, "quiesce_plugin_destroy");
+  resolve(fns.identify, "quiesce_plugin_identify");
+  resolve(fns.prepare, "quiesce_plugin_prepare");
+  resolve(fns.freeze, "quiesce_plugin_freeze");
+  resolve(fns.thaw, "quiesce_plugin_thaw");
+  resolve(fns.abort, "quiesce_plugin_abort");
+  resolve(fns.get_last_error, "quiesce_plugin_get_last_error");
+  if (!resolve.missing().empty()) {
+    std::string missing;
+    for (const auto& name : resolve.missing()) {
+      missing += (missing.empty() ? "" : ", ") + name;
     }
-  };
-  require(fns.describe, "quiesce_plugin_describe");
-  require(fns.create, "quiesce_plugin_create");
-  require(fns.destroy, "quiesce_plugin_destroy");
-  require(fns.identify, "quiesce_plugin_identify");
-  require(fns.prepare, "quiesce_plugin_prepare");
-  require(fns.freeze, "quiesce_plugin_freeze");
-  require(fns.thaw, "quiesce_plugin_thaw");
-  require(fns.abort, "quiesce_plugin_abort");
-  require(fns.get_last_error, "quiesce_plugin_get_last_error");
-  if (!missing.empty()) {
     throw PluginLoadError("plugin " + path + " refused: missing required symbol(s): " + missing);
   }
-  fns.post_snapshot =
-      find_symbol<quiesce_plugin_post_snapshot_fn>(dl_handle, "quiesce_plugin_post_snapshot");
-  fns.post_restore =
-      find_symbol<quiesce_plugin_post_restore_fn>(dl_handle, "quiesce_plugin_post_restore");
+  // Optional: a missing one is a capability the plugin lacks.
+  platform::FunctionResolver optional(library->library_);
+  optional(fns.post_snapshot, "quiesce_plugin_post_snapshot");
+  optional(fns.post_restore, "quiesce_plugin_post_restore");
 
   const quiesce_plugin_description* description = fns.describe();
   if (description == nullptr || description->type_name == nullptr) {
@@ -163,12 +155,6 @@ std::shared_ptr<PluginLibrary> PluginLibrary::load(const std::string& path,
       .plugin_version = description->plugin_version != nullptr ? description->plugin_version : "",
   };
   return library;
-}
-
-PluginLibrary::~PluginLibrary() {
-  if (dl_handle_ != nullptr) {
-    ::dlclose(dl_handle_);
-  }
 }
 
 std::vector<std::string> PluginLibrary::capabilities() const {

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "platform/linux/shared_library.hpp"
 #include "quiesce/plugin_abi.h"
 
 namespace quiesce::writers::plugin {
@@ -53,7 +54,6 @@ class PluginLibrary {
   // Throws PluginLoadError.
   [[nodiscard]] static std::shared_ptr<PluginLibrary> load(const std::string& path,
                                                            const LoadRules& rules);
-  ~PluginLibrary();
   PluginLibrary(const PluginLibrary&) = delete;
   PluginLibrary& operator=(const PluginLibrary&) = delete;
 
@@ -65,10 +65,11 @@ class PluginLibrary {
   [[nodiscard]] std::vector<std::string> capabilities() const;
 
  private:
-  PluginLibrary(std::string path, void* dl_handle) : path_(std::move(path)), dl_handle_(dl_handle) {}
+  PluginLibrary(std::string path, platform::SharedLibrary library)
+      : path_(std::move(path)), library_(std::move(library)) {}
 
   std::string path_;
-  void* dl_handle_ = nullptr;
+  platform::SharedLibrary library_;
   PluginFunctions functions_;
   PluginDescription description_;
   quiesce_plugin_version abi_version_{};
