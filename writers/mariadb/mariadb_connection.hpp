@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "quiesce/status.hpp"
+#include "quiesce/text_rows.hpp"
 #include "quiesce/writer.hpp"
 
 struct st_mysql;
@@ -39,13 +40,8 @@ struct ConnectParams {
 };
 
 // How long one call may wait: the writer call's deadline and stop token.
-struct Budget {
-  Clock::time_point deadline = Clock::time_point::max();
-  std::stop_token stop;
-};
-
-// One row of text values (nullopt for SQL NULL).
-using Row = std::vector<std::optional<std::string>>;
+using Budget = CallBudget;
+using Row = TextRow;
 
 // What a failed statement said, for the caller to classify further.
 struct ServerError {

@@ -108,17 +108,6 @@ MariadbOptions parse_options(const nlohmann::json& json) {
   return options;
 }
 
-double ms_since(Clock::time_point started) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - started).count();
-}
-
-std::string text_of(const std::vector<Row>& rows, std::size_t column) {
-  if (rows.empty() || rows.front().size() <= column || !rows.front()[column]) {
-    return "";
-  }
-  return *rows.front()[column];
-}
-
 // 'user'@'host' as GRANT wants it.
 std::string quote_account(const std::string& current_user) {
   auto quote = [](const std::string& text) {
@@ -159,7 +148,7 @@ class MariadbWriter final : public Writer {
     // A connection of its own: identify may come while frozen, and the held
     // connection runs nothing but the hold.
     std::unique_ptr<Connection> connection;
-    const auto budget = budget_for(ctx);
+    const auto budget = CallBudget::of(ctx);
     if (auto status = Connection::open(options_.connect, where_, budget, connection);
         !status.is_ok()) {
       return status;
@@ -175,16 +164,16 @@ class MariadbWriter final : public Writer {
         !status.is_ok()) {
       return status;
     }
-    const std::string data_directory = text_of(rows, 2);
-    const bool log_bin = text_of(rows, 3) == "1";
+    const std::string data_directory = first_text(rows, 2);
+    const bool log_bin = first_text(rows, 3) == "1";
     const Method method = resolve_method(*connection);
-    out.metadata["server_version"] = text_of(rows, 0);
-    out.metadata["version_comment"] = text_of(rows, 1);
+    out.metadata["server_version"] = first_text(rows, 0);
+    out.metadata["version_comment"] = first_text(rows, 1);
     out.metadata["flavor"] = mariadb ? "mariadb" : "mysql";
     out.metadata["method"] = to_string(method);
     out.metadata["log_bin"] = log_bin;
-    out.metadata["innodb_flush_log_at_trx_commit"] = text_of(rows, 5);
-    out.metadata["sync_binlog"] = text_of(rows, 6);
+    out.metadata["innodb_flush_log_at_trx_commit"] = first_text(rows, 5);
+    out.metadata["sync_binlog"] = first_text(rows, 6);
     out.metadata["connection"] = {{"via", options_.connect.describe()},
                                   {"user", options_.connect.user}};
 
@@ -193,17 +182,17 @@ class MariadbWriter final : public Writer {
       notes.push_back("options.method is backup_stage but this server has no BACKUP STAGE "
                       "(MariaDB 10.4 or later): freeze will fail");
     }
-    if (text_of(rows, 5) != "1") {
+    if (first_text(rows, 5) != "1") {
       notes.push_back(
-          "innodb_flush_log_at_trx_commit = " + text_of(rows, 5) +
+          "innodb_flush_log_at_trx_commit = " + first_text(rows, 5) +
           ": commits are acknowledged before InnoDB's log is on disk, so freeze flushes it "
           "under the lock" +
-          (text_of(rows, 5) == "0"
+          (first_text(rows, 5) == "0"
                ? std::string(" by waiting for InnoDB's background flush (up to "
                              "innodb_flush_log_at_timeout seconds of hold)")
                : std::string(" (FLUSH ENGINE LOGS)")));
     }
-    if (log_bin && text_of(rows, 6) == "0") {
+    if (log_bin && first_text(rows, 6) == "0") {
       notes.push_back("sync_binlog = 0: the binary log is not synced at commit; the snapshot's "
                       "fsfreeze flushes it, but a replica restored from it relies on that");
     }
@@ -232,13 +221,13 @@ class MariadbWriter final : public Writer {
       out.components.push_back(std::move(component));
     };
     add_component("data_directory", "datadir", data_directory);
-    add_component("redo_log", "innodb_log_group_home_dir", text_of(rows, 7).empty() ? data_directory : text_of(rows, 7));
+    add_component("redo_log", "innodb_log_group_home_dir", first_text(rows, 7).empty() ? data_directory : first_text(rows, 7));
     add_component("system_tablespace", "innodb_data_home_dir",
-                  text_of(rows, 8).empty() ? data_directory : text_of(rows, 8));
+                  first_text(rows, 8).empty() ? data_directory : first_text(rows, 8));
     add_component("undo", "innodb_undo_directory",
-                  text_of(rows, 9).empty() ? data_directory : text_of(rows, 9));
+                  first_text(rows, 9).empty() ? data_directory : first_text(rows, 9));
     if (log_bin) {
-      const auto basename = text_of(rows, 4);
+      const auto basename = first_text(rows, 4);
       add_component("binlog", "log_bin_basename",
                     basename.empty() ? data_directory : fs::path(basename).parent_path().string());
     }
@@ -246,7 +235,7 @@ class MariadbWriter final : public Writer {
       if (connection->query("read aria_log_dir_path", "SELECT @@aria_log_dir_path", budget, rows)
               .is_ok()) {
         add_component("aria_log", "aria_log_dir_path",
-                      text_of(rows, 0).empty() ? data_directory : text_of(rows, 0));
+                      first_text(rows, 0).empty() ? data_directory : first_text(rows, 0));
       }
     }
 
@@ -281,14 +270,14 @@ class MariadbWriter final : public Writer {
     if (stage_ != Stage::none) {
       return Status::ok();  // prepared or holding already
     }
-    return begin(budget_for(ctx));
+    return begin(CallBudget::of(ctx));
   }
 
   Status freeze(const PhaseContext& ctx) override {
     if (stage_ == Stage::holding) {
       return Status::ok();
     }
-    const auto budget = budget_for(ctx);
+    const auto budget = CallBudget::of(ctx);
     hold_lost_.clear();
     result_ = nlohmann::json();
     // Without a prepare (or after the prepared connection died) the
@@ -320,7 +309,7 @@ class MariadbWriter final : public Writer {
     }
     stage_ = Stage::holding;
     held_thread_id_ = held_->thread_id();
-    timings_["lock_ms"] = ms_since(started);
+    timings_["lock_ms"] = elapsed_ms(started);
     // With innodb_flush_log_at_trx_commit 0 or 2 an acknowledged commit may
     // still sit in InnoDB's log buffer (0) or only in the page cache (2);
     // with commits blocked, every one of them must reach the log file.
@@ -335,10 +324,10 @@ class MariadbWriter final : public Writer {
       drop_held();
       return status;
     }
-    timings_["freeze_ms"] = ms_since(started);
+    timings_["freeze_ms"] = elapsed_ms(started);
     log().info("{}: {} held on connection {} in {:.1f} ms{}", where_,
                backup_stage ? "BACKUP STAGE BLOCK_COMMIT" : "FLUSH TABLES WITH READ LOCK",
-               held_thread_id_, ms_since(started),
+               held_thread_id_, elapsed_ms(started),
                position_["binlog"].is_null()
                    ? std::string()
                    : ", binlog " + position_["binlog"]["file"].get<std::string>() + ":" +
@@ -359,8 +348,8 @@ class MariadbWriter final : public Writer {
     // There is no reconnect: if this statement succeeds on the connection
     // that took the lock, the lock was held all along.
     std::vector<Row> rows;
-    auto status = held_->query("release the lock", release_sql(), budget_for(ctx), rows);
-    timings_["thaw_ms"] = ms_since(started);
+    auto status = held_->query("release the lock", release_sql(), CallBudget::of(ctx), rows);
+    timings_["thaw_ms"] = elapsed_ms(started);
     stage_ = Stage::none;
     if (!status.is_ok()) {
       hold_lost_ = "the connection holding the lock (id " + std::to_string(held_thread_id_) +
@@ -372,7 +361,7 @@ class MariadbWriter final : public Writer {
       hold.detail = where_ + ": " + hold_lost_;
       log().warn("{}", hold.detail);
     } else {
-      log().info("{}: lock released after the hold ({:.1f} ms)", where_, ms_since(started));
+      log().info("{}: lock released after the hold ({:.1f} ms)", where_, elapsed_ms(started));
     }
     drop_held();
     return Status::ok();
@@ -431,13 +420,6 @@ class MariadbWriter final : public Writer {
 
   spdlog::logger& log() { return env_.logger ? *env_.logger : *spdlog::default_logger(); }
 
-  [[nodiscard]] static Budget budget_for(const PhaseContext& ctx) {
-    Budget budget;
-    budget.stop = ctx.stop;
-    budget.deadline = ctx.deadline == Clock::time_point{} ? Clock::time_point::max() : ctx.deadline;
-    return budget;
-  }
-
   [[nodiscard]] static bool supports_backup_stage(const Connection& connection) {
     return connection.is_mariadb() && connection.server_version() >= kFirstBackupStageVersion;
   }
@@ -483,9 +465,9 @@ class MariadbWriter final : public Writer {
       drop_held();
       return status;
     }
-    account_ = quote_account(text_of(rows, 0));
-    log_bin_ = text_of(rows, 1) == "1";
-    flush_log_at_trx_commit_ = text_of(rows, 2);
+    account_ = quote_account(first_text(rows, 0));
+    log_bin_ = first_text(rows, 1) == "1";
+    flush_log_at_trx_commit_ = first_text(rows, 2);
     if (auto status = set_lock_wait_timeout(budget); !status.is_ok()) {
       drop_held();
       return status;
@@ -536,9 +518,9 @@ class MariadbWriter final : public Writer {
     }
     stage_ = Stage::prepared;
     timings_ = nlohmann::json::object();
-    timings_["prepare_ms"] = ms_since(started);
+    timings_["prepare_ms"] = elapsed_ms(started);
     log().info("{}: prepared ({}) on connection {} in {:.1f} ms", where_, to_string(method_),
-               held_->thread_id(), ms_since(started));
+               held_->thread_id(), elapsed_ms(started));
     return Status::ok();
   }
 
@@ -569,8 +551,8 @@ class MariadbWriter final : public Writer {
         return status;
       }
       if (!rows.empty()) {
-        const auto position = text_of(rows, 1);
-        position_["binlog"] = {{"file", text_of(rows, 0)},
+        const auto position = first_text(rows, 1);
+        position_["binlog"] = {{"file", first_text(rows, 0)},
                                {"position", position.empty() ? 0LL : std::stoll(position)}};
       }
     }
@@ -583,7 +565,7 @@ class MariadbWriter final : public Writer {
         !status.is_ok()) {
       return status;
     }
-    position_[gtid_key] = text_of(rows, 0);
+    position_[gtid_key] = first_text(rows, 0);
     return Status::ok();
   }
 
@@ -610,7 +592,7 @@ class MariadbWriter final : public Writer {
             !status.is_ok()) {
           return status;
         }
-        out = text_of(rows, 1).empty() ? 0 : std::stoull(text_of(rows, 1));
+        out = first_text(rows, 1).empty() ? 0 : std::stoull(first_text(rows, 1));
         return Status::ok();
       };
       unsigned long long target = 0;
@@ -640,7 +622,7 @@ class MariadbWriter final : public Writer {
         std::this_thread::sleep_for(kLogFlushPoll);
       }
     }
-    timings_["log_flush_ms"] = ms_since(started);
+    timings_["log_flush_ms"] = elapsed_ms(started);
     return Status::ok();
   }
 

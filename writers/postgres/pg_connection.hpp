@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "quiesce/status.hpp"
+#include "quiesce/text_rows.hpp"
 #include "quiesce/writer.hpp"
 
 struct pg_conn;
@@ -34,13 +35,8 @@ struct ConnectParams {
 };
 
 // How long one call may wait: the writer call's deadline and stop token.
-struct Budget {
-  Clock::time_point deadline = Clock::time_point::max();
-  std::stop_token stop;
-};
-
-// One row of text values (nullopt for SQL NULL).
-using Row = std::vector<std::optional<std::string>>;
+using Budget = CallBudget;
+using Row = TextRow;
 
 // What a failed statement said, for the caller to classify further
 // (a missing privilege needs a GRANT that depends on the statement).

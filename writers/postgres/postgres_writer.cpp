@@ -60,17 +60,6 @@ PostgresOptions parse_options(const nlohmann::json& json) {
   return options;
 }
 
-double ms_since(Clock::time_point started) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - started).count();
-}
-
-std::string text_of(const std::vector<Row>& rows, std::size_t column) {
-  if (rows.empty() || rows.front().size() <= column || !rows.front()[column]) {
-    return "";
-  }
-  return *rows.front()[column];
-}
-
 class PostgresWriter final : public Writer {
  public:
   PostgresWriter(WriterSpec spec, PostgresOptions options, WriterEnvironment env)
@@ -91,7 +80,7 @@ class PostgresWriter final : public Writer {
     // A connection of its own: identify may come while frozen, and the held
     // session must not be used for anything but the backup.
     std::unique_ptr<Connection> connection;
-    const auto budget = budget_for(ctx);
+    const auto budget = CallBudget::of(ctx);
     if (auto status = Connection::open(options_.connect, where_, budget, connection);
         !status.is_ok()) {
       return status;
@@ -108,13 +97,13 @@ class PostgresWriter final : public Writer {
         !status.is_ok()) {
       return status;
     }
-    const auto version_num = std::stoi(text_of(rows, 1).empty() ? "0" : text_of(rows, 1));
-    out.metadata["server_version"] = text_of(rows, 0);
+    const auto version_num = std::stoi(first_text(rows, 1).empty() ? "0" : first_text(rows, 1));
+    out.metadata["server_version"] = first_text(rows, 0);
     out.metadata["server_version_num"] = version_num;
-    out.metadata["in_recovery"] = text_of(rows, 2) == "true";
-    out.metadata["wal_level"] = text_of(rows, 3);
-    out.metadata["archive_mode"] = text_of(rows, 4);
-    out.metadata["wal_lsn"] = text_of(rows, 5);
+    out.metadata["in_recovery"] = first_text(rows, 2) == "true";
+    out.metadata["wal_level"] = first_text(rows, 3);
+    out.metadata["archive_mode"] = first_text(rows, 4);
+    out.metadata["wal_lsn"] = first_text(rows, 5);
     out.metadata["connection"] = {{"host", options_.connect.host},
                                   {"port", options_.connect.port},
                                   {"user", options_.connect.user},
@@ -124,7 +113,7 @@ class PostgresWriter final : public Writer {
     if (version_num < 150000) {
       notes.push_back("PostgreSQL 15 or later is needed (pg_backup_start); freeze will fail");
     }
-    if (text_of(rows, 3) == "minimal") {
+    if (first_text(rows, 3) == "minimal") {
       notes.push_back("wal_level is minimal: pg_backup_start needs replica or logical");
     }
 
@@ -149,7 +138,7 @@ class PostgresWriter final : public Writer {
     auto shown = connection->query("read data_directory", "SHOW data_directory", {}, budget, rows,
                                    grant_read_settings(), &denied);
     if (shown.is_ok()) {
-      data_directory = text_of(rows, 0);
+      data_directory = first_text(rows, 0);
       nlohmann::json component = {{"kind", "data_directory"}, {"name", "data_directory"},
                                   {"path", data_directory}};
       locate(component, data_directory);
@@ -214,7 +203,7 @@ class PostgresWriter final : public Writer {
     if (backup_open_) {
       return Status::ok();  // already frozen: nothing to prepare
     }
-    const auto budget = budget_for(ctx);
+    const auto budget = CallBudget::of(ctx);
     // The session opened here is the one freeze holds, so connecting (and
     // authenticating) happens before the hold window, not in it.
     if (auto status = ensure_session(budget); !status.is_ok()) {
@@ -230,8 +219,8 @@ class PostgresWriter final : public Writer {
       held_.reset();
       return status;
     }
-    last_timings_["prepare_ms"] = ms_since(started);
-    log().info("{}: CHECKPOINT took {:.1f} ms", where_, ms_since(started));
+    last_timings_["prepare_ms"] = elapsed_ms(started);
+    log().info("{}: CHECKPOINT took {:.1f} ms", where_, elapsed_ms(started));
     return Status::ok();
   }
 
@@ -239,7 +228,7 @@ class PostgresWriter final : public Writer {
     if (backup_open_) {
       return Status::ok();  // already holding a backup open
     }
-    const auto budget = budget_for(ctx);
+    const auto budget = CallBudget::of(ctx);
     hold_lost_.clear();
     stop_result_ = nlohmann::json();
     if (auto status = ensure_session(budget); !status.is_ok()) {
@@ -257,12 +246,12 @@ class PostgresWriter final : public Writer {
       held_.reset();
       return status;
     }
-    start_lsn_ = text_of(rows, 0);
+    start_lsn_ = first_text(rows, 0);
     backend_pid_ = held_->backend_pid();
     backup_open_ = true;
-    last_timings_["freeze_ms"] = ms_since(started);
+    last_timings_["freeze_ms"] = elapsed_ms(started);
     log().info("{}: backup '{}' started at {} in {:.1f} ms (backend pid {})", where_, label_,
-               start_lsn_, ms_since(started), backend_pid_);
+               start_lsn_, elapsed_ms(started), backend_pid_);
     return Status::ok();
   }
 
@@ -284,14 +273,14 @@ class PostgresWriter final : public Writer {
              ") was lost during the hold: " + (held_ ? held_->error_message() : "closed");
     } else {
       std::vector<Row> rows;
-      if (auto status = held_->query("check the backup session", "SELECT 1", {}, budget_for(ctx),
+      if (auto status = held_->query("check the backup session", "SELECT 1", {}, CallBudget::of(ctx),
                                      rows);
           !status.is_ok()) {
         lost = "the backup session (backend pid " + std::to_string(backend_pid_) +
                ") was lost during the hold: " + status.error().message;
       }
     }
-    last_timings_["thaw_ms"] = ms_since(started);
+    last_timings_["thaw_ms"] = elapsed_ms(started);
     if (!lost.empty()) {
       held_.reset();
       backup_open_ = false;
@@ -322,20 +311,20 @@ class PostgresWriter final : public Writer {
     auto status = held_->query(
         "stop the backup (pg_backup_stop)",
         "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(wait_for_archive => false)",
-        {}, budget_for(ctx), rows, grant_backup());
+        {}, CallBudget::of(ctx), rows, grant_backup());
     backup_open_ = false;
     held_.reset();
     if (!status.is_ok()) {
       hold_lost_ = status.error().message;
       return Status::inconsistent(where_ + ": no backup_label: " + status.error().message);
     }
-    last_timings_["post_snapshot_ms"] = ms_since(started);
+    last_timings_["post_snapshot_ms"] = elapsed_ms(started);
     nlohmann::json result = {
         {"label", label_},
         {"start_lsn", start_lsn_},
-        {"stop_lsn", text_of(rows, 0)},
-        {"backup_label", text_of(rows, 1)},
-        {"tablespace_map", text_of(rows, 2)},
+        {"stop_lsn", first_text(rows, 0)},
+        {"backup_label", first_text(rows, 1)},
+        {"tablespace_map", first_text(rows, 2)},
         {"snapshot_id", snapshot.snapshot_id},
         {"timings_ms", last_timings_},
         {"restore",
@@ -344,8 +333,8 @@ class PostgresWriter final : public Writer {
          "docs/writers/postgres.md"}};
     stop_result_ = result;
     artifacts = std::move(result);
-    log().info("{}: backup '{}' stopped at {} in {:.1f} ms", where_, label_, text_of(rows, 0),
-               ms_since(started));
+    log().info("{}: backup '{}' stopped at {} in {:.1f} ms", where_, label_, first_text(rows, 0),
+               elapsed_ms(started));
     return Status::ok();
   }
 
@@ -370,13 +359,6 @@ class PostgresWriter final : public Writer {
 
  private:
   spdlog::logger& log() { return env_.logger ? *env_.logger : *spdlog::default_logger(); }
-
-  [[nodiscard]] static Budget budget_for(const PhaseContext& ctx) {
-    Budget budget;
-    budget.stop = ctx.stop;
-    budget.deadline = ctx.deadline == Clock::time_point{} ? Clock::time_point::max() : ctx.deadline;
-    return budget;
-  }
 
   Status ensure_session(const Budget& budget) {
     if (held_ && held_->ok()) {

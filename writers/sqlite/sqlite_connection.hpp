@@ -22,11 +22,10 @@ struct sqlite3;
 
 namespace quiesce::writers::sqlite {
 
-// How long one statement may wait for a lock another process holds.
-struct WaitBudget {
-  std::stop_token stop;                               // the writer call's stop token
-  Clock::time_point deadline = Clock::time_point::max();  // the writer call's deadline
-  std::chrono::milliseconds busy_timeout{5000};        // options.busy_timeout_ms
+// How long one statement may wait for a lock another process holds: the
+// writer call's deadline and stop token, and options.busy_timeout_ms.
+struct WaitBudget : CallBudget {
+  std::chrono::milliseconds busy_timeout{5000};
 };
 
 // Why the last wait for a lock ended without the lock.

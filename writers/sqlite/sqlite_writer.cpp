@@ -282,11 +282,7 @@ class SqliteWriter final : public Writer {
   }
 
   [[nodiscard]] WaitBudget budget_for(const PhaseContext& ctx) const {
-    WaitBudget budget;
-    budget.stop = ctx.stop;
-    budget.deadline = ctx.deadline == Clock::time_point{} ? Clock::time_point::max() : ctx.deadline;
-    budget.busy_timeout = options_.busy_timeout;
-    return budget;
+    return WaitBudget{CallBudget::of(ctx), options_.busy_timeout};
   }
 
   // Opens a connection per database unless they are open already (prepare

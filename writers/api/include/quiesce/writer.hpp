@@ -33,6 +33,23 @@ struct PhaseContext {
   std::stop_token stop;             // triggered on timeout or abort
 };
 
+// A writer call's deadline and stop token as the waits inside the call use
+// them (a client library's socket, a lock): no deadline is time_point::max().
+struct CallBudget {
+  Clock::time_point deadline = Clock::time_point::max();
+  std::stop_token stop;
+
+  [[nodiscard]] static CallBudget of(const PhaseContext& ctx) {
+    return {ctx.deadline == Clock::time_point{} ? Clock::time_point::max() : ctx.deadline,
+            ctx.stop};
+  }
+};
+
+// Milliseconds since `started`, for the timings writers report.
+[[nodiscard]] inline double elapsed_ms(Clock::time_point started) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - started).count();
+}
+
 // What identify returns: the components a writer protects and anything else
 // a host should record in the checkpoint manifest.
 struct Identity {
