@@ -264,6 +264,79 @@ std::string signal_name(int signo) {
   return std::to_string(signo) + (abbrev != nullptr ? std::string(" (SIG") + abbrev + ")" : "");
 }
 
+// A child forked and exec'd the careful way both entry points share.
+struct StartedChild {
+  pid_t pid = -1;  // also set (and already reaped) when execve failed
+  Fd stdout_read;  // non-blocking
+  Fd stderr_read;  // non-blocking
+  std::string error;  // not empty: why it did not start
+
+  [[nodiscard]] bool started() const { return error.empty(); }
+};
+
+// Forks and execs argv with `child_stdin` as its stdin, stdout and stderr on
+// fresh pipes, in a process group of its own. Returns once execve succeeded
+// (the report pipe closed) or failed (the child is reaped, `error` says
+// which stage failed).
+StartedChild start_child(const std::vector<std::string>& argv_in,
+                         const std::vector<std::string>& env_in, const std::string& working_dir,
+                         int child_stdin) {
+  StartedChild child;
+  std::string error;
+  auto out_pipe = make_pipe(error);
+  auto err_pipe = out_pipe ? make_pipe(error) : std::nullopt;
+  auto report_pipe = err_pipe ? make_pipe(error) : std::nullopt;
+  if (!report_pipe) {
+    child.error = error;
+    return child;
+  }
+  auto argv_storage = argv_in;
+  auto env_storage = env_in;
+  auto argv = c_strings(argv_storage);
+  auto envp = c_strings(env_storage);
+
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    child.error = "fork: " + errno_text(errno);
+    return child;
+  }
+  if (pid == 0) {
+    exec_child(argv.data(), envp.data(), working_dir.c_str(), child_stdin, out_pipe->write.get(),
+               err_pipe->write.get(), report_pipe->write.get());
+  }
+  // Also here, so a kill aimed at the group cannot miss the child because
+  // it had not yet run setpgid (EACCES once it has exec'd is harmless).
+  ::setpgid(pid, pid);
+  out_pipe->write.reset();
+  err_pipe->write.reset();
+  report_pipe->write.reset();
+
+  // EOF means execve succeeded; a ChildFailure means it never ran.
+  ChildFailure failure{};
+  ssize_t got = 0;
+  do {
+    got = ::read(report_pipe->read.get(), &failure, sizeof failure);
+  } while (got < 0 && errno == EINTR);
+  if (got == static_cast<ssize_t>(sizeof failure)) {
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    static constexpr std::array<const char*, 3> stages{"cannot change to directory ",
+                                                       "cannot execute ", "cannot set up stdio for "};
+    const char* stage = stages.at(static_cast<std::size_t>(std::clamp(failure.stage, 0, 2)));
+    child.pid = pid;
+    child.error = std::string(stage) + (failure.stage == 0 ? working_dir : argv_in[0]) + ": " +
+                    errno_text(failure.error);
+    return child;
+  }
+  ::fcntl(out_pipe->read.get(), F_SETFL, O_NONBLOCK);
+  ::fcntl(err_pipe->read.get(), F_SETFL, O_NONBLOCK);
+  child.pid = pid;
+  child.stdout_read = std::move(out_pipe->read);
+  child.stderr_read = std::move(err_pipe->read);
+  return child;
+}
+
 }  // namespace
 
 std::string SubprocessResult::describe() const {
@@ -312,66 +385,20 @@ SubprocessResult run_subprocess(const SubprocessSpec& spec) {
     return result;
   }
 
-  std::string error;
-  auto out_pipe = make_pipe(error);
-  auto err_pipe = out_pipe ? make_pipe(error) : std::nullopt;
-  auto report_pipe = err_pipe ? make_pipe(error) : std::nullopt;
-  if (!report_pipe) {
-    result.error = error;
-    return result;
-  }
   Fd null_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   if (!null_fd.valid() || !lift_above_stdio(null_fd)) {
     result.error = "cannot open /dev/null: " + errno_text(errno);
     return result;
   }
-
-  auto argv_storage = spec.argv;
-  auto env_storage = spec.env;
-  auto argv = c_strings(argv_storage);
-  auto envp = c_strings(env_storage);
-  const std::string working_dir = spec.working_dir;
-
-  const pid_t pid = ::fork();
-  if (pid < 0) {
-    result.error = "fork: " + errno_text(errno);
-    return result;
-  }
-  if (pid == 0) {
-    exec_child(argv.data(), envp.data(), working_dir.c_str(), null_fd.get(),
-               out_pipe->write.get(), err_pipe->write.get(), report_pipe->write.get());
-  }
-  // Also here, so a kill aimed at the group cannot miss the child because
-  // it had not yet run setpgid (EACCES once it has exec'd is harmless).
-  ::setpgid(pid, pid);
-  result.pid = pid;
-  out_pipe->write.reset();
-  err_pipe->write.reset();
-  report_pipe->write.reset();
+  auto child = start_child(spec.argv, spec.env, spec.working_dir, null_fd.get());
   null_fd.reset();
-
-  // EOF means execve succeeded; a ChildFailure means it never ran.
-  ChildFailure failure{};
-  ssize_t got = 0;
-  do {
-    got = ::read(report_pipe->read.get(), &failure, sizeof failure);
-  } while (got < 0 && errno == EINTR);
-  if (got == static_cast<ssize_t>(sizeof failure)) {
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    static constexpr std::array<const char*, 3> stages{"cannot change to directory ",
-                                                       "cannot execute ", "cannot set up stdio for "};
-    const char* stage = stages.at(static_cast<std::size_t>(std::clamp(failure.stage, 0, 2)));
-    result.error = std::string(stage) + (failure.stage == 0 ? spec.working_dir : spec.argv[0]) +
-                   ": " + errno_text(failure.error);
+  result.pid = child.pid;
+  if (!child.started()) {
+    result.error = child.error;
     result.elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
     return result;
   }
-  report_pipe->read.reset();
-
-  ::fcntl(out_pipe->read.get(), F_SETFL, O_NONBLOCK);
-  ::fcntl(err_pipe->read.get(), F_SETFL, O_NONBLOCK);
+  const pid_t pid = child.pid;
   // A pidfd turns "the child exited" into a poll event; without one
   // (kernels before 5.3) exits are noticed by polling.
   Fd pid_fd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
@@ -387,8 +414,8 @@ SubprocessResult run_subprocess(const SubprocessSpec& spec) {
   StreamCollector out(OutputStream::out, spec, result.stdout_text, result.dropped_bytes, nullptr);
   StreamCollector err(OutputStream::err, spec, result.stderr_text, result.dropped_bytes,
                       &result.last_stderr_line);
-  Fd& out_fd = out_pipe->read;
-  Fd& err_fd = err_pipe->read;
+  Fd& out_fd = child.stdout_read;
+  Fd& err_fd = child.stderr_read;
 
   std::optional<Outcome> killed_for;  // timed_out or stopped, once SIGTERM went out
   Clock::time_point sigkill_at = Clock::time_point::max();
@@ -494,56 +521,20 @@ SpawnedProcess spawn_process(const SpawnSpec& spec) {
   }
   std::string error;
   auto in_pipe = make_pipe(error);
-  auto out_pipe = in_pipe ? make_pipe(error) : std::nullopt;
-  auto err_pipe = out_pipe ? make_pipe(error) : std::nullopt;
-  auto report_pipe = err_pipe ? make_pipe(error) : std::nullopt;
-  if (!report_pipe) {
+  if (!in_pipe) {
     spawned.error = error;
     return spawned;
   }
-  auto argv_storage = spec.argv;
-  auto env_storage = spec.env;
-  auto argv = c_strings(argv_storage);
-  auto envp = c_strings(env_storage);
-  const std::string working_dir = spec.working_dir;
-
-  const pid_t pid = ::fork();
-  if (pid < 0) {
-    spawned.error = "fork: " + errno_text(errno);
-    return spawned;
-  }
-  if (pid == 0) {
-    exec_child(argv.data(), envp.data(), working_dir.c_str(), in_pipe->read.get(),
-               out_pipe->write.get(), err_pipe->write.get(), report_pipe->write.get());
-  }
-  ::setpgid(pid, pid);  // as in run_subprocess: a group kill must not miss it
+  auto child = start_child(spec.argv, spec.env, spec.working_dir, in_pipe->read.get());
   in_pipe->read.reset();
-  out_pipe->write.reset();
-  err_pipe->write.reset();
-  report_pipe->write.reset();
-
-  ChildFailure failure{};
-  ssize_t got = 0;
-  do {
-    got = ::read(report_pipe->read.get(), &failure, sizeof failure);
-  } while (got < 0 && errno == EINTR);
-  if (got == static_cast<ssize_t>(sizeof failure)) {
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    static constexpr std::array<const char*, 3> stages{"cannot change to directory ",
-                                                       "cannot execute ", "cannot set up stdio for "};
-    const char* stage = stages.at(static_cast<std::size_t>(std::clamp(failure.stage, 0, 2)));
-    spawned.error = std::string(stage) + (failure.stage == 0 ? spec.working_dir : spec.argv[0]) +
-                    ": " + errno_text(failure.error);
+  if (!child.started()) {
+    spawned.error = child.error;
     return spawned;
   }
-  ::fcntl(out_pipe->read.get(), F_SETFL, O_NONBLOCK);
-  ::fcntl(err_pipe->read.get(), F_SETFL, O_NONBLOCK);
-  spawned.pid = pid;
+  spawned.pid = child.pid;
   spawned.stdin_fd = in_pipe->write.release();
-  spawned.stdout_fd = out_pipe->read.release();
-  spawned.stderr_fd = err_pipe->read.release();
+  spawned.stdout_fd = child.stdout_read.release();
+  spawned.stderr_fd = child.stderr_read.release();
   return spawned;
 }
 
