@@ -8,13 +8,11 @@
 // in the copy ends exactly at the position and GTID the artifact reports.
 #include <doctest/doctest.h>
 
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <mutex>
 #include <set>
@@ -27,10 +25,12 @@
 #include "tests/support/processes.hpp"
 #include "tests/support/running_agent.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/writer_harness.hpp"
 
 using namespace std::chrono_literals;
 using quiesce::test::LoopImage;
 using quiesce::test::RunningAgent;
+using quiesce::test::agent_config;
 using quiesce::test::describe;
 using quiesce::test::read_text;
 using quiesce::test::mariadb::MariadbOptions;
@@ -145,23 +145,14 @@ void checkpoint_and_restore(const std::vector<std::string>& settings) {
                  "(id bigint PRIMARY KEY, payload varchar(255)) ENGINE=" + engine);
     }
   }
-  const auto password_file = dir / "mariadb.pass";
-  std::ofstream(password_file) << mdbtest::superuser_password << "\n";
-  ::chmod(password_file.c_str(), 0600);
-
-  const nlohmann::json config = {
-      {"listen", {{"unix", {{"path", (dir / "agent.sock").string()}}}, {"vsock", false}}},
-      {"state_dir", (dir / "state").string()},
-      {"run_dir", (dir / "run").string()},
-      {"log", {{"target", "file"}, {"file", (dir / "agent.log").string()}, {"level", "debug"}}},
-      {"writers",
-       {{{"type", "mariadb"},
-         {"name", "mdb"},
-         {"options",
-          {{"socket", server.socket()},
-           {"user", "root"},
-           {"password_file", password_file.string()}}}},
-        {{"type", "fsfreeze"}, {"name", "fs"}, {"options", {{"mounts", {data.mount_point()}}}}}}}};
+  const auto config = agent_config(
+      dir, {{{"type", "mariadb"},
+             {"name", "mdb"},
+             {"options",
+              {{"socket", server.socket()},
+               {"user", "root"},
+               {"password_file", quiesce::test::password_file(dir, mdbtest::superuser_password)}}}},
+            {{"type", "fsfreeze"}, {"name", "fs"}, {"options", {{"mounts", {data.mount_point()}}}}}});
   // Declared before the agent so that, when a test fails during the hold,
   // the agent goes first (its lock and the freeze go with it) and the
   // workloads' blocked inserts can finish.

@@ -10,20 +10,21 @@
 
 #include <atomic>
 #include <chrono>
-#include <fstream>
 #include <mutex>
 #include <thread>
 
 #include "quiesce/json_fields.hpp"
-#include "quiesce/writer_registry.hpp"
 #include "tests/db/mariadb_server.hpp"
 #include "tests/support/processes.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/writer_harness.hpp"
 #include "writers/mariadb/mariadb_writer.hpp"
 
 using namespace std::chrono_literals;
 using quiesce::Clock;
 using quiesce::ErrorClass;
+using quiesce::test::context;
+using quiesce::test::message_of;
 using quiesce::test::mariadb::MariadbOptions;
 using quiesce::test::mariadb::MariadbServer;
 using quiesce::test::mariadb::MariadbSession;
@@ -56,18 +57,11 @@ struct Server {
     admin.exec("INSERT INTO qt.t(v) VALUES (1), (2), (3)");
   }
 
-  // A password file the agent (root) can read, with a trailing newline.
-  [[nodiscard]] std::string password_file(const std::string& password) const {
-    const auto path = dir / ("pw-" + std::to_string(std::hash<std::string>{}(password)));
-    std::ofstream(path) << password << "\n";
-    return path.string();
-  }
-
   [[nodiscard]] nlohmann::json options(const std::string& user, const std::string& password,
                                        const std::string& method = "auto") const {
     return {{"socket", server.socket()},
             {"user", user},
-            {"password_file", password_file(password)},
+            {"password_file", quiesce::test::password_file(dir, password)},
             {"connect_timeout_ms", 3000},
             {"method", method}};
   }
@@ -76,27 +70,8 @@ struct Server {
   }
 };
 
-std::unique_ptr<quiesce::Writer> make_writer(const nlohmann::json& options) {
-  quiesce::WriterRegistry registry;
-  quiesce::writers::register_mariadb_writer(registry);
-  const auto* type = registry.find("mariadb");
-  REQUIRE(type != nullptr);
-  CHECK(type->default_level == quiesce::Level::database);
-  quiesce::WriterSpec spec{.type = "mariadb", .name = "mdb", .level = quiesce::Level::database,
-                           .options = options};
-  return type->create(spec, quiesce::WriterEnvironment{});
-}
-
-quiesce::PhaseContext context(const std::string& session = "s1") {
-  return {.session_id = session,
-          .deadline = Clock::now() + 20s,
-          .hold_deadline = Clock::now() + 60s,
-          .stop = {}};
-}
-
-std::string message_of(const quiesce::Status& status) {
-  return status.is_ok() ? "ok" : status.error().message;
-}
+const quiesce::test::WriterMaker make_writer{
+    .register_type = quiesce::writers::register_mariadb_writer, .type = "mariadb", .name = "mdb"};
 
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;

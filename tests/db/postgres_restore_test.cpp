@@ -25,6 +25,7 @@
 #include "tests/support/temp_dir.hpp"
 #include "tests/support/loop_image.hpp"
 #include "tests/support/running_agent.hpp"
+#include "tests/support/writer_harness.hpp"
 
 using namespace std::chrono_literals;
 using quiesce::test::LoopImage;
@@ -33,6 +34,7 @@ using quiesce::test::postgres::PostgresServer;
 namespace pgtest = quiesce::test::postgres;
 
 using quiesce::test::RunningAgent;
+using quiesce::test::agent_config;
 using quiesce::test::read_text;
 using quiesce::test::describe;
 
@@ -139,23 +141,14 @@ TEST_CASE("postgres restore: a checkpoint through the agent keeps every acknowle
     admin.exec("CREATE TABLE acked(id bigint PRIMARY KEY, payload text)");
     admin.exec("CREATE EXTENSION amcheck");
   }
-  const auto password_file = dir / "pg.pass";
-  std::ofstream(password_file) << pgtest::superuser_password << "\n";
-  ::chmod(password_file.c_str(), 0600);
-
-  const nlohmann::json config = {
-      {"listen", {{"unix", {{"path", (dir / "agent.sock").string()}}}, {"vsock", false}}},
-      {"state_dir", (dir / "state").string()},
-      {"run_dir", (dir / "run").string()},
-      {"log", {{"target", "file"}, {"file", (dir / "agent.log").string()}, {"level", "debug"}}},
-      {"writers",
-       {{{"type", "postgres"},
-         {"name", "pg"},
-         {"options",
-          {{"host", server.socket_dir().string()},
-           {"user", "postgres"},
-           {"password_file", password_file.string()}}}},
-        {{"type", "fsfreeze"}, {"name", "fs"}, {"options", {{"mounts", {data.mount_point()}}}}}}}};
+  const auto config = agent_config(
+      dir, {{{"type", "postgres"},
+             {"name", "pg"},
+             {"options",
+              {{"host", server.socket_dir().string()},
+               {"user", "postgres"},
+               {"password_file", quiesce::test::password_file(dir, pgtest::superuser_password)}}}},
+            {{"type", "fsfreeze"}, {"name", "fs"}, {"options", {{"mounts", {data.mount_point()}}}}}});
   RunningAgent agent(dir, config);
   auto client = agent.client();
 

@@ -7,18 +7,19 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <fstream>
 
 #include "quiesce/json_fields.hpp"
-#include "quiesce/writer_registry.hpp"
 #include "tests/db/postgres_server.hpp"
 #include "tests/support/processes.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/writer_harness.hpp"
 #include "writers/postgres/postgres_writer.hpp"
 
 using namespace std::chrono_literals;
 using quiesce::Clock;
 using quiesce::ErrorClass;
+using quiesce::test::context;
+using quiesce::test::message_of;
 using quiesce::test::postgres::PgSession;
 using quiesce::test::postgres::PostgresServer;
 
@@ -43,44 +44,18 @@ struct Cluster {
     server.start();
   }
 
-  // A password file the agent (root) can read.
-  [[nodiscard]] std::string password_file(const std::string& password) const {
-    const auto path = dir / ("pw-" + std::to_string(std::hash<std::string>{}(password)));
-    std::ofstream(path) << password << "\n";
-    return path.string();
-  }
-
   [[nodiscard]] nlohmann::json options(const std::string& user, const std::string& password) const {
     return {{"host", server.socket_dir().string()},
             {"port", server.port()},
             {"user", user},
             {"dbname", "postgres"},
-            {"password_file", password_file(password)},
+            {"password_file", quiesce::test::password_file(dir, password)},
             {"connect_timeout_ms", 3000}};
   }
 };
 
-std::unique_ptr<quiesce::Writer> make_writer(const nlohmann::json& options) {
-  quiesce::WriterRegistry registry;
-  quiesce::writers::register_postgres_writer(registry);
-  const auto* type = registry.find("postgres");
-  REQUIRE(type != nullptr);
-  CHECK(type->default_level == quiesce::Level::database);
-  quiesce::WriterSpec spec{.type = "postgres", .name = "pg", .level = quiesce::Level::database,
-                           .options = options};
-  return type->create(spec, quiesce::WriterEnvironment{});
-}
-
-quiesce::PhaseContext context(const std::string& session = "s1") {
-  return {.session_id = session,
-          .deadline = Clock::now() + 20s,
-          .hold_deadline = Clock::now() + 60s,
-          .stop = {}};
-}
-
-std::string message_of(const quiesce::Status& status) {
-  return status.is_ok() ? "ok" : status.error().message;
-}
+const quiesce::test::WriterMaker make_writer{
+    .register_type = quiesce::writers::register_postgres_writer, .type = "postgres", .name = "pg"};
 
 double ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 

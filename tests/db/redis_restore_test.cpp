@@ -34,6 +34,7 @@ using quiesce::test::RedisServer;
 using quiesce::test::RedisServerOptions;
 
 using quiesce::test::RunningAgent;
+using quiesce::test::agent_config;
 using quiesce::test::read_text;
 using quiesce::test::describe;
 
@@ -121,13 +122,7 @@ Outcome checkpoint_and_restore(const std::string& label, bool with_writer, Redis
     writers.push_back({{"type", "redis"}, {"name", "cache"}, {"options", {{"socket", server->socket()}}}});
   }
   writers.push_back({{"type", "fsfreeze"}, {"name", "fs"}, {"options", {{"mounts", {data.mount_point()}}}}});
-  const nlohmann::json config = {
-      {"listen", {{"unix", {{"path", (dir / "agent.sock").string()}}}, {"vsock", false}}},
-      {"state_dir", (dir / "state").string()},
-      {"run_dir", (dir / "run").string()},
-      {"log", {{"target", "file"}, {"file", (dir / "agent.log").string()}, {"level", "debug"}}},
-      {"writers", writers}};
-  RunningAgent agent(dir, config);
+  RunningAgent agent(dir, agent_config(dir, writers));
   auto client = agent.client();
 
   // Older data that is on disk already: the RDB file exists, it is only stale.

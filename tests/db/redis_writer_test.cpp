@@ -6,12 +6,10 @@
 
 #include <unistd.h>
 
-#include <fstream>
-
 #include "quiesce/json_fields.hpp"
-#include "quiesce/writer_registry.hpp"
 #include "tests/db/redis_server.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/writer_harness.hpp"
 #include "writers/redis/redis_connection.hpp"
 #include "writers/redis/redis_writer.hpp"
 
@@ -22,16 +20,8 @@ using quiesce::test::RedisServerOptions;
 
 namespace {
 
-std::unique_ptr<quiesce::Writer> make_writer(const nlohmann::json& options) {
-  quiesce::WriterRegistry registry;
-  quiesce::writers::register_redis_writer(registry);
-  const auto* type = registry.find("redis");
-  REQUIRE(type != nullptr);
-  CHECK(type->default_level == quiesce::Level::database);
-  quiesce::WriterSpec spec{.type = "redis", .name = "cache", .level = type->default_level,
-                           .options = options};
-  return type->create(spec, quiesce::WriterEnvironment{});
-}
+const quiesce::test::WriterMaker make_writer{
+    .register_type = quiesce::writers::register_redis_writer, .type = "redis", .name = "cache"};
 
 std::string field_error(const nlohmann::json& options) {
   try {
@@ -42,13 +32,10 @@ std::string field_error(const nlohmann::json& options) {
   return "";
 }
 
-quiesce::PhaseContext context() {
-  quiesce::PhaseContext ctx;
-  ctx.session_id = "s1";
-  ctx.deadline = quiesce::Clock::now() + 10s;
-  ctx.hold_deadline = quiesce::Clock::now() + 10s;
-  return ctx;
-}
+// 10 s for the call and for the hold, not the shared 20 s and 60 s: with
+// hold_writes the hold's end is when Redis lifts CLIENT PAUSE by itself, so a
+// test that stops during a hold leaves the server paused for 10 s at most.
+quiesce::PhaseContext context() { return quiesce::test::context("s1", 10s, 10s); }
 
 #define SKIP_WITHOUT_REDIS()                                         \
   if (!quiesce::test::redis_server_available()) {                    \
@@ -180,11 +167,10 @@ TEST_CASE("redis writer: a wrong or missing password is non_retryable and says w
   RedisServerOptions options;
   options.requirepass = "s3cret";
   RedisServer server(dir.path(), dir / "data", options);
-  std::ofstream(dir / "wrong.pw") << "nope\n";
-  std::ofstream(dir / "right.pw") << "s3cret\n";
   auto ctx = context();
 
-  auto wrong = make_writer({{"socket", server.socket()}, {"password_file", (dir / "wrong.pw").string()}});
+  auto wrong = make_writer(
+      {{"socket", server.socket()}, {"password_file", quiesce::test::password_file(dir, "nope")}});
   auto status = wrong->prepare(ctx);
   REQUIRE_FALSE(status.is_ok());
   CHECK(status.error().error_class == quiesce::ErrorClass::non_retryable);
@@ -196,7 +182,8 @@ TEST_CASE("redis writer: a wrong or missing password is non_retryable and says w
   CHECK(status.error().error_class == quiesce::ErrorClass::non_retryable);
   CHECK(status.error().message.find("options.password_file") != std::string::npos);
 
-  auto right = make_writer({{"socket", server.socket()}, {"password_file", (dir / "right.pw").string()}});
+  auto right = make_writer(
+      {{"socket", server.socket()}, {"password_file", quiesce::test::password_file(dir, "s3cret")}});
   REQUIRE(right->freeze(ctx).is_ok());
   quiesce::HoldReport hold;
   REQUIRE(right->thaw(ctx, hold).is_ok());
@@ -209,9 +196,8 @@ TEST_CASE("redis writer: an ACL user without CONFIG is told which permission to 
   RedisServerOptions options;
   options.extra_lines = {"user limited on >pw ~* +@all -config"};
   RedisServer server(dir.path(), dir / "data", options);
-  std::ofstream(dir / "pw") << "pw\n";
   auto writer = make_writer({{"socket", server.socket()}, {"user", "limited"},
-                             {"password_file", (dir / "pw").string()}});
+                             {"password_file", quiesce::test::password_file(dir, "pw")}});
   auto ctx = context();
   auto status = writer->freeze(ctx);
   REQUIRE_FALSE(status.is_ok());

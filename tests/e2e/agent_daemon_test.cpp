@@ -20,22 +20,20 @@ using namespace std::chrono_literals;
 using test::ChildProcess;
 
 using quiesce::test::RunningAgent;
+using quiesce::test::agent_config;
 using quiesce::test::read_text;
 
 namespace {
 
 nlohmann::json delay_config(const test::TempDir& dir, nlohmann::json session = nlohmann::json::object()) {
-  return {{"listen", {{"unix", {{"path", (dir / "agent.sock").string()}}}, {"vsock", false}}},
-          {"state_dir", (dir / "state").string()},
-          {"run_dir", (dir / "run").string()},
-          {"log", {{"target", "file"}, {"file", (dir / "agent.log").string()}, {"level", "debug"}}},
-          {"session", session},
-          {"writers",
-           {{{"type", "delay"}, {"name", "app"}, {"options", {{"delays_ms", {{"freeze", 20}}}}}},
+  auto config = agent_config(
+      dir, {{{"type", "delay"}, {"name", "app"}, {"options", {{"delays_ms", {{"freeze", 20}}}}}},
             {{"type", "delay"},
              {"name", "db"},
              {"level", "database"},
-             {"options", {{"delays_ms", {{"prepare", 5}, {"freeze", 10}}}}}}}}};
+             {"options", {{"delays_ms", {{"prepare", 5}, {"freeze", 10}}}}}}});
+  config["session"] = std::move(session);
+  return config;
 }
 
 }  // namespace

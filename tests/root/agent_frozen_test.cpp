@@ -34,17 +34,14 @@ struct AgentOnLoopMounts {
   std::unique_ptr<test::ChildProcess> process;
 
   AgentOnLoopMounts() {
+    auto config = test::agent_config(
+        dir, {{{"type", "delay"}, {"name", "app"}},
+              {{"type", "fsfreeze"},
+               {"name", "fs"},
+               {"options", {{"mounts", {data.mount_point(), logs.mount_point()}}}}}});
     // The log file and the state dir live on filesystems the agent freezes.
-    nlohmann::json config = {
-        {"listen", {{"unix", {{"path", socket.string()}}}, {"vsock", false}}},
-        {"state_dir", logs.mount_point() + "/state"},
-        {"run_dir", (dir / "run").string()},
-        {"log", {{"target", "file"}, {"file", log_file.string()}, {"level", "debug"}}},
-        {"writers",
-         {{{"type", "delay"}, {"name", "app"}},
-          {{"type", "fsfreeze"},
-           {"name", "fs"},
-           {"options", {{"mounts", {data.mount_point(), logs.mount_point()}}}}}}}};
+    config["state_dir"] = logs.mount_point() + "/state";
+    config["log"]["file"] = log_file.string();
     std::ofstream(dir / "agent.json") << config.dump(2);
     process = std::make_unique<test::ChildProcess>(
         std::vector<std::string>{test::built_binary("quiesce-agent").string(), "--config",

@@ -20,6 +20,7 @@
 #include "tests/root/loop_fs.hpp"
 #include "tests/support/processes.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/writer_harness.hpp"
 #include "writers/fsfreeze/freeze_record.hpp"
 #include "writers/fsfreeze/fsfreeze_writer.hpp"
 
@@ -27,6 +28,7 @@ using namespace std::chrono_literals;
 using quiesce::Clock;
 using quiesce::test::LoopFs;
 using quiesce::test::WriteProbe;
+using quiesce::test::message_of;
 using quiesce::test::writable_within;
 
 namespace {
@@ -50,16 +52,10 @@ struct WriterUnderTest {
   }
 };
 
+// The hold's length is the one thing these tests vary: the holder thaws by
+// itself at its end.
 quiesce::PhaseContext context(std::chrono::milliseconds hold = 30s) {
-  quiesce::PhaseContext ctx;
-  ctx.session_id = "test-session";
-  ctx.deadline = Clock::now() + 20s;
-  ctx.hold_deadline = Clock::now() + hold;
-  return ctx;
-}
-
-std::string status_text(const quiesce::Status& status) {
-  return status.is_ok() ? "ok" : status.error().message;
+  return quiesce::test::context("test-session", 20s, hold);
 }
 
 const quiesce::platform::MountEntry* mount_entry(const quiesce::platform::MountTable& table,
@@ -86,7 +82,7 @@ TEST_CASE("fsfreeze: freeze blocks writes on ext4, xfs and btrfs - thaw releases
 
   REQUIRE(writer.prepare(context()).is_ok());
   auto status = writer.freeze(context());
-  REQUIRE_MESSAGE(status.is_ok(), status_text(status));
+  REQUIRE_MESSAGE(status.is_ok(), message_of(status));
   // The record names what is frozen, for a restarted agent.
   auto record_path = quiesce::writers::fsfreeze::record_path(under.run_dir, "fs");
   CHECK(std::filesystem::exists(record_path));
@@ -100,7 +96,7 @@ TEST_CASE("fsfreeze: freeze blocks writes on ext4, xfs and btrfs - thaw releases
   }
   quiesce::HoldReport hold;
   status = writer.thaw(context(), hold);
-  REQUIRE_MESSAGE(status.is_ok(), status_text(status));
+  REQUIRE_MESSAGE(status.is_ok(), message_of(status));
   CHECK(hold.continuous);
   for (auto& probe : probes) {
     CHECK(probe->finished_within(5s));
@@ -270,7 +266,7 @@ TEST_CASE("fsfreeze: a filesystem frozen by someone else (EBUSY)") {
     WriterUnderTest under(dir.path() / "run", {{"mounts", {mine.mount_point(), theirs.mount_point()}},
                                                 {"ignore_frozen", true}});
     auto status = under.writer->freeze(context());
-    REQUIRE_MESSAGE(status.is_ok(), status_text(status));
+    REQUIRE_MESSAGE(status.is_ok(), message_of(status));
     quiesce::HoldReport hold;
     CHECK(under.writer->thaw(context(), hold).is_ok());
     CHECK(hold.continuous);
@@ -301,7 +297,7 @@ TEST_CASE("fsfreeze: bind mounts and btrfs subvolumes are frozen once") {
   REQUIRE(identity.components.size() == 1);
   CHECK(identity.components[0]["also_mounted_at"].size() == 2);
   auto status = under.writer->freeze(context());
-  REQUIRE_MESSAGE(status.is_ok(), status_text(status));
+  REQUIRE_MESSAGE(status.is_ok(), message_of(status));
   WriteProbe probe(subvol);
   CHECK_FALSE(probe.finished_within(200ms));
   quiesce::HoldReport hold;

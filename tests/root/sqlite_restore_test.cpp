@@ -28,6 +28,7 @@ using quiesce::test::LoopFs;
 using quiesce::test::must_run;
 
 using quiesce::test::RunningAgent;
+using quiesce::test::agent_config;
 using quiesce::test::read_text;
 using quiesce::test::describe;
 
@@ -127,14 +128,9 @@ TEST_CASE("sqlite restore: a checkpoint through the agent keeps every acknowledg
     sqlite3_close_v2(db);
   }
 
-  const nlohmann::json config = {
-      {"listen", {{"unix", {{"path", (dir / "agent.sock").string()}}}, {"vsock", false}}},
-      {"state_dir", (dir / "state").string()},
-      {"run_dir", (dir / "run").string()},
-      {"log", {{"target", "file"}, {"file", (dir / "agent.log").string()}, {"level", "debug"}}},
-      {"writers",
-       {{{"type", "sqlite"}, {"name", "app-db"}, {"options", {{"databases", {db_path}}}}},
-        {{"type", "fsfreeze"}, {"name", "fs"}, {"options", {{"mounts", {data.mount_point()}}}}}}}};
+  const auto config = agent_config(
+      dir, {{{"type", "sqlite"}, {"name", "app-db"}, {"options", {{"databases", {db_path}}}}},
+            {{"type", "fsfreeze"}, {"name", "fs"}, {"options", {{"mounts", {data.mount_point()}}}}}});
   RunningAgent agent(dir, config);
   auto client = agent.client();
 

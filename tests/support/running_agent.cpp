@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <fstream>
+#include <utility>
 
 namespace quiesce::test {
 
@@ -24,6 +25,14 @@ client::AgentClient RunningAgent::client(std::chrono::milliseconds timeout) cons
   options.endpoint = client::Endpoint::parse("unix:" + socket.string());
   options.timeout = timeout;
   return client::AgentClient(options);
+}
+
+nlohmann::json agent_config(const TempDir& dir, nlohmann::json writers) {
+  return {{"listen", {{"unix", {{"path", (dir / "agent.sock").string()}}}, {"vsock", false}}},
+          {"state_dir", (dir / "state").string()},
+          {"run_dir", (dir / "run").string()},
+          {"log", {{"target", "file"}, {"file", (dir / "agent.log").string()}, {"level", "debug"}}},
+          {"writers", std::move(writers)}};
 }
 
 std::string describe(const client::Result& result) {

@@ -29,6 +29,12 @@ class RunningAgent {
   std::unique_ptr<ChildProcess> process;
 };
 
+// The config the agent tests start from, everything in `dir`: listening on
+// `dir / "agent.sock"` only (as RunningAgent expects; no vsock in a test),
+// state and run dirs, and a debug log in `dir / "agent.log"` to attach to a
+// failure message. A test adds to it or changes it where it needs more.
+nlohmann::json agent_config(const TempDir& dir, nlohmann::json writers);
+
 // A result as one line for failure messages.
 std::string describe(const client::Result& result);
 

@@ -17,15 +17,16 @@
 #include <spdlog/spdlog.h>
 
 #include "quiesce/json_fields.hpp"
-#include "quiesce/writer_registry.hpp"
 #include "tests/support/processes.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/writer_harness.hpp"
 #include "writers/sqlite/sqlite_writer.hpp"
 
 using namespace std::chrono_literals;
 using quiesce::Clock;
 using quiesce::ErrorClass;
 using quiesce::FieldError;
+using quiesce::test::message_of;
 
 namespace {
 
@@ -80,27 +81,16 @@ std::shared_ptr<spdlog::logger> null_logger() {
                                           std::make_shared<spdlog::sinks::null_sink_mt>());
 }
 
-std::unique_ptr<quiesce::Writer> make_writer(const nlohmann::json& options) {
-  quiesce::WriterRegistry registry;
-  quiesce::writers::register_sqlite_writer(registry);
-  const auto* type = registry.find("sqlite");
-  REQUIRE(type != nullptr);
-  CHECK(type->default_level == quiesce::Level::database);
-  quiesce::WriterSpec spec{"sqlite", "db", quiesce::Level::database, options};
-  return type->create(spec, {null_logger(), "/nonexistent-run", "/nonexistent-state"});
-}
+// The run and state dirs do not exist: the sqlite writer keeps nothing there.
+const quiesce::test::WriterMaker make_writer{
+    .register_type = quiesce::writers::register_sqlite_writer,
+    .type = "sqlite",
+    .name = "db",
+    .environment = {null_logger(), "/nonexistent-run", "/nonexistent-state"}};
 
+// Takes the stop token first: the one test that stops a call passes only that.
 quiesce::PhaseContext context(std::stop_token stop = {}) {
-  quiesce::PhaseContext ctx;
-  ctx.session_id = "test-session";
-  ctx.deadline = Clock::now() + 20s;
-  ctx.hold_deadline = Clock::now() + 30s;
-  ctx.stop = std::move(stop);
-  return ctx;
-}
-
-std::string text(const quiesce::Status& status) {
-  return status.is_ok() ? "ok" : status.error().message;
+  return quiesce::test::context("test-session", 20s, 30s, std::move(stop));
 }
 
 std::string field_error(const nlohmann::json& options) {
@@ -122,7 +112,7 @@ TEST_CASE("sqlite: freeze blocks writers in other connections and processes and 
     auto writer = make_writer({{"databases", {path.string()}}, {"busy_timeout_ms", 500}});
     REQUIRE(writer->prepare(context()).is_ok());
     auto frozen = writer->freeze(context());
-    REQUIRE_MESSAGE(frozen.is_ok(), text(frozen));
+    REQUIRE_MESSAGE(frozen.is_ok(), message_of(frozen));
 
     Db other(path);
     CHECK(other.run("INSERT INTO t(v) VALUES ('during')", 50ms) == SQLITE_BUSY);
@@ -171,7 +161,7 @@ TEST_CASE("sqlite: freeze waits for a transaction in flight then holds") {
   auto frozen = writer->freeze(context());
   const auto took = Clock::now() - started;
   committer.join();
-  REQUIRE_MESSAGE(frozen.is_ok(), text(frozen));
+  REQUIRE_MESSAGE(frozen.is_ok(), message_of(frozen));
   CHECK(took >= 150ms);
   CHECK(other.count() == 11);
   CHECK(other.run("INSERT INTO t(v) VALUES ('blocked')", 20ms) == SQLITE_BUSY);
@@ -205,7 +195,7 @@ TEST_CASE("sqlite: prepare truncates the WAL and identify describes each databas
   CHECK(identity.metadata["sqlite_version"].is_string());
 
   auto prepared = writer->prepare(context());
-  REQUIRE_MESSAGE(prepared.is_ok(), text(prepared));
+  REQUIRE_MESSAGE(prepared.is_ok(), message_of(prepared));
   CHECK(std::filesystem::file_size(wal) == 0);
   CHECK(other.count() == 2010);
   REQUIRE(writer->abort(context()).is_ok());
