@@ -189,6 +189,9 @@ Status Connection::open(const ConnectParams& params, const std::string& where,
                         const Budget& budget, std::unique_ptr<Connection>& out) {
   const LibmariadbApi& api = libmariadb();
   const std::string action = "connect to " + params.describe();
+  if (auto why = budget.spent(); !why.empty()) {
+    return Status::timeout(where + ": could not " + action + ": " + why);
+  }
   MYSQL* mysql = api.mysql_init(nullptr);
   if (mysql == nullptr) {
     return Status::retryable(where + ": could not " + action + ": out of memory");
@@ -242,6 +245,9 @@ Status Connection::query(std::string_view action, const std::string& sql, const 
   const LibmariadbApi& api = libmariadb();
   rows.clear();
   const std::string prefix = where_ + ": could not " + std::string(action) + ": ";
+  if (auto why = budget.spent(); !why.empty()) {
+    return Status::timeout(prefix + why);
+  }
   if (!ok()) {
     return Status::retryable(prefix + "the connection is closed" +
                              (lost_reason_.empty() ? "" : " (" + lost_reason_ + ")"));

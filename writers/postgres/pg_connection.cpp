@@ -84,6 +84,10 @@ Status Connection::open(const ConnectParams& params, const std::string& where,
                         const Budget& budget, std::unique_ptr<Connection>& out) {
   const LibpqApi& pq = libpq();
   const std::string port = std::to_string(params.port);
+  if (auto why = budget.spent(); !why.empty()) {
+    return Status::timeout(where + ": could not connect to " + params.host + " port " + port +
+                           ": " + why);
+  }
   std::vector<const char*> keys{"host", "port", "user", "dbname", "application_name"};
   std::vector<const char*> values{params.host.c_str(), port.c_str(), params.user.c_str(),
                                   params.dbname.c_str(), "quiesce-agent"};
@@ -163,6 +167,9 @@ Status Connection::query(std::string_view action, const std::string& sql,
   const LibpqApi& pq = libpq();
   rows.clear();
   const std::string prefix = where_ + ": could not " + std::string(action) + ": ";
+  if (auto why = budget.spent(); !why.empty()) {
+    return Status::timeout(prefix + why);
+  }
   if (!ok()) {
     return Status::retryable(prefix + "the connection is closed" +
                              (conn_ != nullptr ? " (" + tidy(pq.PQerrorMessage(conn_)) + ")" : ""));

@@ -43,6 +43,19 @@ struct CallBudget {
     return {ctx.deadline == Clock::time_point{} ? Clock::time_point::max() : ctx.deadline,
             ctx.stop};
   }
+
+  // Why nothing more may be started in this call ("" while it may). Checked
+  // before sending anything: a wait is not the only place a stop must win,
+  // since an answer already there never makes the call wait.
+  [[nodiscard]] std::string spent() const {
+    if (stop.stop_requested()) {
+      return "stopped (the call was aborted or timed out)";
+    }
+    if (Clock::now() >= deadline) {
+      return "no time left before the deadline";
+    }
+    return "";
+  }
 };
 
 // Milliseconds since `started`, for the timings writers report.
