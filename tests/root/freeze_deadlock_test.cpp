@@ -234,7 +234,14 @@ TEST_CASE("freeze deadlock: SIGTERM to the agent thaws everything, a restarted a
     REQUIRE_MESSAGE(created.ok(), quiesce::test::describe(created));
     const std::string id = created.body["id"];
     stack.make_dirty();
-    std::thread freezer([&] { (void)quiesce::client::AgentClient(options).freeze(id); });
+    // Answered with an error or not at all (the agent is killed): only the
+  // filesystems matter here.
+  std::thread freezer([&] {
+    try {
+      (void)quiesce::client::AgentClient(options).freeze(id);
+    } catch (const std::exception&) {
+    }
+  });
     // Wait until the freeze is stuck: lower frozen, upper's freeze blocked.
     std::this_thread::sleep_for(1500ms);
     CHECK_FALSE(WriteProbe(stack.lower.mount_point()).finished_within(50ms));
@@ -263,4 +270,60 @@ TEST_CASE("freeze deadlock: SIGTERM to the agent thaws everything, a restarted a
   REQUIRE(thawed.ok());
   CHECK(thawed.body["verdict"]["continuous"] == true);
   CHECK(stack.both_writable_within(2s));
+}
+
+TEST_CASE("freeze deadlock: SIGKILL to the agent and its holder during a stuck freeze, a new agent "
+          "thaws both filesystems") {
+  StackedFilesystems stack;
+  auto config = quiesce::test::agent_config(
+      stack.dir, {{{"type", "fsfreeze"}, {"name", "fs"}, {"options", {{"mounts", stack.mounts()}}}}});
+  config["session"]["phase_timeouts_ms"] = {{"freeze", 30000}};
+  std::ofstream(stack.dir / "agent.json") << config.dump(2);
+  const auto socket = stack.dir / "agent.sock";
+  auto start_agent = [&](bool invert) {
+    std::vector<std::string> env;
+    if (invert) {
+      env.push_back(std::string(invert_switch) + "=1");
+    }
+    auto process = std::make_unique<quiesce::test::ChildProcess>(
+        std::vector<std::string>{quiesce::test::built_binary("quiesce-agent").string(), "--config",
+                                 (stack.dir / "agent.json").string()},
+        stack.dir / "agent.stderr", env);
+    REQUIRE_MESSAGE(quiesce::test::eventually(10s, [&] { return std::filesystem::exists(socket); }),
+                    "the agent did not open its socket: "
+                        << quiesce::test::read_text(stack.dir / "agent.stderr"));
+    return process;
+  };
+  quiesce::client::ClientOptions options;
+  options.endpoint = quiesce::client::Endpoint::parse("unix:" + socket.string());
+  options.timeout = 5s;
+
+  auto agent = start_agent(true);
+  auto created = quiesce::client::AgentClient(options).create_session({{"freeze_window_ms", 20000}});
+  REQUIRE(created.ok());
+  const std::string id = created.body["id"];
+  stack.make_dirty();
+  // Answered with an error or not at all (the agent is killed): only the
+  // filesystems matter here.
+  std::thread freezer([&] {
+    try {
+      (void)quiesce::client::AgentClient(options).freeze(id);
+    } catch (const std::exception&) {
+    }
+  });
+  std::this_thread::sleep_for(1500ms);
+  REQUIRE_FALSE(WriteProbe(stack.lower.mount_point()).finished_within(50ms));
+  // The whole process group, as systemd's SIGKILL to a unit's cgroup: the
+  // holder's freezing thread is inside the kernel and cannot die yet.
+  REQUIRE(::kill(-agent->pid(), SIGKILL) == 0);
+  CHECK(agent->wait_for(5s).has_value());
+  freezer.join();
+  std::filesystem::remove(socket);
+  const auto restarted = Clock::now();
+  auto next = start_agent(false);
+  CHECK_MESSAGE(stack.both_writable_within(3s), "still frozen after the new agent's recovery: "
+                                                    << quiesce::test::read_text(stack.dir / "agent.log"));
+  MESSAGE("both writable " << ms_since(restarted) << " ms after the new agent started");
+  auto log = quiesce::test::read_text(stack.dir / "agent.log");
+  CHECK(log.find("fsfreeze recovery: thawed " + stack.lower.mount_point()) != std::string::npos);
 }

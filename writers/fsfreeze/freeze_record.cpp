@@ -11,6 +11,11 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -121,8 +126,23 @@ std::optional<FreezeRecord> read_record(const std::string& path, std::string& er
   return record;
 }
 
+namespace {
+
+struct PendingThaw {
+  std::string mount_point;
+  std::mutex mutex;
+  std::condition_variable done;
+  std::optional<platform::FreezeResult> result;
+};
+
+// How long thaw_recorded waits for a FITHAW (normally a few microseconds).
+constexpr auto blocked_thaw_patience = std::chrono::milliseconds(500);
+
+}  // namespace
+
 ThawOutcome thaw_recorded(const std::vector<RecordedMount>& mounts) {
   ThawOutcome outcome;
+  std::vector<std::shared_ptr<PendingThaw>> pending;
   auto table = platform::read_mountinfo();
   auto ordered = mounts;
   std::stable_sort(ordered.begin(), ordered.end(),
@@ -146,14 +166,79 @@ ThawOutcome thaw_recorded(const std::vector<RecordedMount>& mounts) {
       outcome.failed.push_back(mount.mount_point + ": cannot open: " + std::strerror(-fd));
       continue;
     }
-    auto result = platform::thaw_filesystem(fd);
-    ::close(fd);
-    if (result.ok()) {
-      outcome.thawed.push_back(mount.mount_point);
-    } else if (result.outcome() == platform::FreezeOutcome::not_frozen) {
-      outcome.not_frozen.push_back(mount.mount_point);
+    // A FITHAW on a filesystem whose FIFREEZE is still inside the kernel
+    // (a dead holder's stuck freeze) waits for that freeze, which may be
+    // waiting for a filesystem further down the list: each thaw gets its
+    // own thread, and one that does not return in time is left to finish
+    // (it thaws its filesystem once the freeze returns) rather than block
+    // the thaws of the others.
+    auto thaw = std::make_shared<PendingThaw>();
+    thaw->mount_point = mount.mount_point;
+    std::thread([thaw, fd] {
+      auto result = platform::thaw_filesystem(fd);
+      ::close(fd);
+      std::lock_guard lock(thaw->mutex);
+      thaw->result = result;
+      thaw->done.notify_all();
+    }).detach();
+    pending.push_back(std::move(thaw));
+  }
+  const auto deadline = std::chrono::steady_clock::now() + blocked_thaw_patience;
+  for (const auto& thaw : pending) {
+    std::unique_lock lock(thaw->mutex);
+    if (!thaw->done.wait_until(lock, deadline, [&] { return thaw->result.has_value(); })) {
+      outcome.failed.push_back(thaw->mount_point +
+                               ": the thaw waits for a freeze still in the kernel; it completes "
+                               "when that freeze returns");
+    } else if (thaw->result->ok()) {
+      outcome.thawed.push_back(thaw->mount_point);
+    } else if (thaw->result->outcome() == platform::FreezeOutcome::not_frozen) {
+      outcome.not_frozen.push_back(thaw->mount_point);
     } else {
-      outcome.failed.push_back(mount.mount_point + ": " + result.describe());
+      outcome.failed.push_back(thaw->mount_point + ": " + thaw->result->describe());
+    }
+  }
+  return outcome;
+}
+
+bool process_has_live_thread(std::int64_t pid) {
+  if (pid <= 0) {
+    return false;
+  }
+  std::error_code ec;
+  const auto tasks = std::filesystem::path("/proc") / std::to_string(pid) / "task";
+  for (const auto& task : std::filesystem::directory_iterator(tasks, ec)) {
+    std::ifstream stat(task.path() / "stat");
+    std::string line;
+    std::getline(stat, line);
+    // "tid (comm) S ...": the state follows the last ')' (comm may hold any byte).
+    auto close = line.rfind(')');
+    if (close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z' &&
+        line[close + 2] != 'X') {
+      return true;
+    }
+  }
+  return false;
+}
+
+ThawOutcome thaw_recorded_until_holder_gone(const std::vector<RecordedMount>& mounts,
+                                            std::int64_t holder_pid,
+                                            std::chrono::milliseconds patience) {
+  auto outcome = thaw_recorded(mounts);
+  const auto deadline = std::chrono::steady_clock::now() + patience;
+  bool waiting = process_has_live_thread(holder_pid);
+  while (waiting) {
+    waiting = process_has_live_thread(holder_pid) && std::chrono::steady_clock::now() < deadline;
+    if (waiting) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    // Once more after the holder is gone: its last call may have just returned.
+    auto again = thaw_recorded(mounts);
+    for (auto& mount : again.thawed) {
+      if (std::find(outcome.thawed.begin(), outcome.thawed.end(), mount) == outcome.thawed.end()) {
+        outcome.thawed.push_back(mount);
+        std::erase(outcome.not_frozen, mount);
+      }
     }
   }
   return outcome;

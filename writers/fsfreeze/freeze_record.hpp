@@ -5,6 +5,7 @@
 // service cgroup, the OOM killer), the next agent start reads it and thaws
 // exactly those filesystems (recover_stale_fsfreeze).
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -50,5 +51,19 @@ struct ThawOutcome {
 // where and as recorded (same device, same mount id). Opening a path on a
 // frozen filesystem does no write, so it is safe here.
 [[nodiscard]] ThawOutcome thaw_recorded(const std::vector<RecordedMount>& mounts);
+
+// thaw_recorded() for when the holder that froze them is gone or no longer
+// answers while it may still have a FIFREEZE inside the kernel (killed, or
+// hung, during a freeze stuck on a filesystem beneath): thawing the lower
+// filesystems lets that call finish, and it then freezes its filesystem with
+// nobody left to thaw it. So this thaws again until no thread of
+// `holder_pid` is left in the kernel, for at most `patience`.
+[[nodiscard]] ThawOutcome thaw_recorded_until_holder_gone(const std::vector<RecordedMount>& mounts,
+                                                         std::int64_t holder_pid,
+                                                         std::chrono::milliseconds patience);
+
+// True while a thread of process `pid` is still running (not a zombie):
+// /proc/<pid>/task/*/stat.
+[[nodiscard]] bool process_has_live_thread(std::int64_t pid);
 
 }  // namespace quiesce::writers::fsfreeze

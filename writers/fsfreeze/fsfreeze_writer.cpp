@@ -38,6 +38,10 @@ constexpr const char* holder_name = "quiesce-freeze-holder";
 // When the coordinator gives no hold deadline, the holder still never
 // holds longer than this.
 constexpr auto fallback_hold = std::chrono::minutes(10);
+// How long a THAW may take the holder to answer (it thaws with one ioctl
+// per filesystem and answers straight away) before the writer thaws from its
+// record itself.
+constexpr auto holder_thaw_answer = std::chrono::seconds(2);
 
 struct FsfreezeOptions {
   fsfreeze::SelectionOptions selection;
@@ -314,8 +318,7 @@ class FsfreezeWriter final : public Writer {
       const int wave = invert_order_for_tests_ ? last_wave - filesystem.wave : filesystem.wave;
       request.mounts.push_back({wave, filesystem.mount.mount_id, filesystem.mount.mount_point});
       record.mounts.push_back({filesystem.mount.mount_point, filesystem.mount.device.to_string(),
-                               filesystem.mount.mount_id, filesystem.mount.fstype,
-                               filesystem.wave});
+                               filesystem.mount.mount_id, filesystem.mount.fstype, wave});
     }
     // The record goes down before the first FIFREEZE, so that nothing can be
     // frozen without a trace a restarted agent can act on.
@@ -524,6 +527,10 @@ class FsfreezeWriter final : public Writer {
     if (deadline == Clock::time_point{}) {
       deadline = Clock::now() + std::chrono::seconds(30);
     }
+    // The holder answers a THAW at once, even with a freeze stuck in the
+    // kernel; one that does not is hung or dying, and the record is thawed
+    // here instead of waiting for the rest of the phase.
+    deadline = std::min(deadline, Clock::now() + holder_thaw_answer);
     platform::holder::Reply reply{ReplyStatus::holder_gone, {}, "freeze holder not running"};
     if (holder_) {
       reply = holder_->request(Message{"THAW", {}, {}}, deadline, ctx.stop);
@@ -540,9 +547,6 @@ class FsfreezeWriter final : public Writer {
     }
     if (broken.empty()) {
       broken = holder_lost;
-    }
-    if (reply.status == ReplyStatus::timeout || reply.status == ReplyStatus::stopped) {
-      return Status::timeout("the freeze holder did not confirm the thaw in time");
     }
     if (reply.ok() && reply.message.verb == "THAWED") {
       if (reply.message.args.size() >= 2 && reply.message.args[0] == "0" && broken.empty()) {
@@ -563,16 +567,28 @@ class FsfreezeWriter final : public Writer {
         return Status::non_retryable("thaw failed, may still be frozen: " + join(failures));
       }
     } else {
-      // The holder died without thawing (SIGKILL, a crash) or answered
-      // nonsense: thaw from the record here.
+      // The holder died without thawing (SIGKILL, a crash), does not answer
+      // (hung, or killed while a freeze of its is stuck in the kernel) or
+      // answered nonsense: thaw from the record here, and keep thawing
+      // while a thread of it may still be inside a FIFREEZE.
+      const bool silent =
+          reply.status == ReplyStatus::timeout || reply.status == ReplyStatus::stopped;
       auto why = reply.ok() ? "unexpected answer '" + reply.message.verb + "'" : reply.error;
-      auto outcome = fsfreeze::thaw_recorded(recorded_);
-      log().warn("fsfreeze writer '{}': freeze holder lost ({}); thawed {} myself: [{}]",
-                 spec_.name, why, outcome.thawed.size(), join(outcome.thawed));
+      const pid_t holder_pid = holder_ ? holder_->pid() : 0;
+      auto outcome = fsfreeze::thaw_recorded_until_holder_gone(recorded_, holder_pid,
+                                                               std::chrono::seconds(2));
+      log().warn("fsfreeze writer '{}': freeze holder {} ({}); thawed {} myself: [{}]", spec_.name,
+                 silent ? "does not answer" : "lost", why, outcome.thawed.size(),
+                 join(outcome.thawed));
       if (broken.empty()) {
-        broken = "the freeze holder died while holding (" + why + ")";
+        broken = silent ? "the freeze holder did not answer the thaw (" + why +
+                              "); the agent thawed from its record"
+                        : "the freeze holder died while holding (" + why + ")";
       }
-      holder_.reset();
+      if (holder_) {
+        holder_->retire();
+        retired_.push_back(std::move(holder_));
+      }
       if (!outcome.failed.empty()) {
         note_broken(hold, broken);
         return Status::non_retryable("thaw failed, may still be frozen: " + join(outcome.failed));
@@ -657,7 +673,10 @@ StaleFreezeReport recover_stale_fsfreeze(const std::string& run_dir, spdlog::log
       fs::remove(path, ec);
       continue;
     }
-    auto outcome = fsfreeze::thaw_recorded(record->mounts);
+    // The holder of a dead agent normally thaws and exits on its own; one
+    // still inside a stuck FIFREEZE is waited for (a little) and thawed after.
+    auto outcome = fsfreeze::thaw_recorded_until_holder_gone(record->mounts, record->holder_pid,
+                                                             std::chrono::seconds(2));
     for (const auto& mount : outcome.thawed) {
       logger.warn("fsfreeze recovery: thawed {}, left frozen by writer '{}' (agent pid {}, "
                   "session {}, frozen at {})",
