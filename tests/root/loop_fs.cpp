@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include "tests/support/processes.hpp"
+#include "tests/support/storage_layouts.hpp"
 
 // Every case in this binary needs root (loop devices, mount, FIFREEZE).
 extern "C" int quiesce_tests_need_root() { return 1; }
@@ -20,16 +21,6 @@ int default_size_mb(const std::string& fstype) {
     return 128;
   }
   return 64;
-}
-
-std::vector<std::string> mkfs_command(const std::string& fstype, const std::string& device) {
-  if (fstype == "ext4") {
-    return {"mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", device};
-  }
-  if (fstype == "xfs") {
-    return {"mkfs.xfs", "-q", "-f", device};
-  }
-  return {"mkfs.btrfs", "-q", "-f", device};
 }
 
 }  // namespace

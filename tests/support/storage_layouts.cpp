@@ -21,16 +21,6 @@ std::string trimmed(std::string text) {
   return text;
 }
 
-std::vector<std::string> mkfs_command(const std::string& fstype, const std::string& device) {
-  if (fstype == "ext4") {
-    return {"mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", device};
-  }
-  if (fstype == "xfs") {
-    return {"mkfs.xfs", "-q", "-f", device};
-  }
-  return {"mkfs.btrfs", "-q", "-f", device};
-}
-
 void set_all(Layout& layout, const std::vector<std::string>& filesystems) {
   layout.data_dirs = filesystems;
   layout.frozen_dirs = filesystems;
@@ -150,6 +140,16 @@ void StorageStack::freeze_by_someone_else(const std::string& mount_point) {
     std::string ignored;
     run_command({"fsfreeze", "-u", mount_point}, &ignored);
   });
+}
+
+std::vector<std::string> mkfs_command(const std::string& fstype, const std::string& device) {
+  if (fstype == "ext4") {
+    return {"mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", device};
+  }
+  if (fstype == "xfs") {
+    return {"mkfs.xfs", "-q", "-f", device};
+  }
+  return {"mkfs.btrfs", "-q", "-f", device};
 }
 
 std::vector<std::string> layout_names() {

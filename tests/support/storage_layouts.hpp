@@ -113,6 +113,11 @@ class ThawWatchdog {
 std::string write_unsynced(const std::string& path, std::size_t bytes, int seed);
 [[nodiscard]] bool has_content(const std::string& path, const std::string& expected);
 
+// The mkfs command line for ext4 (inode tables written now, not lazily in
+// the background where they would race the test), xfs or btrfs.
+[[nodiscard]] std::vector<std::string> mkfs_command(const std::string& fstype,
+                                                    const std::string& device);
+
 // False when the kernel has no device-mapper (`dmsetup version` fails).
 [[nodiscard]] bool device_mapper_available();
 
