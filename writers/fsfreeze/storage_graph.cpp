@@ -1,18 +1,12 @@
 #include "writers/fsfreeze/storage_graph.hpp"
 
-#include <fcntl.h>
-#include <linux/loop.h>
-#include <sys/ioctl.h>
-#include <sys/stat.h>
-#include <sys/sysmacros.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
 
+#include "platform/linux/block_devices.hpp"
 #include "writers/fsfreeze/mount_selection.hpp"
 
 namespace quiesce::writers::fsfreeze {
@@ -34,8 +28,6 @@ std::optional<std::string> first_line(const fs::path& path) {
   }
   return line;
 }
-
-DeviceId device_from(dev_t dev) { return DeviceId{::major(dev), ::minor(dev)}; }
 
 std::string join(const std::vector<std::string>& items, const char* separator = ", ") {
   std::string text;
@@ -368,33 +360,15 @@ std::optional<fs::path> StorageProbe::resolve(const std::string& relative) const
 }
 
 std::optional<DeviceId> StorageProbe::loop_backing_device(const std::string& name) const {
-  int fd = ::open(("/dev/" + name).c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) {
-    return std::nullopt;
-  }
-  loop_info64 info{};
-  const int result = ::ioctl(fd, LOOP_GET_STATUS64, &info);
-  ::close(fd);
-  if (result != 0) {
-    return std::nullopt;
-  }
-  return device_from(static_cast<dev_t>(info.lo_device));
+  return platform::loop_backing_device("/dev/" + name);
 }
 
 std::optional<DeviceId> StorageProbe::device_of_path(const std::string& path) const {
-  struct stat st {};
-  if (::lstat(path.c_str(), &st) != 0) {
-    return std::nullopt;
-  }
-  return device_from(st.st_dev);
+  return platform::device_of_path(path);
 }
 
 std::optional<DeviceId> StorageProbe::device_node(const std::string& path) const {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0 || !S_ISBLK(st.st_mode)) {
-    return std::nullopt;
-  }
-  return device_from(st.st_rdev);
+  return platform::block_device_node(path);
 }
 
 std::string StorageProbe::swaps() const {
