@@ -794,15 +794,14 @@ int run_bench(const Options& options) {
   return interrupted() ? 130 : 0;
 }
 
-
 // ---- layouts: stacked storage, Quiesce against qemu-guest-agent ----------
 
 struct LayoutTally {
   int sessions = 0;
   int hung = 0;
   int left_frozen = 0;
-  int failed = 0;           // the freeze (or the session) answered an error
-  int foreign_thawed = 0;   // someone else's freeze found thawed afterwards
+  int failed = 0;          // the freeze (or the session) answered an error
+  int foreign_thawed = 0;  // someone else's freeze found thawed afterwards
   std::vector<double> hold_ms;
   std::string first_error;
 };
@@ -879,7 +878,8 @@ int run_layouts(const Options& options) {
     fs::create_directories(layout_dir);
     auto stack = quiesce::test::build_layout(name, layout_dir);
     const auto& layout = stack->layout();
-    std::cout << "== " << name << ": " << options.layout_sessions << " sessions each\n" << std::flush;
+    std::cout << "== " << name << ": " << options.layout_sessions << " sessions each\n"
+              << std::flush;
     quiesce::test::ThawWatchdog watchdog(layout.lowest_first);
     LayoutTally quiesce_tally;
     LayoutTally qga_tally;
@@ -922,8 +922,9 @@ int run_layouts(const Options& options) {
         }
       }
     }
-    for (const auto& [who, tally] : {std::pair<std::string, const LayoutTally&>{"quiesce", quiesce_tally},
-                                     std::pair<std::string, const LayoutTally&>{"qemu-ga", qga_tally}}) {
+    for (const auto& [who, tally] :
+         {std::pair<std::string, const LayoutTally&>{"quiesce", quiesce_tally},
+          std::pair<std::string, const LayoutTally&>{"qemu-ga", qga_tally}}) {
       if (tally.sessions == 0) {
         continue;
       }
@@ -939,11 +940,13 @@ int run_layouts(const Options& options) {
     auto side = [](const LayoutTally& tally) {
       std::ostringstream hold;
       hold << std::fixed << std::setprecision(1) << summarise(tally.hold_ms).median;
-      return std::vector<std::string>{std::to_string(tally.hung), std::to_string(tally.left_frozen),
-                                      std::to_string(tally.failed) + (tally.foreign_thawed > 0
-                                          ? " (" + std::to_string(tally.foreign_thawed) + " foreign thawed)"
-                                          : ""),
-                                      tally.hold_ms.empty() ? "-" : hold.str()};
+      return std::vector<std::string>{
+          std::to_string(tally.hung), std::to_string(tally.left_frozen),
+          std::to_string(tally.failed) +
+              (tally.foreign_thawed > 0
+                   ? " (" + std::to_string(tally.foreign_thawed) + " foreign thawed)"
+                   : ""),
+          tally.hold_ms.empty() ? "-" : hold.str()};
     };
     std::vector<std::string> row{name, std::to_string(quiesce_tally.sessions)};
     for (const auto& cell : side(quiesce_tally)) {
@@ -956,8 +959,8 @@ int run_layouts(const Options& options) {
   }
   std::cout << "\nStacked storage: sessions per layout, Quiesce | qemu-ga (hang timeout "
             << options.hang_timeout_s << " s; hold = freeze sent -> thaw answered)\n\n";
-  print_table({"layout", "sessions", "Q hung", "Q left frozen", "Q failed", "Q hold ms",
-               "qga hung", "qga left frozen", "qga failed", "qga hold ms"},
+  print_table({"layout", "sessions", "Q hung", "Q left frozen", "Q failed", "Q hold ms", "qga hung",
+               "qga left frozen", "qga failed", "qga hold ms"},
               rows);
   std::cout << "\nWrote " << (options.out_dir / "layouts.csv").string() << "\n";
   return interrupted() ? 130 : 0;

@@ -91,7 +91,8 @@ void run_sessions(const Layout& layout, const std::filesystem::path& run_dir,
     // until the watchdog thaws it.
     std::vector<std::pair<std::string, std::string>> written;  // path, content
     for (const auto& dir : layout.data_dirs) {
-      written.emplace_back(dir + "/dirty-a", quiesce::test::write_unsynced(dir + "/dirty-a", before_prepare, s));
+      written.emplace_back(dir + "/dirty-a",
+                           quiesce::test::write_unsynced(dir + "/dirty-a", before_prepare, s));
     }
     if (watchdog.disarm()) {
       ++left_frozen;
@@ -104,13 +105,14 @@ void run_sessions(const Layout& layout, const std::filesystem::path& run_dir,
     auto status = writer.prepare(context);
     REQUIRE_MESSAGE(status.is_ok(), quiesce::test::message_of(status));
     for (const auto& dir : layout.data_dirs) {
-      written.emplace_back(dir + "/dirty-b", quiesce::test::write_unsynced(dir + "/dirty-b", after_prepare, s + 7));
+      written.emplace_back(dir + "/dirty-b",
+                           quiesce::test::write_unsynced(dir + "/dirty-b", after_prepare, s + 7));
     }
     const auto freeze_started = std::chrono::steady_clock::now();
     status = writer.freeze(context);
-    freeze_ms.push_back(std::chrono::duration<double, std::milli>(
-                            std::chrono::steady_clock::now() - freeze_started)
-                            .count());
+    freeze_ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - freeze_started)
+            .count());
     if (layout.expect_busy) {
       // Someone else's freeze: refused as retryable, all rolled back.
       CHECK_FALSE(status.is_ok());

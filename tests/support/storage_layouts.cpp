@@ -153,8 +153,8 @@ std::vector<std::string> mkfs_command(const std::string& fstype, const std::stri
 }
 
 std::vector<std::string> layout_names() {
-  return {"two-deep",     "two-deep-bind-last", "dm-over-loop",   "btrfs-subvolumes",
-          "xfs-on-ext4",  "overlay-upper",      "frozen-by-other"};
+  return {"two-deep",    "two-deep-bind-last", "dm-over-loop",   "btrfs-subvolumes",
+          "xfs-on-ext4", "overlay-upper",      "frozen-by-other"};
 }
 
 std::unique_ptr<StorageStack> build_layout(const std::string& name, const fs::path& dir) {

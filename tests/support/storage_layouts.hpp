@@ -48,8 +48,8 @@ class StorageStack {
   // A sparse image attached to a loop device; returns /dev/loopN.
   std::string loop(const std::filesystem::path& image, int size_mb);
   // A new filesystem on a new image, mounted at `mount_point`; returns its device.
-  std::string filesystem(const std::string& fstype, const std::filesystem::path& image,
-                         int size_mb, const std::string& mount_point);
+  std::string filesystem(const std::string& fstype, const std::filesystem::path& image, int size_mb,
+                         const std::string& mount_point);
   // mkfs.<fstype> on `device`.
   void mkfs(const std::string& fstype, const std::string& device);
   // mount <args...> <mount_point>, creating the mount point.

@@ -179,7 +179,8 @@ TEST_CASE("storage graph: loop on loop two deep freezes top down, lower last") {
   CHECK(mid.stored_on == std::vector<std::string>{"/srv/lower"});
   CHECK(lower.stored_on.empty());
   CHECK(upper.wave_reason == "first; on loop1, image /srv/mid/upper.img on /srv/mid");
-  CHECK(mid.wave_reason == "after /srv/upper (stored on it); on loop0, image /srv/lower/mid.img on /srv/lower");
+  CHECK(mid.wave_reason ==
+        "after /srv/upper (stored on it); on loop0, image /srv/lower/mid.img on /srv/lower");
   CHECK(lower.wave_reason == "after /srv/mid (stored on it)");
   // The bind of /srv/lower mounted beneath /srv/upper would put the lower
   // one first by mount paths; storage wins, and it is said.
@@ -188,7 +189,8 @@ TEST_CASE("storage graph: loop on loop two deep freezes top down, lower last") {
 
   // Mount paths alone (no probe) see three independent filesystems, and
   // the bind mount puts the lowest one first: the deadlock this prevents.
-  auto blind = select_filesystems(f.table, {{"/srv/lower", "/srv/mid", "/srv/upper"}, false, {}, {}});
+  auto blind =
+      select_filesystems(f.table, {{"/srv/lower", "/srv/mid", "/srv/upper"}, false, {}, {}});
   CHECK(find(blind, "/srv/lower").wave == 0);
   CHECK(find(blind, "/srv/upper").wave == 1);
 }
@@ -240,13 +242,15 @@ TEST_CASE("storage graph: an overlay's upper directory on a selected filesystem"
   SUBCASE("the overlay is noted on the filesystem that holds its upper directory") {
     auto selection = f.select({"/srv/lower", "/srv/onoverlay"});
     const auto& lower = find(selection, "/srv/lower");
-    CHECK(has_note(lower, "holds the upper directory /srv/lower/upper of the overlay at /srv/merged"));
+    CHECK(has_note(lower,
+                   "holds the upper directory /srv/lower/upper of the overlay at /srv/merged"));
     // An image written through the overlay lands in the upper directory.
     const auto& on_overlay = find(selection, "/srv/onoverlay");
     CHECK(on_overlay.wave == 0);
     CHECK(lower.wave == 1);
-    CHECK(contains(on_overlay.wave_reason, "overlay /srv/merged with its upper directory "
-                                           "/srv/lower/upper on /srv/lower"));
+    CHECK(contains(on_overlay.wave_reason,
+                   "overlay /srv/merged with its upper directory "
+                   "/srv/lower/upper on /srv/lower"));
   }
   SUBCASE("listing the overlay selects the filesystem holding its upper directory") {
     auto selection = f.select({"/srv/merged"});
@@ -273,7 +277,8 @@ TEST_CASE("storage graph: a filesystem resting on FUSE freezes in the earliest w
 
 TEST_CASE("storage graph: a swap file on a selected filesystem is noted") {
   Fixture f;
-  f.probe.swap_text += "/srv/lower/swap\\040file\tfile\t1048572\t0\t-2\n/dev/vda2\tpartition\t1\t0\t-3\n";
+  f.probe.swap_text +=
+      "/srv/lower/swap\\040file\tfile\t1048572\t0\t-2\n/dev/vda2\tpartition\t1\t0\t-3\n";
   auto selection = f.select({"/srv/lower", "/srv/b"});
   CHECK(has_note(find(selection, "/srv/lower"), "swap file /srv/lower/swap file is on it"));
   CHECK(find(selection, "/srv/b").notes.empty());
@@ -303,7 +308,8 @@ TEST_CASE("storage graph: a deleted image file still orders by its loop device's
 TEST_CASE("storage graph: missing sysfs entries leave the mount order and say nothing wrong") {
   Fixture f;
   FakeProbe empty(f.dir.path() / "no-such-sysfs");
-  auto selection = select_filesystems(f.table, {{"/srv/lower", "/srv/pool"}, false, {}, {}}, &empty);
+  auto selection =
+      select_filesystems(f.table, {{"/srv/lower", "/srv/pool"}, false, {}, {}}, &empty);
   REQUIRE(selection.errors.empty());
   CHECK(find(selection, "/srv/lower").wave == 0);
   CHECK(find(selection, "/srv/pool").wave == 0);

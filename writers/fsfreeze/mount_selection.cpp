@@ -74,8 +74,8 @@ struct Constraint {
 };
 
 // below[i]: filesystems with a mount strictly beneath one of i's mounts.
-std::vector<std::vector<std::size_t>> mounted_beneath(const MountTable& table,
-                                                      const std::vector<SelectedFilesystem>& selected) {
+std::vector<std::vector<std::size_t>> mounted_beneath(
+    const MountTable& table, const std::vector<SelectedFilesystem>& selected) {
   std::map<DeviceId, std::vector<std::string>> mount_points;
   for (const auto& entry : table.entries) {
     if (!table.is_overmounted(entry)) {
@@ -89,7 +89,8 @@ std::vector<std::vector<std::size_t>> mounted_beneath(const MountTable& table,
       bool beneath = false;
       for (const auto& upper : mount_points[selected[i].mount.device]) {
         for (const auto& lower : mount_points[selected[j].mount.device]) {
-          beneath = beneath || (i != j && lower != upper && platform::path_is_beneath(lower, upper));
+          beneath =
+              beneath || (i != j && lower != upper && platform::path_is_beneath(lower, upper));
         }
       }
       if (beneath) {
@@ -331,8 +332,8 @@ Selection select_filesystems(const MountTable& table, const SelectionOptions& op
         // holds its upper directory holds every write made through it.
         auto upper = entry->super_option("upperdir");
         if (!upper) {
-          selection.skipped.push_back({path, entry->fstype, "overlay with no upper directory "
-                                                            "(read-only)"});
+          selection.skipped.push_back(
+              {path, entry->fstype, "overlay with no upper directory (read-only)"});
           continue;
         }
         const auto* holder = filesystem_holding(table, *upper, probe);
@@ -342,14 +343,14 @@ Selection select_filesystems(const MountTable& table, const SelectionOptions& op
           continue;
         }
         if (auto reason = mount_skip_reason(table, *holder)) {
-          selection.errors.emplace_back(
-              i, "'" + path + "' is an overlay whose upper directory '" + *upper +
-                     "' is on '" + holder->mount_point + "', which cannot be frozen: " + *reason);
+          selection.errors.emplace_back(i, "'" + path + "' is an overlay whose upper directory '" +
+                                               *upper + "' is on '" + holder->mount_point +
+                                               "', which cannot be frozen: " + *reason);
           continue;
         }
         pending_notes[holder->device].push_back("selected for the overlay " + path +
-                                                " (listed in mounts): it holds its upper "
-                                                "directory " + *upper);
+                                                " (listed in mounts): it holds its upper directory " +
+                                                *upper);
         choose(*holder);
         continue;
       }

@@ -50,7 +50,8 @@ class StorageProbe {
   [[nodiscard]] virtual std::optional<platform::DeviceId> device_of_path(
       const std::string& path) const;
   // st_rdev of a device node ("/dev/disk/by-label/x"), nullopt if not one.
-  [[nodiscard]] virtual std::optional<platform::DeviceId> device_node(const std::string& path) const;
+  [[nodiscard]] virtual std::optional<platform::DeviceId> device_node(
+      const std::string& path) const;
   // /proc/swaps.
   [[nodiscard]] virtual std::string swaps() const;
 
