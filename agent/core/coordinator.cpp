@@ -125,6 +125,9 @@ struct Coordinator::SessionWriter {
   bool released = false;  // its hold was released (thaw or abort ran): exactly once
   HoldReport hold;
   nlohmann::json artifacts = nullptr;
+  // What this session's identify returned (the fsfreeze writer's waves and
+  // their reasons, a database's paths...); null until it has.
+  nlohmann::json identity = nullptr;
 };
 
 struct Coordinator::Session {
@@ -423,6 +426,8 @@ Expected<nlohmann::json> Coordinator::run_create(Session& session) {
       if (result.finished && !result.error) {
         writer.slot->identity = result.scratch.identity;
         writer.slot->identify_error.reset();
+        writer.identity = {{"components", result.scratch.identity.components},
+                           {"metadata", result.scratch.identity.metadata}};
       } else {
         writer.slot->identify_error = result.error;
         writer.failed_phase = Phase::identify;
@@ -1057,7 +1062,8 @@ nlohmann::json Coordinator::status_locked(const Session& session) const {
                             {"level", to_string(writer.slot->spec.level)},
                             {"state", state},
                             {"error", error_json(writer.error)},
-                            {"timings_ms", timings}};
+                            {"timings_ms", timings},
+                            {"identity", writer.identity}};
     if (writer.timings_ms.contains(Phase::thaw)) {
       entry["hold"] = {{"continuous", writer.hold.continuous}, {"detail", writer.hold.detail}};
     }

@@ -267,6 +267,41 @@ std::string error_text(const json& error) {
   return text + field(error, "message");
 }
 
+// The freeze order a writer reports per component (the fsfreeze writer's
+// waves, what each filesystem is stored on, and why), with its notes.
+void print_freeze_order(const json& writers) {
+  std::vector<std::vector<std::string>> rows;
+  std::vector<std::string> notes;
+  for (const auto& writer : writers) {
+    if (!writer.contains("identity") || !writer["identity"].is_object()) {
+      continue;
+    }
+    for (const auto& component : writer["identity"].value("components", json::array())) {
+      if (!component.is_object() || !component.contains("wave")) {
+        continue;
+      }
+      std::string stored_on;
+      for (const auto& lower : component.value("stored_on", json::array())) {
+        stored_on += (stored_on.empty() ? "" : ",") + text_of(lower);
+      }
+      rows.push_back({field(writer, "name"), field(component, "wave"), field(component, "path"),
+                      field(component, "fstype"), stored_on.empty() ? "-" : stored_on,
+                      field(component, "wave_reason")});
+      for (const auto& note : component.value("notes", json::array())) {
+        notes.push_back(field(component, "path") + ": " + text_of(note));
+      }
+    }
+  }
+  if (rows.empty()) {
+    return;
+  }
+  std::cout << "freeze order (wave 0 first, thaw in reverse):\n";
+  print_table({"WRITER", "WAVE", "MOUNT", "FSTYPE", "STORED ON", "WHY"}, rows);
+  for (const auto& note : notes) {
+    std::cout << "  note: " << note << "\n";
+  }
+}
+
 void print_session(const json& session) {
   std::cout << "session " << field(session, "id") << "  state " << field(session, "state");
   if (session.contains("freeze_window_ms") && !session["freeze_window_ms"].is_null()) {
@@ -316,6 +351,7 @@ void print_session(const json& session) {
       rows.push_back(std::move(row));
     }
     print_table(header, rows);
+    print_freeze_order(writers);
   }
   if (session.contains("timings_ms") && session["timings_ms"].is_object() && !session["timings_ms"].empty()) {
     // Protocol order first (JSON objects come back sorted by name).
@@ -436,6 +472,7 @@ int command_writers(AgentClient& client, const Options& options) {
                       writer.contains("error") && !writer["error"].is_null() ? error_text(writer["error"]) : "-"});
     }
     print_table({"NAME", "TYPE", "LEVEL", "STATE", "COMPONENTS", "ERROR"}, rows);
+    print_freeze_order(result.body.value("writers", json::array()));
   }
   return exit_ok;
 }

@@ -283,7 +283,12 @@ Expected<Manifest> Checkpointer::create_production(const CreateOptions& options,
                   {"state", w.value("state", std::string())},
                   {"hold", w.value("hold", json(nullptr))},
                   {"timings_ms", w.value("timings_ms", json::object())}};
-    if (auto it = identity.find(entry["name"].get<std::string>()); it != identity.end()) {
+    // The session's own identify (agents since the storage graph report it)
+    // says what this checkpoint froze and in which order; older agents only
+    // answer GET /v1/writers.
+    if (w.contains("identity") && w["identity"].is_object()) {
+      entry["identity"] = w["identity"];
+    } else if (auto it = identity.find(entry["name"].get<std::string>()); it != identity.end()) {
       entry["identity"] = it->second.value("identity", json(nullptr));
     }
     m.writers.push_back(std::move(entry));

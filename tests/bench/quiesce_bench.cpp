@@ -3,12 +3,14 @@
 // footprint. Root only; it freezes nothing but the filesystems it creates.
 // Entry point: packaging/dev.sh bench (docs/performance.md).
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <iomanip>
 #include <iostream>
 #include <map>
@@ -20,6 +22,8 @@
 
 #include "host-bridge/client/agent_client.hpp"
 #include "tests/bench/bench_support.hpp"
+#include "tests/support/storage_layouts.hpp"
+#include "tests/support/write_probe.hpp"
 
 namespace fs = std::filesystem;
 using namespace quiesce::bench;
@@ -39,6 +43,12 @@ struct Options {
   fs::path bin_dir;
   std::string qga = "qemu-ga";
   bool with_qga = true;
+  // The `layouts` mode: stacked storage, sessions per layout and contender,
+  // and how long a session may take before it counts as hung.
+  bool layouts = false;
+  int layout_sessions = 20;
+  int hang_timeout_s = 10;
+  std::vector<std::string> layout_names;
 };
 
 void usage() {
@@ -46,8 +56,12 @@ void usage() {
                "                     [--idle-seconds S] [--dirty-kib K] [--counts 1,4,16]\n"
                "                     [--writers 1,8,32] [--out DIR] [--bin DIR] [--qga PATH]\n"
                "                     [--no-qga]\n"
+               "       quiesce_bench layouts [--sessions N] [--hang-timeout S] [--only a,b]\n"
+               "                     [--out DIR] [--bin DIR] [--qga PATH] [--no-qga]\n"
                "Run as root. Writes DIR/summary.csv, DIR/samples.csv, DIR/footprint.csv,\n"
-               "DIR/bench-hold.png (gnuplot) and prints the tables.\n";
+               "DIR/bench-hold.png (gnuplot) and prints the tables; `layouts` writes\n"
+               "DIR/layouts.csv: sessions on stacked storage (loop on loop, dm, btrfs,\n"
+               "overlay...) through Quiesce and qemu-ga, hung / left frozen / hold ms.\n";
 }
 
 std::vector<int> parse_list(const std::string& text) {
@@ -66,6 +80,10 @@ Options parse_options(int argc, char** argv) {
   options.bin_dir = fs::read_symlink("/proc/self/exe", ec).parent_path();
   for (int i = 1; i < argc; ++i) {
     std::string flag = argv[i];
+    if (flag == "layouts") {  // the mode, anywhere (dev.sh puts --out first)
+      options.layouts = true;
+      continue;
+    }
     auto value = [&]() -> std::string {
       if (i + 1 >= argc) {
         usage();
@@ -95,6 +113,16 @@ Options parse_options(int argc, char** argv) {
       options.qga = value();
     } else if (flag == "--no-qga") {
       options.with_qga = false;
+    } else if (flag == "--sessions") {
+      options.layout_sessions = std::stoi(value());
+    } else if (flag == "--hang-timeout") {
+      options.hang_timeout_s = std::stoi(value());
+    } else if (flag == "--only") {
+      std::stringstream names(value());
+      std::string name;
+      while (std::getline(names, name, ',')) {
+        options.layout_names.push_back(name);
+      }
     } else {
       usage();
       std::exit(flag == "--help" || flag == "-h" ? 0 : 64);
@@ -215,31 +243,43 @@ class Agent {
 
   Round round() {
     Round result;
-    const auto began = Clock::now();
-    auto created = client_->create_session(nlohmann::json::object());
-    expect(created, "create");
-    const std::string id = created.body["id"];
-    const auto freeze_sent = Clock::now();
-    expect(client_->freeze(id), "freeze");
-    auto thawed = client_->thaw(id);
-    result.hold_host_ms = ms_since(freeze_sent);
-    expect(thawed, "thaw");
-    if (thawed.body["verdict"]["continuous"] != true) {
-      throw std::runtime_error("the agent reported a broken hold: " + thawed.body.dump());
+    if (auto error = try_round(result); !error.empty()) {
+      throw std::runtime_error(error);
     }
-    result.hold_agent_ms = thawed.body["verdict"]["hold_ms"].get<double>();
-    expect(client_->complete(id, "bench"), "complete");
-    result.round_trip_ms = ms_since(began);
     return result;
   }
 
- private:
-  static void expect(const quiesce::client::Result& result, const char* what) {
-    if (!result.ok()) {
-      throw std::runtime_error(std::string("agent ") + what + " failed: " + result.raw_body);
+  // One session; the error ("" when it worked). A refused freeze leaves the
+  // session rolled back by the agent, and is aborted here all the same.
+  std::string try_round(Round& result) {
+    const auto began = Clock::now();
+    auto created = client_->create_session(nlohmann::json::object());
+    if (!created.ok()) {
+      return "agent create failed: " + created.raw_body;
     }
+    const std::string id = created.body["id"];
+    const auto freeze_sent = Clock::now();
+    if (auto frozen = client_->freeze(id); !frozen.ok()) {
+      (void)client_->abort(id);
+      return "agent freeze failed: " + frozen.raw_body;
+    }
+    auto thawed = client_->thaw(id);
+    result.hold_host_ms = ms_since(freeze_sent);
+    if (!thawed.ok()) {
+      return "agent thaw failed: " + thawed.raw_body;
+    }
+    if (thawed.body["verdict"]["continuous"] != true) {
+      return "the agent reported a broken hold: " + thawed.body.dump();
+    }
+    result.hold_agent_ms = thawed.body["verdict"]["hold_ms"].get<double>();
+    if (auto done = client_->complete(id, "bench"); !done.ok()) {
+      return "agent complete failed: " + done.raw_body;
+    }
+    result.round_trip_ms = ms_since(began);
+    return "";
   }
 
+ private:
   std::string socket_;
   std::unique_ptr<Child> child_;
   std::unique_ptr<quiesce::client::AgentClient> client_;
@@ -311,16 +351,44 @@ class Qga {
 
   // freeze-list sent -> thaw answered, after a guest-sync outside the window.
   double round(const std::vector<std::string>& mounts) {
-    client_->sync();
-    const auto sent = Clock::now();
-    auto frozen = client_->execute("guest-fsfreeze-freeze-list", {{"mountpoints", mounts}});
-    auto thawed = client_->execute("guest-fsfreeze-thaw");
-    const auto took = ms_since(sent);
+    double took = 0;
+    nlohmann::json frozen;
+    nlohmann::json thawed;
+    if (auto error = try_round(mounts, took, &frozen, &thawed); !error.empty()) {
+      throw std::runtime_error(error);
+    }
     if (frozen != static_cast<int>(mounts.size()) || thawed != static_cast<int>(mounts.size())) {
       throw std::runtime_error("qemu-ga froze " + frozen.dump() + " and thawed " + thawed.dump() +
                                " of " + std::to_string(mounts.size()));
     }
     return took;
+  }
+
+  // The same, returning the error ("" when both calls answered); an error
+  // answer to the freeze is followed by a thaw all the same.
+  std::string try_round(const std::vector<std::string>& mounts, double& took,
+                        nlohmann::json* frozen = nullptr, nlohmann::json* thawed = nullptr) {
+    try {
+      client_->sync();
+      const auto sent = Clock::now();
+      std::string error;
+      try {
+        auto answer = client_->execute("guest-fsfreeze-freeze-list", {{"mountpoints", mounts}});
+        if (frozen != nullptr) {
+          *frozen = answer;
+        }
+      } catch (const std::exception& failure) {
+        error = failure.what();
+      }
+      auto answer = client_->execute("guest-fsfreeze-thaw");
+      took = ms_since(sent);
+      if (thawed != nullptr) {
+        *thawed = answer;
+      }
+      return error;
+    } catch (const std::exception& failure) {
+      return failure.what();
+    }
   }
 
  private:
@@ -415,35 +483,45 @@ void print_table(const std::vector<std::string>& header,
   }
 }
 
+// A temp dir under /tmp, with a tmpfs inside it for the agents' run dirs
+// and qemu-ga's state dir, as /run is on a Debian guest: the fsfreeze
+// record (fsync'd) and qemu-ga's frozen flag cost what they cost in
+// production, not a disk flush. Both go away with it.
+struct Scratch {
+  fs::path dir;
+  fs::path run_fs;
+
+  explicit Scratch(const char* prefix) {
+    std::string path = std::string("/tmp/") + prefix + "-XXXXXX";
+    if (::mkdtemp(path.data()) == nullptr) {
+      throw std::runtime_error("mkdtemp failed");
+    }
+    dir = path;
+    run_fs = dir / "run";
+    fs::create_directories(run_fs);
+    if (run({"mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "quiesce-bench",
+             run_fs.string()}) != 0) {
+      throw std::runtime_error("cannot mount a tmpfs at " + run_fs.string());
+    }
+  }
+  ~Scratch() {
+    std::string ignored;
+    run({"umount", run_fs.string()}, &ignored);
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
 int run_bench(const Options& options) {
   const int max_count = *std::max_element(options.counts.begin(), options.counts.end());
   fs::create_directories(options.out_dir);
-  char dir_template[] = "/tmp/quiesce-bench-XXXXXX";
-  if (::mkdtemp(dir_template) == nullptr) {
-    throw std::runtime_error("mkdtemp failed");
-  }
-  const fs::path dir = dir_template;
+  const Scratch scratch("quiesce-bench");
+  const fs::path& dir = scratch.dir;
+  const fs::path& run_fs = scratch.run_fs;
   std::cout << "== setting up " << max_count << " loop-mounted ext4 filesystems in " << dir << "\n"
             << std::flush;
-  // The agents' run dirs and qemu-ga's state dir live on a tmpfs, as /run
-  // does on a Debian guest: the fsfreeze record (fsync'd) and qemu-ga's
-  // frozen flag cost what they cost in production, not a disk flush.
-  const fs::path run_fs = dir / "run";
-  fs::create_directories(run_fs);
-  if (run({"mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "quiesce-bench", run_fs.string()}) !=
-      0) {
-    throw std::runtime_error("cannot mount a tmpfs at " + run_fs.string());
-  }
-  struct Cleanup {
-    fs::path dir;
-    fs::path run_fs;
-    ~Cleanup() {
-      std::string ignored;
-      run({"umount", run_fs.string()}, &ignored);
-      std::error_code ec;
-      fs::remove_all(dir, ec);
-    }
-  } cleanup{dir, run_fs};
   LoopSet loops(dir, max_count, 64);
 
   Results results;
@@ -716,6 +794,178 @@ int run_bench(const Options& options) {
   return interrupted() ? 130 : 0;
 }
 
+// ---- layouts: stacked storage, Quiesce against qemu-guest-agent ----------
+
+struct LayoutTally {
+  int sessions = 0;
+  int hung = 0;
+  int left_frozen = 0;
+  int failed = 0;          // the freeze (or the session) answered an error
+  int foreign_thawed = 0;  // someone else's freeze found thawed afterwards
+  std::vector<double> hold_ms;
+  std::string first_error;
+};
+
+// Runs `session` with a deadline: past it, the watchdog thaws the layout's
+// filesystems lowest first (a freeze stuck on a frozen lower filesystem
+// then returns) and the session counts as hung; `kill` ends a contender
+// that still does not answer. Then checks nothing was left frozen.
+void timed_session(const quiesce::test::Layout& layout, quiesce::test::ThawWatchdog& watchdog,
+                   std::chrono::seconds timeout, LayoutTally& tally,
+                   const std::function<std::string(double&)>& session,
+                   const std::function<void()>& kill) {
+  ++tally.sessions;
+  double hold = 0;
+  watchdog.arm(timeout);
+  auto pending = std::async(std::launch::async, [&] { return session(hold); });
+  if (pending.wait_for(timeout + 5s) != std::future_status::ready) {
+    kill();
+  }
+  auto error = pending.get();
+  const bool hung = watchdog.disarm();
+  if (hung) {
+    ++tally.hung;
+    kill();
+  } else if (!error.empty()) {
+    ++tally.failed;
+  } else {
+    tally.hold_ms.push_back(hold);
+  }
+  if (!error.empty() && tally.first_error.empty()) {
+    tally.first_error = error;
+  }
+  bool any_frozen = false;
+  for (const auto& dir : layout.thawed_dirs) {
+    quiesce::test::WriteProbe probe(dir);
+    if (!probe.finished_within(2s)) {
+      any_frozen = true;
+      for (const auto& mount : layout.lowest_first) {
+        std::string ignored;
+        run({"fsfreeze", "-u", mount}, &ignored);
+      }
+    }
+  }
+  tally.left_frozen += any_frozen ? 1 : 0;
+  for (const auto& frozen : layout.frozen_dirs) {
+    // fsfreeze -f succeeds only on a filesystem no longer frozen: then
+    // someone else's freeze was thawed (and is now back for the next one).
+    std::string ignored;
+    if (layout.expect_busy && run({"fsfreeze", "-f", frozen}, &ignored) == 0) {
+      ++tally.foreign_thawed;
+    }
+  }
+}
+
+int run_layouts(const Options& options) {
+  fs::create_directories(options.out_dir);
+  const Scratch scratch("quiesce-bench-layouts");
+  auto names = options.layout_names.empty() ? quiesce::test::layout_names() : options.layout_names;
+  const std::chrono::seconds timeout(options.hang_timeout_s);
+  std::ofstream csv(options.out_dir / "layouts.csv");
+  csv << "layout,contender,sessions,hung,left_frozen,failed,foreign_thawed,hold_median_ms,"
+         "hold_p90_ms,first_error\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& name : names) {
+    if (interrupted()) {
+      break;
+    }
+    if (name == "dm-over-loop" && !quiesce::test::device_mapper_available()) {
+      std::cout << "== " << name << ": skipped, no device-mapper in this kernel\n";
+      rows.push_back({name, "skipped: no device-mapper", "-", "-", "-", "-", "-", "-", "-", "-"});
+      continue;
+    }
+    const auto layout_dir = scratch.dir / name;
+    fs::create_directories(layout_dir);
+    auto stack = quiesce::test::build_layout(name, layout_dir);
+    const auto& layout = stack->layout();
+    std::cout << "== " << name << ": " << options.layout_sessions << " sessions each\n"
+              << std::flush;
+    quiesce::test::ThawWatchdog watchdog(layout.lowest_first);
+    LayoutTally quiesce_tally;
+    LayoutTally qga_tally;
+    {
+      Agent agent(options.bin_dir, scratch.run_fs / ("agent-" + name), layout_dir / "state",
+                  nlohmann::json::array({fsfreeze_writer(layout.mounts)}));
+      for (int s = 0; s < options.layout_sessions && !interrupted(); ++s) {
+        for (const auto& dir : layout.data_dirs) {
+          (void)quiesce::test::write_unsynced(dir + "/bench-dirty", 2U << 20, s);
+        }
+        timed_session(
+            layout, watchdog, timeout, quiesce_tally,
+            [&](double& hold) {
+              Agent::Round round;
+              auto error = agent.try_round(round);
+              hold = round.hold_host_ms;
+              return error;
+            },
+            [&] { ::kill(agent.pid(), SIGKILL); });
+      }
+    }
+    if (options.with_qga) {
+      auto visible = layout.mounts;
+      visible.push_back(scratch.run_fs.string());
+      std::unique_ptr<Qga> qga;
+      for (int s = 0; s < options.layout_sessions && !interrupted(); ++s) {
+        if (!qga) {
+          qga = std::make_unique<Qga>(options.qga, scratch.run_fs / ("qga-" + name), visible);
+        }
+        for (const auto& dir : layout.data_dirs) {
+          (void)quiesce::test::write_unsynced(dir + "/bench-dirty", 2U << 20, s);
+        }
+        const int hung_before = qga_tally.hung;
+        timed_session(
+            layout, watchdog, timeout, qga_tally,
+            [&](double& hold) { return qga->try_round(layout.mounts, hold); },
+            [&] { ::kill(qga->pid(), SIGKILL); });
+        if (qga_tally.hung != hung_before) {
+          qga.reset();  // killed, or unsure of its state: a fresh one for the next session
+        }
+      }
+    }
+    for (const auto& [who, tally] :
+         {std::pair<std::string, const LayoutTally&>{"quiesce", quiesce_tally},
+          std::pair<std::string, const LayoutTally&>{"qemu-ga", qga_tally}}) {
+      if (tally.sessions == 0) {
+        continue;
+      }
+      auto hold = summarise(tally.hold_ms);
+      std::string error;
+      for (char c : tally.first_error.substr(0, 200)) {
+        error += c == '"' ? std::string("\"\"") : std::string(1, c);  // CSV: quotes doubled
+      }
+      csv << name << "," << who << "," << tally.sessions << "," << tally.hung << ","
+          << tally.left_frozen << "," << tally.failed << "," << tally.foreign_thawed << ","
+          << hold.median << "," << hold.p90 << ",\"" << error << "\"\n";
+    }
+    auto side = [](const LayoutTally& tally) {
+      std::ostringstream hold;
+      hold << std::fixed << std::setprecision(1) << summarise(tally.hold_ms).median;
+      return std::vector<std::string>{
+          std::to_string(tally.hung), std::to_string(tally.left_frozen),
+          std::to_string(tally.failed) +
+              (tally.foreign_thawed > 0
+                   ? " (" + std::to_string(tally.foreign_thawed) + " foreign thawed)"
+                   : ""),
+          tally.hold_ms.empty() ? "-" : hold.str()};
+    };
+    std::vector<std::string> row{name, std::to_string(quiesce_tally.sessions)};
+    for (const auto& cell : side(quiesce_tally)) {
+      row.push_back(cell);
+    }
+    for (const auto& cell : options.with_qga ? side(qga_tally) : std::vector<std::string>(4, "-")) {
+      row.push_back(cell);
+    }
+    rows.push_back(row);
+  }
+  std::cout << "\nStacked storage: sessions per layout, Quiesce | qemu-ga (hang timeout "
+            << options.hang_timeout_s << " s; hold = freeze sent -> thaw answered)\n\n";
+  print_table({"layout", "sessions", "Q hung", "Q left frozen", "Q failed", "Q hold ms", "qga hung",
+               "qga left frozen", "qga failed", "qga hold ms"},
+              rows);
+  std::cout << "\nWrote " << (options.out_dir / "layouts.csv").string() << "\n";
+  return interrupted() ? 130 : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -726,7 +976,7 @@ int main(int argc, char** argv) {
   }
   install_interrupt_handler();
   try {
-    return run_bench(options);
+    return options.layouts ? run_layouts(options) : run_bench(options);
   } catch (const std::exception& error) {
     std::cerr << "quiesce_bench: " << error.what() << "\n";
     return 1;

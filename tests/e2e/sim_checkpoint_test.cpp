@@ -145,6 +145,8 @@ TEST_CASE("sim: production checkpoint, more writes, apply with --save-current ke
   REQUIRE(cp->writers.size() == 1);
   CHECK(cp->writers[0]["type"] == "fsfreeze");
   CHECK(cp->writers[0]["identity"].is_object());
+  // The session's own identify: what was frozen, in which wave, and why.
+  CHECK(cp->writers[0]["identity"]["components"][0].contains("wave_reason"));
   CHECK(cp->artifacts.contains("fs"));
   for (const char* phase : {"identify", "prepare", "freeze", "snapshot", "thaw", "complete", "total"}) {
     CHECK_MESSAGE(cp->timings_ms.contains(phase), phase);

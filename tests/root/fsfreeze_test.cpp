@@ -11,12 +11,10 @@
 #include <iostream>
 #include <thread>
 
-#include <spdlog/sinks/null_sink.h>
-#include <spdlog/spdlog.h>
-
 #include "platform/linux/freeze_holder_client.hpp"
 #include "platform/linux/mountinfo.hpp"
 #include "quiesce/writer_registry.hpp"
+#include "tests/root/fsfreeze_under_test.hpp"
 #include "tests/root/loop_fs.hpp"
 #include "tests/support/processes.hpp"
 #include "tests/support/temp_dir.hpp"
@@ -27,30 +25,12 @@
 using namespace std::chrono_literals;
 using quiesce::Clock;
 using quiesce::test::LoopFs;
+using quiesce::test::WriterUnderTest;
 using quiesce::test::WriteProbe;
 using quiesce::test::message_of;
 using quiesce::test::writable_within;
 
 namespace {
-
-std::shared_ptr<spdlog::logger> null_logger() {
-  return std::make_shared<spdlog::logger>("fsfreeze-test",
-                                          std::make_shared<spdlog::sinks::null_sink_mt>());
-}
-
-struct WriterUnderTest {
-  quiesce::WriterRegistry registry;
-  std::unique_ptr<quiesce::Writer> writer;
-  std::string run_dir;
-
-  WriterUnderTest(const std::string& run_directory, nlohmann::json options)
-      : run_dir(run_directory) {
-    quiesce::writers::register_fsfreeze_writer(registry);
-    options["holder_path"] = quiesce::test::built_binary("quiesce-freeze-holder").string();
-    quiesce::WriterSpec spec{"fsfreeze", "fs", quiesce::Level::filesystem, options};
-    writer = registry.find("fsfreeze")->create(spec, {null_logger(), run_dir, run_dir});
-  }
-};
 
 // The hold's length is the one thing these tests vary: the holder thaws by
 // itself at its end.
@@ -326,7 +306,7 @@ TEST_CASE("fsfreeze: recover_stale_fsfreeze thaws what a record lists, and only 
   auto path = quiesce::writers::fsfreeze::record_path(run_dir, "fs");
   REQUIRE(quiesce::writers::fsfreeze::write_record(path, record) == "");
 
-  auto report = quiesce::writers::recover_stale_fsfreeze(run_dir, *null_logger());
+  auto report = quiesce::writers::recover_stale_fsfreeze(run_dir, *quiesce::test::null_logger());
   CHECK(report.thawed == std::vector<std::string>{listed.mount_point()});
   CHECK(report.skipped.size() == 1);
   CHECK(report.failed.empty());
@@ -339,7 +319,7 @@ TEST_CASE("fsfreeze: recover_stale_fsfreeze thaws what a record lists, and only 
 
   // Run again on a record whose filesystem is not frozen: nothing to do.
   REQUIRE(quiesce::writers::fsfreeze::write_record(path, record) == "");
-  report = quiesce::writers::recover_stale_fsfreeze(run_dir, *null_logger());
+  report = quiesce::writers::recover_stale_fsfreeze(run_dir, *quiesce::test::null_logger());
   CHECK(report.thawed.empty());
   CHECK(report.not_frozen == std::vector<std::string>{listed.mount_point()});
 }

@@ -1,17 +1,9 @@
 #include "tests/root/loop_fs.hpp"
 
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <atomic>
-#include <chrono>
-#include <thread>
-
 #include <doctest/doctest.h>
 
 #include "tests/support/processes.hpp"
+#include "tests/support/storage_layouts.hpp"
 
 // Every case in this binary needs root (loop devices, mount, FIFREEZE).
 extern "C" int quiesce_tests_need_root() { return 1; }
@@ -29,16 +21,6 @@ int default_size_mb(const std::string& fstype) {
     return 128;
   }
   return 64;
-}
-
-std::vector<std::string> mkfs_command(const std::string& fstype, const std::string& device) {
-  if (fstype == "ext4") {
-    return {"mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", device};
-  }
-  if (fstype == "xfs") {
-    return {"mkfs.xfs", "-q", "-f", device};
-  }
-  return {"mkfs.btrfs", "-q", "-f", device};
 }
 
 }  // namespace
@@ -93,58 +75,6 @@ LoopFs::~LoopFs() {
   }
   std::error_code ec;
   std::filesystem::remove(image_, ec);
-}
-
-WriteProbe::WriteProbe(const std::string& directory) {
-  static std::atomic<int> counter{0};
-  const std::string path = directory + "/probe-" + std::to_string(::getpid()) + "-" +
-                           std::to_string(counter++);
-  pid_ = ::fork();
-  REQUIRE(pid_ >= 0);
-  if (pid_ == 0) {
-    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-      ::_exit(2);
-    }
-    const char data[] = "quiesce write probe\n";
-    if (::write(fd, data, sizeof data) != static_cast<ssize_t>(sizeof data) || ::fsync(fd) != 0) {
-      ::_exit(3);
-    }
-    ::close(fd);
-    ::_exit(0);
-  }
-}
-
-WriteProbe::~WriteProbe() {
-  if (pid_ > 0 && !done_) {
-    // Blocked on a frozen filesystem that the test's cleanup thaws: the kill
-    // lands once the write returns. Wait a bounded time so no zombie stays.
-    ::kill(pid_, SIGKILL);
-    (void)finished_within(std::chrono::seconds(5));
-  }
-}
-
-bool WriteProbe::finished_within(std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!done_) {
-    int status = 0;
-    pid_t r = ::waitpid(pid_, &status, WNOHANG);
-    if (r == pid_) {
-      done_ = true;
-      ok_ = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-      break;
-    }
-    if (std::chrono::steady_clock::now() >= deadline) {
-      return false;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return ok_;
-}
-
-bool writable_within(const std::string& directory, std::chrono::milliseconds timeout) {
-  WriteProbe probe(directory);
-  return probe.finished_within(timeout);
 }
 
 }  // namespace quiesce::test

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/support/write_probe.hpp"
+
 namespace quiesce::test {
 
 class LoopFs {
@@ -42,26 +44,5 @@ void must_run(const std::vector<std::string>& argv);
 // Unmounts `path` (thawing it first, in case a test left it frozen), lazily
 // if a normal unmount fails.
 void unmount(const std::string& path);
-
-// A write (create + write + fsync a new file) in a child process, so that a
-// frozen filesystem blocks the child and not the test.
-class WriteProbe {
- public:
-  explicit WriteProbe(const std::string& directory);
-  ~WriteProbe();
-  WriteProbe(const WriteProbe&) = delete;
-  WriteProbe& operator=(const WriteProbe&) = delete;
-  // True when the write finished (successfully) within `timeout`.
-  [[nodiscard]] bool finished_within(std::chrono::milliseconds timeout);
-
- private:
-  pid_t pid_ = -1;
-  bool done_ = false;
-  bool ok_ = false;
-};
-
-// True when a write to `directory` completes within `timeout` (the
-// filesystem is not frozen). A probe that blocks is left to finish later.
-[[nodiscard]] bool writable_within(const std::string& directory, std::chrono::milliseconds timeout);
 
 }  // namespace quiesce::test

@@ -28,7 +28,24 @@ struct FakeAgent {
                    {"level", "filesystem"},
                    {"state", state == "failed" ? "failed_at_freeze" : state},
                    {"error", nullptr},
-                   {"timings_ms", {{"prepare", 1.5}, {"freeze", 10.25}}}};
+                   {"timings_ms", {{"prepare", 1.5}, {"freeze", 10.25}}},
+                   {"identity",
+                    {{"components",
+                      {{{"kind", "filesystem"},
+                        {"path", "/srv/upper"},
+                        {"fstype", "ext4"},
+                        {"wave", 0},
+                        {"wave_reason", "first; on loop1, image /srv/lower/upper.img on /srv/lower"},
+                        {"stored_on", {"/srv/lower"}},
+                        {"notes", json::array()}},
+                       {{"kind", "filesystem"},
+                        {"path", "/srv/lower"},
+                        {"fstype", "xfs"},
+                        {"wave", 1},
+                        {"wave_reason", "after /srv/upper (stored on it)"},
+                        {"stored_on", json::array()},
+                        {"notes", {"swap file /srv/lower/swap is on it"}}}}},
+                     {"metadata", json::object()}}}};
     json status = {{"id", "s1"},       {"state", state},        {"checkpoint_id", nullptr},
                    {"freeze_window_ms", 10000}, {"writers", {writer}}, {"timings_ms", {{"prepare", 1.5}}},
                    {"verdict", nullptr}, {"artifacts", json::object()}, {"error", nullptr}};
@@ -229,6 +246,13 @@ TEST_CASE("quiescectl: status, writers, session show, and exit codes") {
   output.clear();
   CHECK(ctl({"--socket", fixture.socket, "--json", "session", "show", "s1"}, &output) == 0);
   CHECK(json::parse(output)["state"] == "frozen");
+
+  // The freeze order each filesystem got, and why, from the session's identify.
+  output.clear();
+  CHECK(ctl({"--socket", fixture.socket, "session", "show", "s1"}, &output) == 0);
+  CHECK(output.find("freeze order") != std::string::npos);
+  CHECK(output.find("after /srv/upper (stored on it)") != std::string::npos);
+  CHECK(output.find("note: /srv/lower: swap file /srv/lower/swap is on it") != std::string::npos);
 
   output.clear();
   CHECK(ctl({"--socket", fixture.socket, "session", "show", "nope"}, &output) == 1);

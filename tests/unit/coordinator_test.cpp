@@ -105,6 +105,10 @@ TEST_CASE("a session walks every phase: freeze by level, thaw in exact reverse")
            {"db", Level::database, {}, {}}});
   auto id = rig.create();
   CHECK(rig.status(id)["state"] == "prepared");
+  // The session status carries what each writer's identify returned.
+  for (const auto& writer : rig.status(id)["writers"]) {
+    CHECK(writer["identity"]["components"][0]["name"] == writer["name"]);
+  }
   auto frozen = rig.coordinator->freeze(id);
   REQUIRE(frozen.ok());
   CHECK(frozen.value()["state"] == "frozen");

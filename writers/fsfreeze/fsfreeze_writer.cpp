@@ -116,7 +116,8 @@ FsfreezeOptions parse_options(const nlohmann::json& json, const platform::MountT
 
   // Listed mounts must be mount points of something freezable now; a typo
   // found at start beats a freeze that fails at 3 a.m.
-  auto selection = fsfreeze::select_filesystems(table, options.selection);
+  const fsfreeze::StorageProbe probe;
+  auto selection = fsfreeze::select_filesystems(table, options.selection, &probe);
   if (!selection.errors.empty()) {
     const auto& [index, message] = selection.errors.front();
     throw FieldError(fields.path_of("mounts") + "[" + std::to_string(index) + "]", message);
@@ -250,7 +251,10 @@ class FsfreezeWriter final : public Writer {
                                 {"source", filesystem.mount.source},
                                 {"device", filesystem.mount.device.to_string()},
                                 {"also_mounted_at", filesystem.other_mount_points},
-                                {"wave", filesystem.wave}});
+                                {"wave", filesystem.wave},
+                                {"wave_reason", filesystem.wave_reason},
+                                {"stored_on", filesystem.stored_on},
+                                {"notes", filesystem.notes}});
     }
     nlohmann::json skipped = nlohmann::json::array();
     for (const auto& mount : selection.skipped) {
@@ -423,7 +427,7 @@ class FsfreezeWriter final : public Writer {
     if (!table.table) {
       return Status::non_retryable(table.error);
     }
-    selection = fsfreeze::select_filesystems(*table.table, options_.selection);
+    selection = fsfreeze::select_filesystems(*table.table, options_.selection, &probe_);
     if (!selection.errors.empty()) {
       std::vector<std::string> messages;
       for (const auto& [index, message] : selection.errors) {
@@ -620,6 +624,7 @@ class FsfreezeWriter final : public Writer {
   FsfreezeOptions options_;
   WriterEnvironment env_;
   std::string record_path_;
+  fsfreeze::StorageProbe probe_;  // the real /sys, stat and loop ioctls
   std::unique_ptr<HolderClient> holder_;
   std::vector<std::unique_ptr<HolderClient>> retired_;  // see retire_holder()
   std::unique_ptr<HolderWatch> watch_;                   // while frozen

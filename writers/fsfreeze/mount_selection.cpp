@@ -65,10 +65,17 @@ std::optional<std::string> mount_skip_reason(const MountTable& table, const Moun
   return std::nullopt;
 }
 
-// Orders the selected filesystems: a filesystem with a mount beneath one of
-// another filesystem's mounts freezes first (longest-path layering), "/"
-// last of all.
-void assign_waves(const MountTable& table, std::vector<SelectedFilesystem>& selected) {
+// "first freezes before then", and why.
+struct Constraint {
+  enum class Kind { stored, mounted, fuse };
+  std::size_t first = 0;
+  std::size_t then = 0;
+  Kind kind = Kind::stored;
+};
+
+// below[i]: filesystems with a mount strictly beneath one of i's mounts.
+std::vector<std::vector<std::size_t>> mounted_beneath(
+    const MountTable& table, const std::vector<SelectedFilesystem>& selected) {
   std::map<DeviceId, std::vector<std::string>> mount_points;
   for (const auto& entry : table.entries) {
     if (!table.is_overmounted(entry)) {
@@ -76,19 +83,14 @@ void assign_waves(const MountTable& table, std::vector<SelectedFilesystem>& sele
     }
   }
   const auto count = selected.size();
-  // below[i]: filesystems with a mount strictly beneath one of i's mounts.
   std::vector<std::vector<std::size_t>> below(count);
   for (std::size_t i = 0; i < count; ++i) {
     for (std::size_t j = 0; j < count; ++j) {
-      if (i == j) {
-        continue;
-      }
       bool beneath = false;
       for (const auto& upper : mount_points[selected[i].mount.device]) {
         for (const auto& lower : mount_points[selected[j].mount.device]) {
-          if (lower != upper && platform::path_is_beneath(lower, upper)) {
-            beneath = true;
-          }
+          beneath =
+              beneath || (i != j && lower != upper && platform::path_is_beneath(lower, upper));
         }
       }
       if (beneath) {
@@ -96,9 +98,85 @@ void assign_waves(const MountTable& table, std::vector<SelectedFilesystem>& sele
       }
     }
   }
-  // Depth-first; a cycle (possible with bind mounts going both ways) is cut
-  // where it is found, which still freezes each filesystem exactly once.
+  return below;
+}
+
+// reach[i][j]: i must freeze before j through "stored on" edges alone.
+std::vector<std::vector<bool>> storage_reach(std::size_t count, const StorageGraph& graph) {
+  std::vector<std::vector<bool>> reach(count, std::vector<bool>(count, false));
+  for (const auto& edge : graph.edges) {
+    reach[edge.upper][edge.lower] = true;
+  }
+  for (std::size_t k = 0; k < count; ++k) {
+    for (std::size_t i = 0; i < count; ++i) {
+      for (std::size_t j = 0; reach[i][k] && j < count; ++j) {
+        reach[i][j] = reach[i][j] || reach[k][j];
+      }
+    }
+  }
+  return reach;
+}
+
+// Orders the selected filesystems: wave = the longest path over "stored on"
+// edges (a filesystem freezes before what it is stored on) and mount-path
+// layering (a filesystem mounted beneath another freezes first); "/" alone
+// last. Independent branches share a wave and freeze in parallel.
+void assign_waves(const MountTable& table, const StorageGraph& graph,
+                  std::vector<SelectedFilesystem>& selected) {
+  const auto count = selected.size();
+  auto point = [&](std::size_t i) -> const std::string& { return selected[i].mount.mount_point; };
+  std::vector<Constraint> constraints;
+  std::vector<std::vector<std::size_t>> before(count);  // constraint indexes, by `then`
+  auto add = [&](std::size_t first, std::size_t then, Constraint::Kind kind) {
+    before[then].push_back(constraints.size());
+    constraints.push_back({first, then, kind});
+  };
+  for (const auto& edge : graph.edges) {
+    add(edge.upper, edge.lower, Constraint::Kind::stored);
+    auto& stored_on = selected[edge.upper].stored_on;
+    if (std::find(stored_on.begin(), stored_on.end(), point(edge.lower)) == stored_on.end()) {
+      stored_on.push_back(point(edge.lower));
+    }
+  }
+  const auto reach = storage_reach(count, graph);
+  const auto below = mounted_beneath(table, selected);
+  for (std::size_t i = 0; i < count; ++i) {
+    for (auto j : below[i]) {
+      if (reach[i][j]) {
+        // Mount order is a habit, storage order is what avoids a deadlock.
+        selected[j].notes.push_back("mounted beneath " + point(i) + ", but " + point(i) +
+                                    " is stored on it: it freezes after " + point(i));
+        continue;
+      }
+      add(j, i, Constraint::Kind::mounted);
+    }
+  }
+  // Which filesystems must freeze before i, through any constraint so far.
+  std::vector<std::vector<bool>> ancestor(count, std::vector<bool>(count, false));
+  for (const auto& constraint : constraints) {
+    ancestor[constraint.then][constraint.first] = true;
+  }
+  for (std::size_t k = 0; k < count; ++k) {
+    for (std::size_t i = 0; i < count; ++i) {
+      for (std::size_t j = 0; ancestor[i][k] && j < count; ++j) {
+        ancestor[i][j] = ancestor[i][j] || ancestor[k][j];
+      }
+    }
+  }
+  // Resting on FUSE, a filesystem may be stored on any of the others
+  // through the daemon: it goes before all that need not go before it.
+  for (std::size_t f = 0; f < count; ++f) {
+    for (std::size_t x = 0; graph.on_fuse[f] && x < count; ++x) {
+      if (x != f && !graph.on_fuse[x] && !ancestor[f][x]) {
+        add(f, x, Constraint::Kind::fuse);
+      }
+    }
+  }
+
+  // Longest path, depth-first; a cycle is cut where it is found (and said),
+  // which still freezes each filesystem exactly once.
   std::vector<int> wave(count, -1);
+  std::vector<std::optional<std::size_t>> decided_by(count);  // the constraint that set the wave
   std::vector<bool> visiting(count, false);
   std::function<int(std::size_t)> height = [&](std::size_t i) -> int {
     if (wave[i] >= 0) {
@@ -106,9 +184,16 @@ void assign_waves(const MountTable& table, std::vector<SelectedFilesystem>& sele
     }
     visiting[i] = true;
     int result = 0;
-    for (auto j : below[i]) {
-      if (!visiting[j]) {
-        result = std::max(result, height(j) + 1);
+    for (auto c : before[i]) {
+      const auto first = constraints[c].first;
+      if (visiting[first]) {
+        selected[i].notes.push_back("ordering cycle with " + point(first) +
+                                    ": cut, it is not held to freeze after " + point(first));
+        continue;
+      }
+      if (height(first) + 1 > result) {
+        result = height(first) + 1;
+        decided_by[i] = c;
       }
     }
     visiting[i] = false;
@@ -120,10 +205,40 @@ void assign_waves(const MountTable& table, std::vector<SelectedFilesystem>& sele
     last = std::max(last, height(i));
   }
   for (std::size_t i = 0; i < count; ++i) {
-    selected[i].wave = wave[i];
-    if (selected[i].mount.mount_point == "/") {
-      selected[i].wave = last + 1;
+    auto& filesystem = selected[i];
+    filesystem.wave = wave[i];
+    std::string storage;
+    for (const auto& edge : graph.edges) {
+      if (edge.upper == i) {
+        storage += (storage.empty() ? "" : "; ") + edge.how;
+      }
     }
+    if (filesystem.mount.mount_point == "/" && storage.empty()) {
+      filesystem.wave = last + 1;
+      filesystem.wave_reason = "root filesystem: last";
+      continue;
+    }
+    std::string why = "first: nothing is stored on it or mounted beneath it";
+    if (decided_by[i]) {
+      const auto& constraint = constraints[*decided_by[i]];
+      const auto& first = point(constraint.first);
+      switch (constraint.kind) {
+        case Constraint::Kind::stored:
+          why = "after " + first + " (stored on it)";
+          break;
+        case Constraint::Kind::mounted:
+          why = "after " + first + " (mounted beneath it)";
+          break;
+        case Constraint::Kind::fuse:
+          why = "after " + first + " (it rests on FUSE and goes first)";
+          break;
+      }
+    } else if (graph.on_fuse[i]) {
+      why = "first: rests on FUSE, whose daemon's storage is unknown";
+    } else if (!storage.empty()) {
+      why = "first";
+    }
+    filesystem.wave_reason = storage.empty() ? why : why + "; " + storage;
   }
   std::sort(selected.begin(), selected.end(), [](const auto& a, const auto& b) {
     return a.wave != b.wave ? a.wave < b.wave : a.mount.mount_point < b.mount.mount_point;
@@ -173,14 +288,18 @@ std::optional<std::string> unfreezable_reason(const std::string& fstype) {
   return std::nullopt;
 }
 
-Selection select_filesystems(const MountTable& table, const SelectionOptions& options) {
+Selection select_filesystems(const MountTable& table, const SelectionOptions& options,
+                             const StorageProbe* probe) {
   Selection selection;
+  std::map<DeviceId, std::vector<std::string>> pending_notes;  // by device, for chosen ones
   std::map<DeviceId, std::size_t> chosen;  // device -> index into filesystems
 
   auto choose = [&](const MountEntry& entry) {
     auto [it, inserted] = chosen.emplace(entry.device, selection.filesystems.size());
     if (inserted) {
-      selection.filesystems.push_back(SelectedFilesystem{entry, {}, 0});
+      SelectedFilesystem filesystem;
+      filesystem.mount = entry;
+      selection.filesystems.push_back(std::move(filesystem));
       return;
     }
     // Another mount of a filesystem already chosen: prefer the one that
@@ -206,6 +325,33 @@ Selection select_filesystems(const MountTable& table, const SelectionOptions& op
                    (holder != nullptr ? " (it is on the filesystem mounted at '" +
                                             holder->mount_point + "')"
                                       : ""));
+        continue;
+      }
+      if (entry->fstype == "overlay") {
+        // An overlay has no freeze of its own: freezing the filesystem that
+        // holds its upper directory holds every write made through it.
+        auto upper = entry->super_option("upperdir");
+        if (!upper) {
+          selection.skipped.push_back(
+              {path, entry->fstype, "overlay with no upper directory (read-only)"});
+          continue;
+        }
+        const auto* holder = filesystem_holding(table, *upper, probe);
+        if (holder == nullptr) {
+          selection.errors.emplace_back(i, "'" + path + "' is an overlay whose upper directory '" +
+                                               *upper + "' is on no filesystem found");
+          continue;
+        }
+        if (auto reason = mount_skip_reason(table, *holder)) {
+          selection.errors.emplace_back(i, "'" + path + "' is an overlay whose upper directory '" +
+                                               *upper + "' is on '" + holder->mount_point +
+                                               "', which cannot be frozen: " + *reason);
+          continue;
+        }
+        pending_notes[holder->device].push_back("selected for the overlay " + path +
+                                                " (listed in mounts): it holds its upper directory " +
+                                                *upper);
+        choose(*holder);
         continue;
       }
       if (auto reason = unfreezable_reason(entry->fstype)) {
@@ -262,7 +408,20 @@ Selection select_filesystems(const MountTable& table, const SelectionOptions& op
     }
   }
   fill_other_mount_points(table, selection.filesystems);
-  assign_waves(table, selection.filesystems);
+  StorageGraph graph;
+  if (probe != nullptr) {
+    graph = build_storage_graph(table, selection.filesystems, *probe);
+  } else {
+    graph.notes.resize(selection.filesystems.size());
+    graph.on_fuse.assign(selection.filesystems.size(), false);
+  }
+  for (std::size_t i = 0; i < selection.filesystems.size(); ++i) {
+    auto& notes = selection.filesystems[i].notes;
+    notes.insert(notes.end(), graph.notes[i].begin(), graph.notes[i].end());
+    notes.insert(notes.end(), pending_notes[selection.filesystems[i].mount.device].begin(),
+                 pending_notes[selection.filesystems[i].mount.device].end());
+  }
+  assign_waves(table, graph, selection.filesystems);
   return selection;
 }
 

@@ -1,12 +1,15 @@
 #pragma once
-// Which filesystems the fsfreeze writer freezes, worked out from a mount
-// table alone (no system calls), so it can be tested on recorded samples.
+// Which filesystems the fsfreeze writer freezes, and in which order, worked
+// out from a mount table and what the storage graph learns through a
+// StorageProbe (sysfs under an injected root), so it can be tested on
+// recorded samples and fake sysfs trees.
 
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "platform/linux/mountinfo.hpp"
+#include "writers/fsfreeze/storage_graph.hpp"
 
 namespace quiesce::writers::fsfreeze {
 
@@ -22,9 +25,13 @@ struct SelectedFilesystem {
   platform::MountEntry mount;                 // the mount whose path is opened
   std::vector<std::string> other_mount_points;  // bind mounts, other subvolumes
   // Freeze order: waves go up, the filesystems of one wave freeze in
-  // parallel. A filesystem mounted beneath another is in an earlier wave;
-  // "/" is alone in the last one.
+  // parallel. A filesystem freezes before every filesystem it is stored on
+  // (loop image, device-mapper, partition...) and before the filesystems it
+  // is mounted beneath; "/" is alone in the last wave.
   int wave = 0;
+  std::string wave_reason;             // "after /srv/a (mounted beneath it)"
+  std::vector<std::string> stored_on;  // mount points of the selected filesystems beneath it
+  std::vector<std::string> notes;      // what could not be ordered safely, or is worth knowing
 };
 
 struct SkippedMount {
@@ -45,7 +52,11 @@ struct Selection {
 // filesystem"...), or nullopt when it may be.
 [[nodiscard]] std::optional<std::string> unfreezable_reason(const std::string& fstype);
 
+// With a probe, the waves follow the storage graph as well as the mount
+// paths, and an explicitly listed overlay selects the filesystem holding its
+// upper directory. Without one, mount paths alone order the waves.
 [[nodiscard]] Selection select_filesystems(const platform::MountTable& table,
-                                           const SelectionOptions& options);
+                                           const SelectionOptions& options,
+                                           const StorageProbe* probe = nullptr);
 
 }  // namespace quiesce::writers::fsfreeze
