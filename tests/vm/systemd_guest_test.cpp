@@ -1,0 +1,368 @@
+// Issue #19, item 5 (systemd part): the agent installed as a systemd service
+// in a real Debian 12 guest, "/" frozen by the fsfreeze writer in `all` mode,
+// journald persistent on "/", dirty data on "/" before every session. While
+// "/" is frozen the agent is hung (SIGSTOP, the watchdog fires), the unit is
+// SIGKILLed whole, stopped, restarted, or the freeze holder alone is
+// SIGKILLed. After each: "/" is writable again within the freeze window + 1 s
+// of the freeze request (guest clock), the unit is active again, and the next
+// session freezes with a continuous verdict.
+//
+// One guest boot for the whole binary (GuestVm, shared); the cases run in
+// sequence. docs/testing-in-a-guest.md says how to debug a failure.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <iomanip>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/support/processes.hpp"
+#include "tests/vm/guest_vm.hpp"
+
+extern "C" int quiesce_tests_need_root() { return 1; }
+
+namespace {
+
+using quiesce::test::GuestResult;
+using quiesce::test::GuestVm;
+using namespace std::chrono_literals;
+
+// The session's freeze window. The unit's drop-in (tests/vm/guest/payload/
+// quiesce-agent-test.conf) keeps WatchdogSec above it.
+constexpr int window_ms = 3000;
+constexpr double window_s = window_ms / 1000.0;
+// How long a try waits for "/" before it rescues the guest with FITHAW so the
+// next tries can run: long enough to tell "late" from "never".
+constexpr double give_up_after_s = window_s + 25;
+
+int tries_per_case() {
+  if (const char* env = std::getenv("QUIESCE_VM_TRIES")) {
+    return std::max(1, std::atoi(env));
+  }
+  return 20;
+}
+
+std::string trim(std::string text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) {
+    text.pop_back();
+  }
+  return text;
+}
+
+// One boot for the binary; a boot that failed is not tried again.
+GuestVm& guest() {
+  static std::unique_ptr<GuestVm> vm;
+  static std::string boot_error;
+  if (!vm && boot_error.empty()) {
+    try {
+      GuestVm::Options options;
+      options.build_dir = QUIESCE_BUILD_DIR;
+      vm = std::make_unique<GuestVm>(options);
+      std::cout << "guest: image " << vm->image_dir().filename().string()
+                << (vm->image_seconds() > 0 ? " built in " + std::to_string(vm->image_seconds()) + " s"
+                                            : std::string(" (cached)"))
+                << ", boot to runner ready " << std::fixed << std::setprecision(1) << vm->boot_seconds()
+                << " s, console " << vm->console_log() << "\n";
+    } catch (const std::exception& e) {
+      boot_error = e.what();
+    }
+  }
+  if (!vm) {
+    FAIL("the guest did not boot: " << boot_error);
+  }
+  return *vm;
+}
+
+GuestResult must(GuestVm& vm, const std::string& command, std::chrono::seconds limit = 30s) {
+  auto result = vm.run(command, limit);
+  if (!result.ok()) {
+    throw std::runtime_error("'" + command + "' exited " + std::to_string(result.exit_code) + ": " +
+                             trim(result.output));
+  }
+  return result;
+}
+
+struct UnitState {
+  std::string active;  // ActiveState
+  std::string sub;     // SubState
+  long main_pid = 0;
+};
+
+UnitState unit_state(GuestVm& vm) {
+  const auto r = vm.run("systemctl show -p ActiveState -p SubState -p MainPID quiesce-agent.service");
+  std::istringstream lines(r.output);
+  UnitState state;
+  std::string line;
+  while (std::getline(lines, line)) {
+    const auto eq = line.find('=');
+    if (eq == std::string::npos) {
+      continue;
+    }
+    const auto key = line.substr(0, eq);
+    const auto value = line.substr(eq + 1);
+    if (key == "ActiveState") {
+      state.active = value;
+    } else if (key == "SubState") {
+      state.sub = value;
+    } else if (key == "MainPID") {
+      state.main_pid = std::atol(value.c_str());
+    }
+  }
+  return state;
+}
+
+// Waits until the unit is active (READY=1 sent) with a main pid other than
+// `not_pid`; returns false at the deadline.
+bool wait_active(GuestVm& vm, long not_pid, std::chrono::seconds timeout, UnitState* last) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    *last = unit_state(vm);
+    if (last->active == "active" && last->main_pid > 0 && last->main_pid != not_pid) {
+      return true;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return false;
+    }
+    std::this_thread::sleep_for(200ms);
+  }
+}
+
+enum class Fault { stop_agent, kill_unit, stop_unit, restart_unit, kill_holder };
+
+struct Try {
+  bool ok = true;
+  double to_writable = -1;  // seconds from the freeze request to "/" writable
+  std::string failure;
+  std::string journal;  // an excerpt, for the first failure
+};
+
+struct CaseReport {
+  std::string name;
+  std::vector<double> to_writable;
+  std::vector<std::string> failures;
+};
+
+void fail(Try& t, const std::string& what) {
+  t.ok = false;
+  t.failure += (t.failure.empty() ? "" : "; ") + what;
+}
+
+Try one_try(GuestVm& vm, Fault fault, int number) {
+  Try t;
+  must(vm, "qt-dirty 8");
+  const long agent_pid = unit_state(vm).main_pid;
+
+  const auto held = vm.run("qt-hold " + std::to_string(window_ms), 60s);
+  std::istringstream fields(held.output);
+  std::string session;
+  double requested = 0;
+  double answered = 0;
+  std::string state;
+  fields >> session >> requested >> answered >> state;
+  if (!held.ok() || state != "frozen") {
+    fail(t, "could not freeze: " + trim(held.output));
+    return t;
+  }
+  const std::string probe = std::to_string(number);
+  must(vm, "qt-probe " + probe);
+
+  switch (fault) {
+    case Fault::stop_agent:
+      must(vm, "kill -STOP " + std::to_string(agent_pid));
+      break;
+    case Fault::kill_unit:
+      must(vm, "systemctl kill -s KILL quiesce-agent.service");
+      break;
+    case Fault::stop_unit:
+      must(vm, "systemctl --no-block stop quiesce-agent.service");
+      break;
+    case Fault::restart_unit:
+      must(vm, "systemctl --no-block restart quiesce-agent.service");
+      break;
+    case Fault::kill_holder:
+      must(vm, "kill -KILL $(pidof quiesce-freeze-holder)");
+      break;
+  }
+
+  // When did the probe's write on "/" come back?
+  double written = 0;
+  for (;;) {
+    const auto r = vm.run("cat /run/quiesce-test/probe-" + probe + " 2>/dev/null");
+    if (r.ok()) {
+      std::istringstream times(r.output);
+      double started = 0;
+      times >> started >> written;
+      break;
+    }
+    if (r.ended - requested > give_up_after_s) {
+      break;
+    }
+    std::this_thread::sleep_for(100ms);
+  }
+  if (written == 0) {
+    fail(t, "/ still frozen " + std::to_string(give_up_after_s) + " s after the freeze request");
+    // Rescue the guest so the next tries can run, then let the probe finish.
+    const auto thawed = vm.run("fsfreeze --unfreeze / && echo thawed by the test");
+    t.failure += " (" + trim(thawed.output) + ")";
+    (void)vm.run("for i in $(seq 50); do [ -e /run/quiesce-test/probe-" + probe + " ] && break; sleep 0.1; done");
+  } else {
+    t.to_writable = written - requested;
+    if (t.to_writable > window_s + 1) {
+      std::ostringstream what;
+      what << std::fixed << std::setprecision(2) << "/ writable only " << t.to_writable
+           << " s after the freeze request (window " << window_s << " s)";
+      fail(t, what.str());
+    }
+  }
+
+  // The unit active again.
+  UnitState last;
+  bool active = false;
+  switch (fault) {
+    case Fault::stop_unit: {
+      const auto deadline = std::chrono::steady_clock::now() + 40s;
+      for (auto now = unit_state(vm); now.active != "inactive" && now.active != "failed";
+           now = unit_state(vm)) {
+        if (std::chrono::steady_clock::now() >= deadline) {
+          fail(t, "the unit did not stop within 40 s: " + now.active + "/" + now.sub);
+          break;
+        }
+        std::this_thread::sleep_for(200ms);
+      }
+      const auto started = vm.run("systemctl start quiesce-agent.service", 60s);
+      if (!started.ok()) {
+        fail(t, "systemctl start: " + trim(started.output));
+      }
+      active = wait_active(vm, agent_pid, 30s, &last);
+      break;
+    }
+    case Fault::kill_holder:
+      // The agent survives its holder: same unit, same main pid.
+      active = wait_active(vm, 0, 30s, &last);
+      if (active && last.main_pid != agent_pid) {
+        fail(t, "the agent was restarted (pid " + std::to_string(agent_pid) + " -> " +
+                    std::to_string(last.main_pid) + ") when only its holder was killed");
+      }
+      // The held session: its thaw must say the hold broke (invariant 3).
+      {
+        const auto thaw = vm.run("curl -sS --max-time 20 --unix-socket /run/quiesce/agent.sock -X POST "
+                                 "http://agent/v1/sessions/" + session + "/thaw");
+        if (thaw.output.find("\"continuous\":true") != std::string::npos) {
+          fail(t, "the held session's verdict says continuous although its holder was killed: " +
+                      trim(thaw.output));
+        }
+        (void)vm.run("quiescectl session abort " + session);
+      }
+      break;
+    default:
+      // systemd restarts it (Restart=on-failure), or the restart did.
+      active = wait_active(vm, agent_pid, 60s, &last);
+      break;
+  }
+  if (!active) {
+    fail(t, "unit not active again: " + last.active + "/" + last.sub + " main pid " +
+                std::to_string(last.main_pid));
+    (void)vm.run("systemctl kill -s KILL quiesce-agent.service; sleep 1; systemctl reset-failed "
+                 "quiesce-agent.service; systemctl start quiesce-agent.service", 60s);
+  }
+
+  // The next session freezes, with a continuous verdict.
+  const auto next = vm.run("quiescectl --json run --freeze-window-ms " + std::to_string(window_ms), 60s);
+  if (!next.ok() || next.output.find("\"continuous\":true") == std::string::npos) {
+    fail(t, "the next session (exit " + std::to_string(next.exit_code) + "): " + trim(next.output));
+  }
+
+  if (!t.ok) {
+    std::ostringstream since;
+    since << std::fixed << std::setprecision(0) << (requested - 2);
+    t.journal = vm.run("journalctl -b --no-pager -o short-precise --since @" + since.str() +
+                       " | grep -v quiesce-test-runner | head -80")
+                    .output;
+  }
+  return t;
+}
+
+double median(std::vector<double> values) {
+  if (values.empty()) {
+    return 0;
+  }
+  std::sort(values.begin(), values.end());
+  const auto n = values.size();
+  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+void run_case(const std::string& name, Fault fault) {
+  auto& vm = guest();
+  CaseReport report{name, {}, {}};
+  const int tries = tries_per_case();
+  const auto started = std::chrono::steady_clock::now();
+  std::string first_journal;
+  for (int i = 1; i <= tries; ++i) {
+    Try t;
+    try {
+      t = one_try(vm, fault, i);
+    } catch (const std::exception& e) {
+      fail(t, e.what());
+    }
+    if (t.to_writable >= 0) {
+      report.to_writable.push_back(t.to_writable);
+    }
+    if (!t.ok) {
+      report.failures.push_back("try " + std::to_string(i) + ": " + t.failure);
+      if (first_journal.empty()) {
+        first_journal = t.journal;
+      }
+    }
+  }
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(2) << name << ": " << tries << " tries, "
+      << "to writable max " << (report.to_writable.empty() ? 0 : *std::max_element(report.to_writable.begin(),
+                                                                                  report.to_writable.end()))
+      << " s, median " << median(report.to_writable) << " s (" << report.to_writable.size()
+      << " measured), failures " << report.failures.size() << ", wall " << std::setprecision(0) << wall << " s\n";
+  for (const auto& f : report.failures) {
+    out << "  " << f << "\n";
+  }
+  if (!first_journal.empty()) {
+    out << "  journal around the first failure:\n" << first_journal << "\n";
+  }
+  std::cout << out.str() << std::flush;
+  CHECK_MESSAGE(report.failures.empty(), name << ": " << report.failures.size() << " of " << tries
+                                              << " tries failed (see above)");
+}
+
+}  // namespace
+
+TEST_CASE("vm: the guest boots with the agent as a systemd service freezing / among all filesystems") {
+  auto& vm = guest();
+  const auto writers = must(vm, "quiescectl --json writers");
+  CHECK_MESSAGE(writers.output.find("\"path\":\"/\"") != std::string::npos,
+                "/ is not among the fsfreeze writer's filesystems: " << writers.output);
+  const auto journal = must(vm, "findmnt -no TARGET -T /var/log/journal; ls /var/log/journal");
+  CHECK_MESSAGE(journal.output.rfind("/\n", 0) == 0, "the journal is not on /: " << journal.output);
+  const auto session = vm.run("quiescectl --json run --freeze-window-ms " + std::to_string(window_ms), 60s);
+  CHECK_MESSAGE(session.ok(), session.output);
+  CHECK(session.output.find("\"continuous\":true") != std::string::npos);
+}
+
+TEST_CASE("vm: the agent SIGSTOPped while / is frozen (the watchdog fires)") {
+  run_case("SIGSTOP agent (watchdog)", Fault::stop_agent);
+}
+
+TEST_CASE("vm: SIGKILL to the whole unit while / is frozen") {
+  run_case("systemctl kill -s KILL", Fault::kill_unit);
+}
+
+TEST_CASE("vm: systemctl stop while / is frozen") { run_case("systemctl stop", Fault::stop_unit); }
+
+TEST_CASE("vm: systemctl restart while / is frozen") { run_case("systemctl restart", Fault::restart_unit); }
+
+TEST_CASE("vm: the freeze holder alone SIGKILLed while / is frozen") {
+  run_case("SIGKILL freeze holder", Fault::kill_holder);
+}
