@@ -38,7 +38,7 @@ constexpr int window_ms = 3000;
 constexpr double window_s = window_ms / 1000.0;
 // How long a try waits for "/" before it rescues the guest with FITHAW so the
 // next tries can run: long enough to tell "late" from "never".
-constexpr double give_up_after_s = window_s + 25;
+constexpr double give_up_after_s = window_s + 12;
 
 int tries_per_case() {
   if (const char* env = std::getenv("QUIESCE_VM_TRIES")) {
@@ -87,51 +87,6 @@ GuestResult must(GuestVm& vm, const std::string& command, std::chrono::seconds l
   return result;
 }
 
-struct UnitState {
-  std::string active;  // ActiveState
-  std::string sub;     // SubState
-  long main_pid = 0;
-};
-
-UnitState unit_state(GuestVm& vm) {
-  const auto r = vm.run("systemctl show -p ActiveState -p SubState -p MainPID quiesce-agent.service");
-  std::istringstream lines(r.output);
-  UnitState state;
-  std::string line;
-  while (std::getline(lines, line)) {
-    const auto eq = line.find('=');
-    if (eq == std::string::npos) {
-      continue;
-    }
-    const auto key = line.substr(0, eq);
-    const auto value = line.substr(eq + 1);
-    if (key == "ActiveState") {
-      state.active = value;
-    } else if (key == "SubState") {
-      state.sub = value;
-    } else if (key == "MainPID") {
-      state.main_pid = std::atol(value.c_str());
-    }
-  }
-  return state;
-}
-
-// Waits until the unit is active (READY=1 sent) with a main pid other than
-// `not_pid`; returns false at the deadline.
-bool wait_active(GuestVm& vm, long not_pid, std::chrono::seconds timeout, UnitState* last) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  for (;;) {
-    *last = unit_state(vm);
-    if (last->active == "active" && last->main_pid > 0 && last->main_pid != not_pid) {
-      return true;
-    }
-    if (std::chrono::steady_clock::now() >= deadline) {
-      return false;
-    }
-    std::this_thread::sleep_for(200ms);
-  }
-}
-
 enum class Fault { stop_agent, kill_unit, stop_unit, restart_unit, kill_holder };
 
 struct Try {
@@ -139,6 +94,7 @@ struct Try {
   double to_writable = -1;  // seconds from the freeze request to "/" writable
   std::string failure;
   std::string journal;  // an excerpt, for the first failure
+  std::string blocked;  // qt-blocked while "/" stayed frozen
 };
 
 struct CaseReport {
@@ -152,123 +108,126 @@ void fail(Try& t, const std::string& what) {
   t.failure += (t.failure.empty() ? "" : "; ") + what;
 }
 
+std::string fault_command(Fault fault, long agent_pid) {
+  switch (fault) {
+    case Fault::stop_agent:
+      return "kill -STOP " + std::to_string(agent_pid);
+    case Fault::kill_unit:
+      return "systemctl kill -s KILL quiesce-agent.service";
+    case Fault::stop_unit:
+      return "systemctl --no-block stop quiesce-agent.service";
+    case Fault::restart_unit:
+      return "systemctl --no-block restart quiesce-agent.service";
+    case Fault::kill_holder:
+      return "kill -KILL $(pidof quiesce-freeze-holder)";
+  }
+  return "false";
+}
+
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+std::string seconds_text(double seconds) {
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(2) << seconds;
+  return out.str();
+}
+
+// One try: dirty data on "/", a session frozen with "/" in it, the fault,
+// then "/" writable, the unit active and the next session continuous. Each
+// step is one request to the guest (every exec costs ~0.1 s under TCG); the
+// waiting loops run in the guest (qt-wait-probe, qt-wait-unit).
 Try one_try(GuestVm& vm, Fault fault, int number) {
   Try t;
-  must(vm, "qt-dirty 8");
-  const long agent_pid = unit_state(vm).main_pid;
+  const auto before = must(vm, "qt-dirty 4 && systemctl show -p MainPID --value quiesce-agent.service");
+  const long agent_pid = std::atol(trim(before.output).c_str());
+  const std::string probe = std::to_string(number);
 
-  const auto held = vm.run("qt-hold " + std::to_string(window_ms), 60s);
-  std::istringstream fields(held.output);
+  // Freeze, start the probe and inject the fault in one request, so the
+  // fault lands within a few ms of the agent's "frozen".
+  const auto held = vm.run("qt-hold " + std::to_string(window_ms) + " && qt-probe " + probe + " && " +
+                               fault_command(fault, agent_pid),
+                           60s);
+  std::istringstream fields(first_line(held.output));
   std::string session;
   double requested = 0;
   double answered = 0;
   std::string state;
   fields >> session >> requested >> answered >> state;
-  if (!held.ok() || state != "frozen") {
+  if (state != "frozen") {
     fail(t, "could not freeze: " + trim(held.output));
+    (void)vm.run("quiescectl session abort " + session);
     return t;
   }
-  const std::string probe = std::to_string(number);
-  must(vm, "qt-probe " + probe);
-
-  switch (fault) {
-    case Fault::stop_agent:
-      must(vm, "kill -STOP " + std::to_string(agent_pid));
-      break;
-    case Fault::kill_unit:
-      must(vm, "systemctl kill -s KILL quiesce-agent.service");
-      break;
-    case Fault::stop_unit:
-      must(vm, "systemctl --no-block stop quiesce-agent.service");
-      break;
-    case Fault::restart_unit:
-      must(vm, "systemctl --no-block restart quiesce-agent.service");
-      break;
-    case Fault::kill_holder:
-      must(vm, "kill -KILL $(pidof quiesce-freeze-holder)");
-      break;
+  if (!held.ok()) {
+    fail(t, "the fault (" + fault_command(fault, agent_pid) + ") failed: " + trim(held.output));
   }
 
   // When did the probe's write on "/" come back?
+  const auto give_up = static_cast<int>(give_up_after_s);
+  const auto waited = vm.run("qt-wait-probe " + probe + " " + std::to_string(give_up),
+                             std::chrono::seconds(give_up + 10));
+  std::istringstream probe_fields(waited.output);
+  std::string probe_state;
+  double probe_started = 0;
   double written = 0;
-  for (;;) {
-    const auto r = vm.run("cat /run/quiesce-test/probe-" + probe + " 2>/dev/null");
-    if (r.ok()) {
-      std::istringstream times(r.output);
-      double started = 0;
-      times >> started >> written;
-      break;
+  probe_fields >> probe_state >> probe_started >> written;
+  if (probe_state != "done") {
+    fail(t, "/ still frozen " + std::to_string(give_up) + " s after the probe started (" + trim(waited.output) + ")");
+    if (t.blocked.empty()) {
+      t.blocked = vm.run("qt-blocked").output;
     }
-    if (r.ended - requested > give_up_after_s) {
-      break;
-    }
-    std::this_thread::sleep_for(100ms);
-  }
-  if (written == 0) {
-    fail(t, "/ still frozen " + std::to_string(give_up_after_s) + " s after the freeze request");
     // Rescue the guest so the next tries can run, then let the probe finish.
-    const auto thawed = vm.run("fsfreeze --unfreeze / && echo thawed by the test");
-    t.failure += " (" + trim(thawed.output) + ")";
-    (void)vm.run("for i in $(seq 50); do [ -e /run/quiesce-test/probe-" + probe + " ] && break; sleep 0.1; done");
+    const auto thawed = vm.run("fsfreeze --unfreeze / && echo thawed by the test; qt-wait-probe " + probe + " 5");
+    t.failure += " [" + trim(thawed.output) + "]";
   } else {
     t.to_writable = written - requested;
     if (t.to_writable > window_s + 1) {
-      std::ostringstream what;
-      what << std::fixed << std::setprecision(2) << "/ writable only " << t.to_writable
-           << " s after the freeze request (window " << window_s << " s)";
-      fail(t, what.str());
+      fail(t, "/ writable only " + seconds_text(t.to_writable) + " s after the freeze request (window " +
+                  seconds_text(window_s) + " s)");
     }
   }
 
   // The unit active again.
-  UnitState last;
-  bool active = false;
+  std::string wait_unit;
   switch (fault) {
-    case Fault::stop_unit: {
-      const auto deadline = std::chrono::steady_clock::now() + 40s;
-      for (auto now = unit_state(vm); now.active != "inactive" && now.active != "failed";
-           now = unit_state(vm)) {
-        if (std::chrono::steady_clock::now() >= deadline) {
-          fail(t, "the unit did not stop within 40 s: " + now.active + "/" + now.sub);
-          break;
-        }
-        std::this_thread::sleep_for(200ms);
-      }
-      const auto started = vm.run("systemctl start quiesce-agent.service", 60s);
-      if (!started.ok()) {
-        fail(t, "systemctl start: " + trim(started.output));
-      }
-      active = wait_active(vm, agent_pid, 30s, &last);
+    case Fault::stop_unit:
+      wait_unit = "qt-wait-unit stopped 40 && systemctl start quiesce-agent.service && qt-wait-unit active " +
+                  std::to_string(agent_pid) + " 30";
       break;
-    }
     case Fault::kill_holder:
-      // The agent survives its holder: same unit, same main pid.
-      active = wait_active(vm, 0, 30s, &last);
-      if (active && last.main_pid != agent_pid) {
-        fail(t, "the agent was restarted (pid " + std::to_string(agent_pid) + " -> " +
-                    std::to_string(last.main_pid) + ") when only its holder was killed");
-      }
-      // The held session: its thaw must say the hold broke (invariant 3).
-      {
-        const auto thaw = vm.run("curl -sS --max-time 20 --unix-socket /run/quiesce/agent.sock -X POST "
-                                 "http://agent/v1/sessions/" + session + "/thaw");
-        if (thaw.output.find("\"continuous\":true") != std::string::npos) {
-          fail(t, "the held session's verdict says continuous although its holder was killed: " +
-                      trim(thaw.output));
-        }
-        (void)vm.run("quiescectl session abort " + session);
-      }
+      wait_unit = "qt-wait-unit active 0 30";
       break;
     default:
       // systemd restarts it (Restart=on-failure), or the restart did.
-      active = wait_active(vm, agent_pid, 60s, &last);
+      wait_unit = "qt-wait-unit active " + std::to_string(agent_pid) + " 60";
       break;
   }
-  if (!active) {
-    fail(t, "unit not active again: " + last.active + "/" + last.sub + " main pid " +
-                std::to_string(last.main_pid));
+  const auto unit = vm.run(wait_unit, 120s);
+  if (!unit.ok()) {
+    t.blocked = vm.run("qt-blocked").output;
+    fail(t, "unit not active again (" + wait_unit + "): " + trim(unit.output));
     (void)vm.run("systemctl kill -s KILL quiesce-agent.service; sleep 1; systemctl reset-failed "
-                 "quiesce-agent.service; systemctl start quiesce-agent.service", 60s);
+                 "quiesce-agent.service; systemctl start quiesce-agent.service",
+                 60s);
+  }
+  if (fault == Fault::kill_holder) {
+    std::istringstream unit_fields(unit.output);
+    std::string active;
+    std::string sub;
+    long pid = 0;
+    unit_fields >> active >> sub >> pid;
+    if (pid != agent_pid) {
+      fail(t, "the agent was restarted (pid " + std::to_string(agent_pid) + " -> " + std::to_string(pid) +
+                  ") when only its holder was killed");
+    }
+    // The held session's thaw must say the hold broke (invariant 3).
+    const auto thaw = vm.run("curl -sS --max-time 20 --unix-socket /run/quiesce/agent.sock -X POST "
+                             "http://agent/v1/sessions/" + session + "/thaw; quiescectl session abort " +
+                             session + " >/dev/null 2>&1; true");
+    if (thaw.output.find("\"continuous\":true") != std::string::npos) {
+      fail(t, "the held session's verdict says continuous although its holder was killed: " +
+                  trim(thaw.output));
+    }
   }
 
   // The next session freezes, with a continuous verdict.
@@ -278,10 +237,8 @@ Try one_try(GuestVm& vm, Fault fault, int number) {
   }
 
   if (!t.ok) {
-    std::ostringstream since;
-    since << std::fixed << std::setprecision(0) << (requested - 2);
-    t.journal = vm.run("journalctl -b --no-pager -o short-precise --since @" + since.str() +
-                       " | grep -v quiesce-test-runner | head -80")
+    t.journal = vm.run("journalctl -b --no-pager -o short-precise --since @" +
+                       std::to_string(static_cast<long>(requested) - 2) + " | grep -v 'qt-\\|runner' | head -80")
                     .output;
   }
   return t;
@@ -315,7 +272,7 @@ void run_case(const std::string& name, Fault fault) {
     if (!t.ok) {
       report.failures.push_back("try " + std::to_string(i) + ": " + t.failure);
       if (first_journal.empty()) {
-        first_journal = t.journal;
+        first_journal = t.journal + (t.blocked.empty() ? "" : "  while / stayed frozen:\n" + t.blocked);
       }
     }
   }
@@ -341,7 +298,7 @@ void run_case(const std::string& name, Fault fault) {
 
 TEST_CASE("vm: the guest boots with the agent as a systemd service freezing / among all filesystems") {
   auto& vm = guest();
-  const auto writers = must(vm, "quiescectl --json writers");
+  const auto writers = must(vm, "quiescectl --json writers | tr -d ' '");
   CHECK_MESSAGE(writers.output.find("\"path\":\"/\"") != std::string::npos,
                 "/ is not among the fsfreeze writer's filesystems: " << writers.output);
   const auto journal = must(vm, "findmnt -no TARGET -T /var/log/journal; ls /var/log/journal");
