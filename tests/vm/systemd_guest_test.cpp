@@ -89,7 +89,7 @@ GuestResult must(GuestVm& vm, const std::string& command, std::chrono::seconds l
   return result;
 }
 
-enum class Fault { stop_agent, kill_unit, stop_unit, restart_unit, kill_holder };
+enum class Fault { stop_agent, kill_unit, stop_unit, restart_unit, kill_holder, kill_holder_then_unit };
 
 struct Try {
   bool ok = true;
@@ -122,6 +122,8 @@ std::string fault_command(Fault fault, long agent_pid) {
       return "systemctl --no-block restart quiesce-agent.service";
     case Fault::kill_holder:
       return "kill -KILL $(pidof quiesce-freeze-holder)";
+    case Fault::kill_holder_then_unit:
+      return "kill -KILL $(pidof quiesce-freeze-holder) && systemctl kill -s KILL quiesce-agent.service";
   }
   return "false";
 }
@@ -262,10 +264,9 @@ double median(std::vector<double> values) {
   return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
 }
 
-void run_case(const std::string& name, Fault fault) {
+void run_case(const std::string& name, Fault fault, int tries = tries_per_case()) {
   auto& vm = guest();
   CaseReport report{name, {}, {}};
-  const int tries = tries_per_case();
   const auto started = std::chrono::steady_clock::now();
   std::string first_journal;
   for (int i = 1; i <= tries; ++i) {
@@ -331,4 +332,14 @@ TEST_CASE("vm: systemctl restart while / is frozen") { run_case("systemctl resta
 
 TEST_CASE("vm: the freeze holder alone SIGKILLed while / is frozen") {
   run_case("SIGKILL freeze holder", Fault::kill_holder);
+}
+
+// What the SIGKILL of the whole unit amounts to when the holder's SIGKILL
+// lands before it saw its agent die (systemd signals the processes one by
+// one; under TCG the holder usually wins and thaws, ~1 try in 10 it loses):
+// nothing is left to thaw but the restarted agent's start-up recovery, so
+// this is that recovery, every time. Half the tries: it is not one of issue
+// #19's five cases, and they must fit in ~12 minutes.
+TEST_CASE("vm: the holder, then the whole unit SIGKILLed while / is frozen (start-up recovery)") {
+  run_case("SIGKILL holder, then unit", Fault::kill_holder_then_unit, std::max(1, tries_per_case() / 2));
 }
