@@ -4,11 +4,25 @@
 
 namespace quiesce::agent {
 
-void recover_from_previous_instance(const std::string& run_dir, spdlog::logger& logger) {
+namespace {
+// Far more lines than a recovery writes (a few per frozen filesystem).
+constexpr std::size_t kMemoryLines = 4096;
+}  // namespace
+
+StartupRecovery::StartupRecovery(const std::string& run_dir)
+    : memory_(std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(kMemoryLines)) {
+  spdlog::logger logger("recovery", memory_);
+  logger.set_level(spdlog::level::trace);
   // The freeze holder normally thaws when the agent dies; its record under
   // the run dir covers the case where the holder died too (SIGKILL of the
   // whole group, OOM). Runs even when fsfreeze is no longer configured.
   (void)writers::recover_stale_fsfreeze(run_dir, logger);
+}
+
+void StartupRecovery::replay_to(spdlog::logger& logger) const {
+  for (const auto& line : memory_->last_raw()) {
+    logger.log(line.time, line.source, line.level, line.payload);
+  }
 }
 
 }  // namespace quiesce::agent

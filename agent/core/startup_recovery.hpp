@@ -1,13 +1,33 @@
 #pragma once
 // What a starting agent cleans up after a previous instance that died:
 // filesystems its freeze holder record says are still frozen.
+//
+// It runs first, before the agent opens its log or touches its state dir:
+// the filesystem they live on may be one of those still frozen (a restart
+// of the service while "/" is frozen), and a write there would block the
+// very start that is meant to thaw it. What it has to say is kept in
+// memory and written once the log is open.
 
+#include <memory>
 #include <string>
 
 #include <spdlog/logger.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
 
 namespace quiesce::agent {
 
-void recover_from_previous_instance(const std::string& run_dir, spdlog::logger& logger);
+class StartupRecovery {
+ public:
+  // Thaws what the records under `run_dir` (a tmpfs) say a previous
+  // instance left frozen. Does no I/O outside `run_dir` and the frozen
+  // filesystems' ioctls.
+  explicit StartupRecovery(const std::string& run_dir);
+  // Writes what recovery found to the agent's log, in order, with the
+  // times it happened.
+  void replay_to(spdlog::logger& logger) const;
+
+ private:
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> memory_;
+};
 
 }  // namespace quiesce::agent

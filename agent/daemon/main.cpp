@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -40,6 +41,34 @@ void print_help() {
                "  --help           this text\n\n"
                "Exit codes: 0 clean stop, 1 runtime failure, 2 usage error, 3 invalid config,\n"
                "4 cannot listen.\n";
+}
+
+// The service manager's watchdog must never fire during a hold the agent
+// granted: it would end the agent (and with it the hold) on a healthy
+// system. A hung agent is still caught: the freeze holder thaws at the
+// window's end by itself, and the watchdog fires after that. So the
+// largest window stays below the watchdog's timeout, with a margin for a
+// ping that is late; returns what was changed, to log.
+std::optional<std::string> clamp_freeze_window_to_watchdog(
+    quiesce::agent::SessionLimits& limits, const quiesce::platform::SystemdNotifier& notifier) {
+  auto interval = notifier.watchdog_interval();  // half the timeout
+  if (!interval) {
+    return std::nullopt;
+  }
+  const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(*interval * 2);
+  const auto margin = std::min<std::chrono::milliseconds>(std::chrono::seconds(10), timeout / 4);
+  const auto largest = timeout - margin;
+  if (limits.max_freeze_window <= largest) {
+    return std::nullopt;
+  }
+  std::string text = "the largest freeze window is " +
+                     std::to_string(limits.max_freeze_window.count()) +
+                     " ms but the service watchdog (WatchdogSec=) is " +
+                     std::to_string(timeout.count()) + " ms: windows are limited to " +
+                     std::to_string(largest.count()) + " ms";
+  limits.max_freeze_window = largest;
+  limits.default_freeze_window = std::min(limits.default_freeze_window, largest);
+  return text;
 }
 
 }  // namespace
@@ -89,6 +118,15 @@ int main(int argc, char** argv) {
     return kExitConfig;
   }
 
+  // Before anything that may write (the log, the state dir): a previous
+  // instance may have died holding a freeze, of "/" perhaps.
+  std::optional<quiesce::agent::StartupRecovery> recovery;
+  if (!check_only) {
+    recovery.emplace(config.run_dir);
+  }
+  quiesce::platform::SystemdNotifier notifier;
+  const auto window_clamp = clamp_freeze_window_to_watchdog(config.session, notifier);
+
   quiesce::agent::AgentLogger logging;
   try {
     logging = quiesce::agent::make_agent_logger(config.log);
@@ -112,10 +150,11 @@ int main(int argc, char** argv) {
   }
 
   logger->info("quiesce-agent {} starting with {} writer(s)", QUIESCE_VERSION, writers.size());
-  // Before anything else: a previous instance may have died holding a freeze.
-  quiesce::agent::recover_from_previous_instance(config.run_dir, *logger);
+  recovery->replay_to(*logger);
+  if (window_clamp) {
+    logger->warn("{}", *window_clamp);
+  }
 
-  quiesce::platform::SystemdNotifier notifier;
   quiesce::agent::HoldLogObserver observer(
       logging.hold_sink, [&notifier](const std::string& status) { notifier.status(status); });
   quiesce::agent::Coordinator coordinator(std::move(writers), config.session, logger,

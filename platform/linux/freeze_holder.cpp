@@ -1,10 +1,13 @@
 #include "platform/linux/freeze_holder.hpp"
 
+#include <linux/fs.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,7 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
-#include <mutex>
+#include <memory>
 #include <set>
 #include <string>
 #include <thread>
@@ -27,38 +30,237 @@ namespace quiesce::platform::holder {
 
 namespace {
 
+// How the holder keeps its first promise (nothing stays frozen past the
+// window, whatever happens):
+//
+// - FIFREEZE can block inside the kernel for ever: freezing a filesystem
+//   writes back its dirty data, and when that data goes through a loop
+//   device (or device-mapper...) into another filesystem that is already
+//   frozen, the call waits for that one to be thawed. So no thread that
+//   has to thaw ever waits for a freezing thread: the main thread (and the
+//   fatal-signal handler) thaw straight away every filesystem that is
+//   *frozen*, in reverse wave order, which thaws the lower filesystems and
+//   lets a stuck freeze above them finish. A filesystem whose FIFREEZE is
+//   still in flight is never touched (FITHAW would wait on the same
+//   superblock lock); its own thread thaws it the moment the call returns.
+// - Who thaws a filesystem is settled by one compare-and-swap on its
+//   state (frozen -> thawing), so each one is thawed exactly once, by the
+//   main thread, the freezing thread or the signal handler.
+// - The holder never exits while a FIFREEZE is in flight: the call would
+//   finish after its thread is gone and nobody would thaw what it froze.
+
+enum SlotState : int {
+  slot_pending,     // not attempted (yet)
+  slot_freezing,    // FIFREEZE in flight
+  slot_frozen,      // frozen and held
+  slot_thawing,     // FITHAW claimed by one thread
+  slot_thawed,      // frozen, then thawed by us
+  slot_was_thawed,  // frozen, but found thawed: someone else thawed it
+  slot_thaw_failed,
+  slot_unsupported,
+  slot_busy,          // frozen by someone else: the freeze fails
+  slot_busy_ignored,  // frozen by someone else: left alone (ignore_frozen)
+  slot_failed,
+};
+
+struct Slot {
+  MountRequest request;
+  int fd = -1;
+  std::atomic<int> state{slot_pending};
+  std::atomic<int> error_number{0};
+  std::atomic<std::int64_t> freeze_started_ns{0};
+};
+
+// One FREEZE request's filesystems, sorted by wave. Shared by the main
+// thread, the freeze thread(s) and (through current_hold) the fatal-signal
+// handler; it outlives every thread that works on it.
+struct Hold {
+  explicit Hold(std::size_t count) : slots(count) {}
+  std::vector<Slot> slots;  // never resized after construction
+  std::atomic<bool> release{false};
+  bool ignore_frozen = false;
+  // Written by the freeze thread only; read by the main thread after the join.
+  std::string error;
+};
+
+// The hold the fatal-signal handler thaws; set while one exists. The Hold is
+// kept alive by the Holder until this is cleared.
+std::atomic<Hold*> current_hold{nullptr};
+
+std::int64_t monotonic_ns() {
+  timespec now{};
+  ::clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<std::int64_t>(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
+}
+
+// Thaws `slot` if it is frozen and nobody else has claimed it. Only system
+// calls and lock-free atomics: safe in a signal handler.
+bool claim_and_thaw(Slot& slot) {
+  int expected = slot_frozen;
+  if (!slot.state.compare_exchange_strong(expected, slot_thawing)) {
+    return false;
+  }
+  int unused = 0;
+  int result = 0;
+  do {
+    result = ::ioctl(slot.fd, FITHAW, &unused);
+  } while (result != 0 && errno == EINTR);
+  if (result == 0) {
+    slot.state.store(slot_thawed);
+  } else {
+    slot.error_number.store(errno);
+    slot.state.store(errno == EINVAL ? slot_was_thawed : slot_thaw_failed);
+  }
+  return true;
+}
+
+// Stops every freeze that has not started and thaws everything frozen,
+// last wave first. Async-signal-safe.
+void release_hold(Hold& hold) {
+  hold.release.store(true);
+  for (auto slot = hold.slots.rbegin(); slot != hold.slots.rend(); ++slot) {
+    claim_and_thaw(*slot);
+  }
+}
+
+bool any_in_flight(const Hold& hold) {
+  return std::any_of(hold.slots.begin(), hold.slots.end(), [](const Slot& slot) {
+    const int state = slot.state.load();
+    return state == slot_freezing || state == slot_thawing;
+  });
+}
+
+// The last line of defence for a crash or a fatal signal (SIGABRT from a
+// service manager's watchdog, SIGSEGV...): thaw before dying. A freeze
+// still in flight gets a few seconds to return so that its own thread can
+// thaw it (the lower filesystems it waits for were just thawed).
+extern "C" void on_fatal_signal(int signo) {
+  const int saved_errno = errno;
+  if (Hold* hold = current_hold.load(); hold != nullptr) {
+    release_hold(*hold);
+    for (int waited_ms = 0; waited_ms < 5000 && any_in_flight(*hold); waited_ms += 10) {
+      timespec pause{0, 10'000'000};
+      ::nanosleep(&pause, nullptr);
+    }
+  }
+  errno = saved_errno;
+  // SA_RESETHAND made the action the default again: the signal, raised
+  // again (and delivered when this returns), ends the process as it would have.
+  ::raise(signo);
+}
+
+// Signals whose default action ends the process, other than those the main
+// loop takes through its signalfd (holder_signals()) and SIGKILL/SIGSTOP,
+// which cannot be caught.
+constexpr std::array fatal_signals{SIGABRT, SIGSEGV, SIGBUS,    SIGILL,  SIGFPE,  SIGSYS,
+                                   SIGTRAP, SIGXCPU, SIGXFSZ,   SIGALRM, SIGVTALRM,
+                                   SIGPROF, SIGUSR1, SIGIO,     SIGPWR,  SIGSTKFLT};
+
+void install_fatal_signal_handlers() {
+  // An alternate stack, so that a stack overflow still reaches the handler.
+  static std::array<char, 64 * 1024> alternate_stack;
+  stack_t stack{};
+  stack.ss_sp = alternate_stack.data();
+  stack.ss_size = alternate_stack.size();
+  ::sigaltstack(&stack, nullptr);
+  struct sigaction action{};
+  action.sa_handler = on_fatal_signal;
+  action.sa_flags = SA_RESETHAND | SA_ONSTACK;
+  sigfillset(&action.sa_mask);
+  for (int signo : fatal_signals) {
+    ::sigaction(signo, &action, nullptr);
+  }
+}
+
 std::string errno_text(int error_number) {
   const char* name = ::strerrorname_np(error_number);
   return std::string(name != nullptr ? name : "errno " + std::to_string(error_number)) + ": " +
          std::strerror(error_number);
 }
 
-struct Mount {
-  MountRequest request;
-  int fd = -1;
-  MountResult result;
-};
+std::string seconds_text(std::int64_t ns) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.1f s", static_cast<double>(ns) / 1e9);
+  return buffer;
+}
 
-// Runs `action` on every mount in `mounts` at once, one thread each: the
-// freezes of independent filesystems each wait for their own writeback, so
-// doing them together makes the freeze take as long as the slowest one.
-void for_each_in_parallel(const std::vector<Mount*>& mounts, const std::function<void(Mount&)>& action) {
-  if (mounts.size() == 1) {
-    action(*mounts.front());
+MountState reported_state(int state) {
+  switch (state) {
+    case slot_pending:
+      return MountState::pending;
+    case slot_freezing:
+    case slot_thawing:
+      return MountState::stuck;
+    case slot_frozen:
+      return MountState::frozen;
+    case slot_thawed:
+      return MountState::thawed;
+    case slot_was_thawed:
+      return MountState::was_thawed;
+    case slot_thaw_failed:
+      return MountState::thaw_failed;
+    case slot_unsupported:
+      return MountState::unsupported;
+    case slot_busy:
+      return MountState::busy;
+    case slot_busy_ignored:
+      return MountState::busy_ignored;
+    default:
+      return MountState::failed;
+  }
+}
+
+// Runs `action` on every slot in `batch` at once, one thread each (the
+// freezes of independent filesystems each wait for their own writeback),
+// and waits for all of them. Only the freeze thread calls this.
+void for_each_in_parallel(const std::vector<Slot*>& batch, const std::function<void(Slot&)>& action) {
+  if (batch.size() == 1) {
+    action(*batch.front());
     return;
   }
   std::vector<std::thread> threads;
-  threads.reserve(mounts.size());
-  for (auto* mount : mounts) {
+  threads.reserve(batch.size());
+  for (auto* slot : batch) {
     try {
-      threads.emplace_back([&action, mount] { action(*mount); });
+      threads.emplace_back([&action, slot] { action(*slot); });
     } catch (const std::system_error&) {
-      // Out of threads: do this one here rather than fail the freeze.
-      action(*mount);
+      action(*slot);  // out of threads: do this one here rather than fail the freeze
     }
   }
   for (auto& thread : threads) {
     thread.join();
+  }
+}
+
+// FIFREEZE on one slot; thaws it straight away if the hold was released
+// while the call was in flight.
+void freeze_slot(Hold& hold, Slot& slot) {
+  if (hold.release.load()) {
+    return;  // released before this wave started: stays pending
+  }
+  slot.freeze_started_ns.store(monotonic_ns());
+  slot.state.store(slot_freezing);
+  auto result = freeze_filesystem(slot.fd);
+  slot.error_number.store(result.error_number());
+  switch (result.outcome()) {
+    case FreezeOutcome::ok:
+      slot.state.store(slot_frozen);
+      // Paired with release_hold(): it sets `release` and then looks at
+      // the states; this stores the state and then looks at `release`.
+      // With sequentially consistent atomics one of the two sees the other.
+      if (hold.release.load()) {
+        claim_and_thaw(slot);
+      }
+      break;
+    case FreezeOutcome::not_supported:
+      slot.state.store(slot_unsupported);
+      break;
+    case FreezeOutcome::already_frozen:
+      slot.state.store(hold.ignore_frozen ? slot_busy_ignored : slot_busy);
+      break;
+    default:
+      slot.state.store(slot_failed);
+      break;
   }
 }
 
@@ -83,6 +285,7 @@ class Holder {
     if (signal_fd_ < 0 || timer_fd_ < 0 || done_fd_ < 0) {
       return 2;
     }
+    install_fatal_signal_handlers();
     // The agent may already be gone (it died between fork and here).
     if (::getppid() != config_.parent_pid) {
       return 0;
@@ -95,7 +298,9 @@ class Holder {
     std::string buffer;
     bool socket_open = true;
     for (;;) {
-      if (terminating_ && state_ != State::freezing) {
+      // A freeze still in flight keeps the holder alive: its thread thaws
+      // what it froze when the call returns (see the note at the top).
+      if (terminating_ && !operation_.joinable()) {
         break;
       }
       std::array<pollfd, 4> fds{{{socket_open ? config_.socket_fd : -1, POLLIN, 0},
@@ -115,7 +320,7 @@ class Holder {
       if ((fds[3].revents & POLLIN) != 0) {
         std::uint64_t count = 0;
         [[maybe_unused]] auto n = ::read(done_fd_, &count, sizeof count);
-        on_freeze_done();
+        on_operation_done();
       }
       if ((fds[2].revents & POLLIN) != 0) {
         std::uint64_t expirations = 0;
@@ -134,15 +339,14 @@ class Holder {
         }
       }
     }
-    if (state_ == State::frozen) {
-      thaw_all();
-      send_event(terminate_reason_);
-    }
     return 0;
   }
 
  private:
-  enum class State { idle, freezing, frozen };
+  // idle: no hold. freezing: the freeze thread runs, a FREEZE reply is owed.
+  // frozen: every filesystem held. draining: released, but a FIFREEZE is
+  // still in flight (stuck in the kernel); new freezes are refused.
+  enum class State { idle, freezing, frozen, draining };
 
   void send(const Message& message, int flags = 0) {
     auto text = encode(message);
@@ -153,8 +357,12 @@ class Holder {
   }
 
   Message with_results(Message message) const {
-    for (const auto& mount : mounts_) {
-      message.rows.push_back(to_row(mount.result));
+    if (hold_) {
+      for (const auto& slot : hold_->slots) {
+        message.rows.push_back(to_row(MountResult{reported_state(slot.state.load()),
+                                                  slot.request.mount_id,
+                                                  slot.error_number.load(), slot.request.path}));
+      }
     }
     return message;
   }
@@ -164,19 +372,20 @@ class Holder {
     send(with_results(Message{"AUTO-THAW", {reason}, {}}), MSG_DONTWAIT);
   }
 
-  void begin_terminate(std::string reason) {
-    if (!terminating_) {
-      terminating_ = true;
-      terminate_reason_ = std::move(reason);
-      cancel_reason("the freeze holder is terminating: " + terminate_reason_);
+  void begin_terminate(const std::string& reason) {
+    if (terminating_) {
+      return;
     }
-  }
-
-  void cancel_reason(std::string reason) {
-    std::lock_guard lock(cancel_mutex_);
-    if (!cancel_) {
-      cancel_text_ = std::move(reason);
-      cancel_ = true;
+    terminating_ = true;
+    if (state_ == State::freezing) {
+      release_now("the freeze holder is terminating: " + reason);
+      send_event(hold_detail_);
+    } else if (state_ == State::frozen) {
+      release_hold(*hold_);
+      note_broken("the freeze holder is terminating (" + reason + "); it thawed every filesystem");
+      note_thawed_by_others();
+      send_event(hold_detail_);
+      finish_hold();
     }
   }
 
@@ -202,7 +411,8 @@ class Holder {
       return;
     }
     if (message->verb == "PING") {
-      static constexpr std::array<std::string_view, 3> names{"idle", "freezing", "frozen"};
+      static constexpr std::array<std::string_view, 4> names{"idle", "freezing", "frozen",
+                                                             "draining"};
       send(Message{"PONG", {std::string(names.at(static_cast<std::size_t>(state_)))}, {}});
     } else if (message->verb == "FREEZE") {
       on_freeze(*message);
@@ -214,6 +424,13 @@ class Holder {
   }
 
   void on_freeze(const Message& message) {
+    if (state_ == State::draining) {
+      send(Message{"ERROR",
+                   {"a freeze of the previous hold is still inside the kernel; this holder takes "
+                    "no new freeze (start a new one)"},
+                   {}});
+      return;
+    }
     if (state_ != State::idle) {
       send(Message{"ERROR", {"a freeze is already in progress or held"}, {}});
       return;
@@ -223,32 +440,27 @@ class Holder {
       send(Message{"ERROR", {"malformed FREEZE request"}, {}});
       return;
     }
-    mounts_.clear();
-    for (auto& mount_request : request->mounts) {
-      Mount mount;
-      mount.result.mount_id = mount_request.mount_id;
-      mount.result.path = mount_request.path;
-      mount.request = std::move(mount_request);
-      mounts_.push_back(std::move(mount));
+    std::stable_sort(request->mounts.begin(), request->mounts.end(),
+                     [](const auto& a, const auto& b) { return a.wave < b.wave; });
+    auto hold = std::make_shared<Hold>(request->mounts.size());
+    hold->ignore_frozen = request->ignore_frozen;
+    for (std::size_t i = 0; i < request->mounts.size(); ++i) {
+      hold->slots[i].request = std::move(request->mounts[i]);
     }
-    ignore_frozen_ = request->ignore_frozen;
+    hold_ = hold;
+    hold_deadline_ns_ = request->deadline_ns;
+    freeze_deadline_ns_ = request->freeze_deadline_ns;
     hold_broken_ = false;
     hold_detail_.clear();
-    cancel_ = false;
-    cancel_text_.clear();
     freeze_error_.clear();
-    thaw_pending_ = false;
-    if (request->deadline_ns > 0) {
-      itimerspec when{};
-      when.it_value.tv_sec = request->deadline_ns / 1'000'000'000;
-      when.it_value.tv_nsec = request->deadline_ns % 1'000'000'000;
-      ::timerfd_settime(timer_fd_, TFD_TIMER_ABSTIME, &when, nullptr);
-    }
+    stuck_ = false;
+    current_hold.store(hold.get());
+    arm_timer(earliest(freeze_deadline_ns_, hold_deadline_ns_));
     state_ = State::freezing;
-    // The freeze runs on its own thread so that signals, the deadline and a
-    // THAW keep being noticed while FIFREEZE waits for writeback.
-    operation_ = std::thread([this] {
-      freeze_all();
+    // The freeze runs on its own thread so that signals, the deadlines and
+    // a THAW keep being handled while FIFREEZE waits for writeback.
+    operation_ = std::thread([this, hold] {
+      freeze_all(*hold);
       std::uint64_t one = 1;
       [[maybe_unused]] auto n = ::write(done_fd_, &one, sizeof one);
     });
@@ -256,60 +468,122 @@ class Holder {
 
   void on_thaw() {
     if (state_ == State::freezing) {
-      thaw_pending_ = true;
-      cancel_reason("thaw requested while freezing");
-      return;
+      release_now("a thaw was requested while freezing");
+      send(with_results(Message{"FAILED", {freeze_error_}, {}}));
+    } else if (state_ == State::frozen) {
+      release_hold(*hold_);
+      note_thawed_by_others();
+      finish_hold();
     }
-    if (state_ == State::frozen) {
-      thaw_all();
-      state_ = State::idle;
+    send(with_results(Message{"THAWED", {hold_broken_ ? "0" : "1", hold_detail_, stuck_ ? "1" : "0"},
+                              {}}));
+    if (state_ == State::idle) {
+      hold_.reset();
+      hold_broken_ = false;
+      hold_detail_.clear();
     }
-    disarm_timer();
-    send(with_results(Message{"THAWED", {hold_broken_ ? "0" : "1", hold_detail_}, {}}));
-    mounts_.clear();
-    hold_broken_ = false;
-    hold_detail_.clear();
   }
 
   void on_deadline() {
     if (state_ == State::freezing) {
-      cancel_reason("the hold deadline passed while freezing");
+      const bool hold_over = hold_deadline_ns_ > 0 && monotonic_ns() >= hold_deadline_ns_;
+      release_now(hold_over ? "the hold deadline passed while freezing"
+                            : "the freeze did not finish by its deadline");
+      send(with_results(Message{"FAILED", {freeze_error_}, {}}));
     } else if (state_ == State::frozen) {
-      thaw_all();
-      state_ = State::idle;
+      release_hold(*hold_);
       note_broken("the hold deadline passed; the freeze holder thawed every filesystem");
+      note_thawed_by_others();
       send_event(hold_detail_);
+      finish_hold();
     }
   }
 
-  void on_freeze_done() {
+  // The freeze thread finished: either the freeze is complete (or failed,
+  // already rolled back), or a released hold's stuck call returned and its
+  // thread thawed what it froze.
+  void on_operation_done() {
     if (operation_.joinable()) {
       operation_.join();
     }
-    std::string cancelled;
-    {
-      std::lock_guard lock(cancel_mutex_);
-      if (cancel_) {
-        cancelled = cancel_text_;
-      }
+    if (state_ == State::draining) {
+      finish_hold();
+      return;
     }
-    if (freeze_error_.empty() && !cancelled.empty()) {
-      thaw_all();
-      freeze_error_ = "freeze cancelled: " + cancelled;
+    if (state_ != State::freezing) {
+      return;
     }
+    freeze_error_ = hold_->error;
     if (!freeze_error_.empty()) {
-      state_ = State::idle;
-      disarm_timer();
       send(with_results(Message{"FAILED", {freeze_error_}, {}}));
-      if (thaw_pending_) {
-        thaw_pending_ = false;
-        send(with_results(Message{"THAWED", {"1", ""}, {}}));
-      }
-      mounts_.clear();
+      finish_hold();
       return;
     }
     state_ = State::frozen;
+    arm_timer(hold_deadline_ns_);
     send(with_results(Message{"FROZEN", {}, {}}));
+  }
+
+  // Ends a hold that is still freezing, now: nothing more is frozen, what
+  // is frozen is thawed (lowest first), a freeze stuck in the kernel is
+  // named and thawed by its own thread when it returns.
+  void release_now(const std::string& reason) {
+    release_hold(*hold_);
+    note_thawed_by_others();
+    std::string stuck_text;
+    const auto now = monotonic_ns();
+    for (const auto& slot : hold_->slots) {
+      if (slot.state.load() == slot_freezing) {
+        stuck_ = true;
+        stuck_text += std::string(stuck_text.empty() ? "" : "; ") + "the freeze of " +
+                      slot.request.path + " had not returned after " +
+                      seconds_text(now - slot.freeze_started_ns.load());
+      }
+    }
+    if (freeze_error_.empty()) {
+      freeze_error_ = "freeze cancelled: " + reason;
+      if (!stuck_text.empty()) {
+        freeze_error_ += "; " + stuck_text +
+                         " (blocked inside the kernel, typically writing back into a filesystem "
+                         "it is stored on that was frozen before it); every frozen filesystem was "
+                         "thawed, lowest first, and a stuck one is thawed as soon as its freeze "
+                         "returns";
+      }
+    }
+    note_broken(freeze_error_);
+    // The freeze thread is still running (it may be stuck): draining until
+    // it reports done.
+    state_ = State::draining;
+    disarm_timer();
+  }
+
+  void note_thawed_by_others() {
+    for (const auto& slot : hold_->slots) {
+      if (slot.state.load() == slot_was_thawed) {
+        note_broken(slot.request.path + " was thawed by someone else while held");
+      }
+    }
+  }
+
+  // Back to idle once nothing of the hold is in flight: the fds are closed
+  // (after the signal handler stops looking at them).
+  void finish_hold() {
+    if (operation_.joinable()) {
+      state_ = State::draining;
+      return;
+    }
+    current_hold.store(nullptr);
+    if (hold_) {
+      for (auto& slot : hold_->slots) {
+        if (slot.fd >= 0) {
+          ::close(slot.fd);
+          slot.fd = -1;
+        }
+      }
+    }
+    disarm_timer();
+    state_ = State::idle;
+    stuck_ = false;
   }
 
   void note_broken(std::string detail) {
@@ -319,130 +593,87 @@ class Holder {
     }
   }
 
+  static std::int64_t earliest(std::int64_t a, std::int64_t b) {
+    if (a <= 0) {
+      return b;
+    }
+    if (b <= 0) {
+      return a;
+    }
+    return std::min(a, b);
+  }
+
+  void arm_timer(std::int64_t deadline_ns) {
+    if (deadline_ns <= 0) {
+      disarm_timer();
+      return;
+    }
+    itimerspec when{};
+    when.it_value.tv_sec = deadline_ns / 1'000'000'000;
+    when.it_value.tv_nsec = deadline_ns % 1'000'000'000;
+    ::timerfd_settime(timer_fd_, TFD_TIMER_ABSTIME, &when, nullptr);
+  }
+
   void disarm_timer() {
     itimerspec never{};
     ::timerfd_settime(timer_fd_, 0, &never, nullptr);
   }
 
-  bool cancelled() {
-    std::lock_guard lock(cancel_mutex_);
-    return cancel_;
-  }
-
-  // On the operation thread. Sets freeze_error_ when the freeze failed, in
-  // which case everything it froze has been thawed again.
-  void freeze_all() {
+  // On the freeze thread. Sets hold.error when the freeze failed, in which
+  // case everything it froze has been thawed again.
+  static void freeze_all(Hold& hold) {
+    std::string error;
     // Every mount point is opened before anything is frozen: resolving a
     // path through a filesystem that is already frozen can block.
-    for (auto& mount : mounts_) {
-      int fd = open_mount_point(mount.request.path);
+    for (auto& slot : hold.slots) {
+      int fd = open_mount_point(slot.request.path);
       if (fd < 0) {
-        mount.result.state = MountState::failed;
-        mount.result.error_number = -fd;
-        freeze_error_ = "cannot open " + mount.request.path + ": " + errno_text(-fd);
+        slot.error_number.store(-fd);
+        slot.state.store(slot_failed);
+        error = "cannot open " + slot.request.path + ": " + errno_text(-fd);
         break;
       }
-      mount.fd = fd;
+      slot.fd = fd;
       auto actual = mount_id_of(fd);
-      if (mount.request.mount_id != 0 && actual != 0 && actual != mount.request.mount_id) {
-        mount.result.state = MountState::failed;
-        freeze_error_ = mount.request.path + " is no longer the mount that was selected (mount id " +
-                        std::to_string(actual) + ", expected " +
-                        std::to_string(mount.request.mount_id) + "); the mount table changed";
+      if (slot.request.mount_id != 0 && actual != 0 && actual != slot.request.mount_id) {
+        slot.state.store(slot_failed);
+        error = slot.request.path + " is no longer the mount that was selected (mount id " +
+                std::to_string(actual) + ", expected " + std::to_string(slot.request.mount_id) +
+                "); the mount table changed";
         break;
       }
     }
     std::set<int> waves;
-    for (const auto& mount : mounts_) {
-      waves.insert(mount.request.wave);
+    for (const auto& slot : hold.slots) {
+      waves.insert(slot.request.wave);
     }
     for (int wave : waves) {
-      if (!freeze_error_.empty() || cancelled()) {
+      if (!error.empty() || hold.release.load()) {
         break;
       }
-      std::vector<Mount*> batch;
-      for (auto& mount : mounts_) {
-        if (mount.request.wave == wave) {
-          batch.push_back(&mount);
+      std::vector<Slot*> batch;
+      for (auto& slot : hold.slots) {
+        if (slot.request.wave == wave) {
+          batch.push_back(&slot);
         }
       }
-      for_each_in_parallel(batch, [this](Mount& mount) { freeze_one(mount); });
-      for (auto* mount : batch) {
-        auto state = mount->result.state;
-        if ((state == MountState::busy || state == MountState::failed) && freeze_error_.empty()) {
-          freeze_error_ = state == MountState::busy
-                              ? mount->request.path +
-                                    " is already frozen by someone else (set ignore_frozen to "
-                                    "skip such filesystems)"
-                              : "cannot freeze " + mount->request.path + ": " +
-                                    errno_text(mount->result.error_number);
-        }
-      }
-    }
-    if (!freeze_error_.empty()) {
-      thaw_all();
-    }
-  }
-
-  void freeze_one(Mount& mount) {
-    auto result = freeze_filesystem(mount.fd);
-    mount.result.error_number = result.error_number();
-    switch (result.outcome()) {
-      case FreezeOutcome::ok:
-        mount.result.state = MountState::frozen;
-        break;
-      case FreezeOutcome::not_supported:
-        mount.result.state = MountState::unsupported;
-        break;
-      case FreezeOutcome::already_frozen:
-        mount.result.state = ignore_frozen_ ? MountState::busy_ignored : MountState::busy;
-        break;
-      default:
-        mount.result.state = MountState::failed;
-        break;
-    }
-  }
-
-  // Thaws, in reverse wave order, everything in the frozen state (and only
-  // that: what someone else froze is never touched), then closes the fds.
-  void thaw_all() {
-    std::set<int, std::greater<>> waves;
-    for (const auto& mount : mounts_) {
-      waves.insert(mount.request.wave);
-    }
-    for (int wave : waves) {
-      std::vector<Mount*> batch;
-      for (auto& mount : mounts_) {
-        if (mount.request.wave == wave && mount.result.state == MountState::frozen) {
-          batch.push_back(&mount);
-        }
-      }
-      if (batch.empty()) {
-        continue;
-      }
-      for_each_in_parallel(batch, [](Mount& mount) {
-        auto result = thaw_filesystem(mount.fd);
-        mount.result.error_number = result.error_number();
-        if (result.ok()) {
-          mount.result.state = MountState::thawed;
-        } else if (result.outcome() == FreezeOutcome::not_frozen) {
-          mount.result.state = MountState::was_thawed;
-        } else {
-          mount.result.state = MountState::thaw_failed;
-        }
-      });
-      for (auto* mount : batch) {
-        if (mount->result.state == MountState::was_thawed) {
-          note_broken(mount->request.path + " was thawed by someone else while held");
+      for_each_in_parallel(batch, [&hold](Slot& slot) { freeze_slot(hold, slot); });
+      for (auto* slot : batch) {
+        const int state = slot->state.load();
+        if ((state == slot_busy || state == slot_failed) && error.empty()) {
+          error = state == slot_busy
+                      ? slot->request.path +
+                            " is already frozen by someone else (set ignore_frozen to skip such "
+                            "filesystems)"
+                      : "cannot freeze " + slot->request.path + ": " +
+                            errno_text(slot->error_number.load());
         }
       }
     }
-    for (auto& mount : mounts_) {
-      if (mount.fd >= 0) {
-        ::close(mount.fd);
-        mount.fd = -1;
-      }
+    if (!error.empty()) {
+      release_hold(hold);
     }
+    hold.error = std::move(error);
   }
 
   HolderConfig config_;
@@ -450,18 +681,15 @@ class Holder {
   int timer_fd_ = -1;
   int done_fd_ = -1;
   State state_ = State::idle;
-  std::vector<Mount> mounts_;
-  bool ignore_frozen_ = false;
+  std::shared_ptr<Hold> hold_;
+  std::int64_t hold_deadline_ns_ = 0;
+  std::int64_t freeze_deadline_ns_ = 0;
   std::thread operation_;
-  std::string freeze_error_;  // written by the operation thread, read after join
-  std::mutex cancel_mutex_;
-  bool cancel_ = false;
-  std::string cancel_text_;
-  bool thaw_pending_ = false;
+  std::string freeze_error_;
+  bool stuck_ = false;  // a FIFREEZE of this hold was still in flight at its release
   bool hold_broken_ = false;
   std::string hold_detail_;
   bool terminating_ = false;
-  std::string terminate_reason_;
 };
 
 }  // namespace

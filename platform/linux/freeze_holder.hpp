@@ -7,9 +7,16 @@
 //   - its parent dies (PR_SET_PDEATHSIG, set by the client before exec,
 //     checked against getppid() because the signal also fires when merely
 //     the thread that forked it exits),
-//   - the hold deadline of the current freeze passes,
-//   - it receives SIGTERM, SIGINT, SIGHUP or SIGQUIT.
-// It only ever thaws what it froze itself.
+//   - the hold deadline (or the freeze deadline) of the current freeze passes,
+//   - it receives SIGTERM, SIGINT, SIGHUP or SIGQUIT (orderly, through a
+//     signalfd), or any other catchable signal that would end it (SIGABRT
+//     from a service manager's watchdog, SIGSEGV of its own...: a handler
+//     thaws first, then lets the signal take its course).
+// None of these waits for a FIFREEZE still inside the kernel (a freeze can
+// block for ever on a filesystem it is stored on that is already frozen):
+// what is frozen is thawed at once, lowest filesystem first, and a stuck
+// call's filesystem is thawed by its own thread when the call returns. The
+// holder does not exit before that. It only ever thaws what it froze itself.
 
 #include <signal.h>
 #include <sys/types.h>

@@ -100,9 +100,27 @@ std::unique_ptr<HolderClient> HolderClient::start(const std::string& holder_path
   return client;
 }
 
+void HolderClient::retire() {
+  if (socket_fd_ >= 0) {
+    ::close(socket_fd_);
+    socket_fd_ = -1;
+  }
+  connected_ = false;
+  retired_ = true;
+}
+
+bool HolderClient::reap() {
+  note_exit(false);
+  return reaped_;
+}
+
 HolderClient::~HolderClient() {
   if (socket_fd_ >= 0) {
     ::close(socket_fd_);
+  }
+  if (retired_) {
+    note_exit(false);
+    return;
   }
   // The holder thaws and exits on EOF; give it a bounded time. If it takes
   // longer (a thaw stuck in the kernel) it is left running rather than

@@ -44,7 +44,19 @@ class HolderClient {
   HolderClient(const HolderClient&) = delete;
   HolderClient& operator=(const HolderClient&) = delete;
 
+  // Lets go of a holder that still has a FIFREEZE stuck in the kernel (its
+  // THAWED said stuck=1): closes the connection without waiting, so the
+  // holder thaws what it has, finishes the stuck call's thaw and exits on
+  // its own time. Call reap() later to collect it; the destructor of a
+  // retired client does not wait.
+  void retire();
+  // True once the holder process has been collected (never blocks).
+  [[nodiscard]] bool reap();
+
   [[nodiscard]] pid_t pid() const { return pid_; }
+  // The connection, for a watcher that only waits for it to hang up (poll
+  // with no events); never read from it or write to it.
+  [[nodiscard]] int connection_fd() const { return socket_fd_; }
   // False once the holder has exited or the connection broke.
   [[nodiscard]] bool alive();
   [[nodiscard]] const std::string& exit_description() const { return exit_description_; }
@@ -68,6 +80,7 @@ class HolderClient {
   int socket_fd_ = -1;
   bool connected_ = true;
   bool reaped_ = false;
+  bool retired_ = false;
   std::string exit_description_;
   // Replies still owed for requests that timed out; skipped when they come.
   int stale_replies_ = 0;

@@ -12,9 +12,9 @@ namespace quiesce::platform::holder {
 
 namespace {
 
-constexpr std::array<std::string_view, 9> state_names{
+constexpr std::array<std::string_view, 10> state_names{
     "pending", "frozen", "unsupported", "busy-ignored", "busy",
-    "failed",  "thawed", "was-thawed",  "thaw-failed"};
+    "failed",  "thawed", "was-thawed",  "thaw-failed",  "stuck"};
 
 std::string encode_field(std::string_view field) {
   if (field.empty()) {
@@ -123,7 +123,8 @@ std::optional<MountState> parse_mount_state(std::string_view text) {
 
 Message to_message(const FreezeRequest& request) {
   Message message{"FREEZE",
-                  {std::to_string(request.deadline_ns), request.ignore_frozen ? "1" : "0"},
+                  {std::to_string(request.deadline_ns), request.ignore_frozen ? "1" : "0",
+                   std::to_string(request.freeze_deadline_ns)},
                   {}};
   for (const auto& mount : request.mounts) {
     message.rows.push_back(
@@ -133,11 +134,12 @@ Message to_message(const FreezeRequest& request) {
 }
 
 std::optional<FreezeRequest> freeze_request_from(const Message& message) {
-  if (message.verb != "FREEZE" || message.args.size() != 2) {
+  if (message.verb != "FREEZE" || message.args.size() != 3) {
     return std::nullopt;
   }
   FreezeRequest request;
   if (!parse_integer(message.args[0], request.deadline_ns) ||
+      !parse_integer(message.args[2], request.freeze_deadline_ns) ||
       (message.args[1] != "0" && message.args[1] != "1")) {
     return std::nullopt;
   }

@@ -7,11 +7,12 @@
 // \134 for backslash); an empty field is written "-".
 //
 //   holder -> agent  READY <version> <pid>                  once, at start
-//   agent -> holder  FREEZE <deadline_ns> <ignore_frozen>   rows: <wave> <mount_id> <path>
+//   agent -> holder  FREEZE <deadline_ns> <ignore_frozen> <freeze_deadline_ns>
+//                                                           rows: <wave> <mount_id> <path>
 //   holder -> agent  FROZEN                                 rows: result rows
 //                    FAILED <message>                       rows: result rows (all rolled back)
 //   agent -> holder  THAW
-//   holder -> agent  THAWED <continuous 0|1> <detail>       rows: result rows
+//   holder -> agent  THAWED <continuous 0|1> <detail> <stuck 0|1>   rows: result rows
 //   agent -> holder  PING
 //   holder -> agent  PONG <idle|freezing|frozen>
 //   holder -> agent  AUTO-THAW <reason>                     rows: result rows (unsolicited)
@@ -19,12 +20,23 @@
 //
 // result row: <state> <mount_id> <errno> <path>
 //
-// deadline_ns is CLOCK_MONOTONIC (std::chrono::steady_clock) in nanoseconds,
-// 0 for none. Waves are frozen in increasing order, the mounts of one wave in
+// Deadlines are CLOCK_MONOTONIC (std::chrono::steady_clock) in nanoseconds,
+// 0 for none: deadline_ns ends the hold (the holder thaws by itself then),
+// freeze_deadline_ns ends the freeze (FAILED, naming what did not freeze in
+// time). Waves are frozen in increasing order, the mounts of one wave in
 // parallel; thaw goes in decreasing order. Every request gets exactly one
 // reply, in order; AUTO-THAW may come at any time (the hold deadline passed,
 // or the holder got a termination signal and exits after it). When the
 // socket closes (the agent died), the holder thaws everything and exits.
+//
+// A freeze can get stuck inside the kernel (FIFREEZE of a filesystem stored
+// on one that is already frozen waits for it for ever). The holder never
+// waits for it: a THAW, a deadline or a signal thaws everything that is
+// frozen at once, lower filesystems first (which lets the stuck call
+// finish), and the stuck call's thread thaws its filesystem the moment the
+// call returns. Such a filesystem is reported `stuck`, and THAWED says
+// stuck=1: that holder refuses new freezes until the call has returned, so
+// the agent starts a fresh holder for the next session.
 
 #include <cstdint>
 #include <sys/types.h>
@@ -36,7 +48,7 @@
 
 namespace quiesce::platform::holder {
 
-inline constexpr int protocol_version = 1;
+inline constexpr int protocol_version = 2;
 // Large enough for thousands of mounts: the most either end accepts.
 inline constexpr std::size_t max_message_size = 1 << 20;
 
@@ -68,6 +80,7 @@ enum class MountState {
   thawed,        // frozen by the holder, then thawed by it
   was_thawed,    // frozen by the holder, but found thawed (someone else thawed it)
   thaw_failed,   // FITHAW failed; may still be frozen
+  stuck,         // FIFREEZE had not returned when the hold was released; thawed when it does
 };
 [[nodiscard]] std::string_view to_string(MountState state);
 [[nodiscard]] std::optional<MountState> parse_mount_state(std::string_view text);
@@ -86,7 +99,8 @@ struct MountResult {
 };
 
 struct FreezeRequest {
-  std::int64_t deadline_ns = 0;
+  std::int64_t deadline_ns = 0;         // end of the hold
+  std::int64_t freeze_deadline_ns = 0;  // end of the freeze itself
   bool ignore_frozen = false;
   std::vector<MountRequest> mounts;
 };

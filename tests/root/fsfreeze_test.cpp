@@ -227,16 +227,15 @@ TEST_CASE("fsfreeze: a holder killed or signalled while frozen breaks the hold, 
     CHECK_FALSE(hold.continuous);
     CHECK_MESSAGE(hold.detail.find("SIGTERM") != std::string::npos, hold.detail);
   }
-  SUBCASE("SIGKILL: the writer thaws from its record") {
+  SUBCASE("SIGKILL: the writer's watch on the holder thaws from its record at once") {
     REQUIRE(under.writer->freeze(context()).is_ok());
     ::kill(holder_pid(), SIGKILL);
-    WriteProbe probe(ext4.mount_point());
-    CHECK_FALSE(probe.finished_within(200ms));
+    // Long before the writer's own thaw (the window is 30 s).
+    CHECK(writable_within(ext4.mount_point(), 1s));
     quiesce::HoldReport hold;
     CHECK(under.writer->thaw(context(), hold).is_ok());
     CHECK_FALSE(hold.continuous);
-    CHECK(hold.detail.find("died") != std::string::npos);
-    CHECK(probe.finished_within(2s));
+    CHECK_MESSAGE(hold.detail.find("died") != std::string::npos, hold.detail);
   }
   // Either way a new holder is started for the next freeze.
   REQUIRE(under.writer->freeze(context()).is_ok());

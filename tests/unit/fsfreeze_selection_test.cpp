@@ -164,15 +164,17 @@ TEST_CASE("fsfreeze holder protocol: messages round-trip, paths with any byte") 
   namespace holder = quiesce::platform::holder;
   holder::FreezeRequest request;
   request.deadline_ns = 123456789012345;
+  request.freeze_deadline_ns = 123456000000000;
   request.ignore_frozen = true;
   request.mounts = {{0, 41, "/mnt/a b"}, {1, 7, "/x\ny\\z-"}, {2, 0, "/"}};
   auto text = holder::encode(holder::to_message(request));
-  CHECK(text.find("FREEZE 123456789012345 1\n") == 0);
+  CHECK(text.find("FREEZE 123456789012345 1 123456000000000\n") == 0);
   auto decoded = holder::decode(text);
   REQUIRE(decoded);
   auto back = holder::freeze_request_from(*decoded);
   REQUIRE(back);
   CHECK(back->deadline_ns == request.deadline_ns);
+  CHECK(back->freeze_deadline_ns == request.freeze_deadline_ns);
   CHECK(back->ignore_frozen);
   REQUIRE(back->mounts.size() == 3);
   CHECK(back->mounts[0].path == "/mnt/a b");
@@ -190,10 +192,13 @@ TEST_CASE("fsfreeze holder protocol: messages round-trip, paths with any byte") 
   CHECK((*results)[0].state == holder::MountState::busy_ignored);
   CHECK((*results)[0].error_number == 16);
   CHECK(holder::to_string((*results)[0].state) == "busy-ignored");
+  CHECK(holder::parse_mount_state("stuck") == holder::MountState::stuck);
 
   CHECK_FALSE(holder::decode(""));
-  CHECK_FALSE(holder::freeze_request_from(*holder::decode("FREEZE x 1")));
-  CHECK_FALSE(holder::freeze_request_from(*holder::decode("FREEZE 1 1\n0 1 relative/path")));
+  CHECK_FALSE(holder::freeze_request_from(*holder::decode("FREEZE x 1 0")));
+  CHECK_FALSE(holder::freeze_request_from(*holder::decode("FREEZE 1 1")));  // version 1's form
+  CHECK_FALSE(holder::freeze_request_from(*holder::decode("FREEZE 1 1 x")));
+  CHECK_FALSE(holder::freeze_request_from(*holder::decode("FREEZE 1 1 0\n0 1 relative/path")));
   CHECK_FALSE(holder::mount_results_from(*holder::decode("FROZEN\nnonsense 1 0 /a")));
 }
 

@@ -1,10 +1,15 @@
 #include "writers/fsfreeze/fsfreeze_writer.hpp"
 
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <memory>
@@ -115,6 +120,15 @@ FsfreezeOptions parse_options(const nlohmann::json& json, const platform::MountT
   return options;
 }
 
+std::int64_t steady_ns(Clock::time_point when) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch()).count();
+}
+
+bool invert_order_requested() {
+  const char* value = std::getenv("QUIESCE_TEST_INVERT_FREEZE_ORDER");
+  return value != nullptr && std::string_view(value) == "1";
+}
+
 std::string utc_now() {
   std::time_t now = std::time(nullptr);
   std::tm tm{};
@@ -140,6 +154,52 @@ std::string errno_suffix(int error_number) {
   return std::string(" (") + (name != nullptr ? name : std::to_string(error_number)) + ")";
 }
 
+// While a hold is on, watches the freeze holder's connection. A holder
+// that dies (SIGKILL, the OOM killer) cannot thaw anything, and nothing
+// would until this writer's thaw at the end of the window; the watch thaws
+// from the record the moment the connection hangs up.
+class HolderWatch {
+ public:
+  HolderWatch(int connection_fd, std::vector<fsfreeze::RecordedMount> mounts)
+      : wake_fd_(::eventfd(0, EFD_CLOEXEC)) {
+    thread_ = std::thread([this, connection_fd, mounts = std::move(mounts)] {
+      std::array<pollfd, 2> fds{{{connection_fd, 0, 0}, {wake_fd_, POLLIN, 0}}};
+      while (::poll(fds.data(), fds.size(), -1) < 0 && errno == EINTR) {
+      }
+      if ((fds[0].revents & (POLLHUP | POLLERR)) == 0) {
+        return;  // woken: the hold ends normally
+      }
+      auto outcome = fsfreeze::thaw_recorded(mounts);
+      std::lock_guard lock(mutex_);
+      lost_ = "the freeze holder died while holding; thawed " +
+              std::to_string(outcome.thawed.size()) + " filesystem(s) from the record at once";
+      if (!outcome.failed.empty()) {
+        lost_ += " (could not thaw: " + join(outcome.failed) + ")";
+      }
+    });
+  }
+  ~HolderWatch() {
+    std::uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
+    thread_.join();
+    ::close(wake_fd_);
+  }
+  HolderWatch(const HolderWatch&) = delete;
+  HolderWatch& operator=(const HolderWatch&) = delete;
+
+  // What happened, once the holder died during the hold; "" otherwise.
+  [[nodiscard]] std::string lost() {
+    std::lock_guard lock(mutex_);
+    return lost_;
+  }
+
+ private:
+  int wake_fd_;
+  std::thread thread_;
+  std::mutex mutex_;
+  std::string lost_;
+};
+
 class FsfreezeWriter final : public Writer {
  public:
   FsfreezeWriter(WriterSpec spec, FsfreezeOptions options, WriterEnvironment env)
@@ -150,6 +210,11 @@ class FsfreezeWriter final : public Writer {
     if (::access(options_.holder_path.c_str(), X_OK) != 0) {
       log().warn("fsfreeze writer '{}': freeze holder {} not found; freezing will fail",
                  spec_.name, options_.holder_path);
+    }
+    if (invert_order_for_tests_) {
+      log().warn("fsfreeze writer '{}': QUIESCE_TEST_INVERT_FREEZE_ORDER=1: freezing lower "
+                 "filesystems first (a test switch that can deadlock a freeze)",
+                 spec_.name);
     }
   }
 
@@ -232,15 +297,22 @@ class FsfreezeWriter final : public Writer {
     }
 
     platform::holder::FreezeRequest request;
-    request.deadline_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                              hold_deadline.time_since_epoch())
-                              .count();
+    request.deadline_ns = steady_ns(hold_deadline);
+    // The holder gives up on the freeze a little before this call's own
+    // deadline, so that its answer (which filesystem did not freeze in
+    // time, and why) still reaches the session.
+    if (ctx.deadline != Clock::time_point{} && ctx.deadline != Clock::time_point::max()) {
+      auto margin = std::min<Clock::duration>(std::chrono::milliseconds(250),
+                                              (ctx.deadline - Clock::now()) / 10);
+      request.freeze_deadline_ns = steady_ns(ctx.deadline - margin);
+    }
     request.ignore_frozen = options_.ignore_frozen;
     fsfreeze::FreezeRecord record{spec_.name, ctx.session_id, ::getpid(), holder_->pid(),
                                   utc_now(), {}};
+    const int last_wave = selection.filesystems.back().wave;
     for (const auto& filesystem : selection.filesystems) {
-      request.mounts.push_back(
-          {filesystem.wave, filesystem.mount.mount_id, filesystem.mount.mount_point});
+      const int wave = invert_order_for_tests_ ? last_wave - filesystem.wave : filesystem.wave;
+      request.mounts.push_back({wave, filesystem.mount.mount_id, filesystem.mount.mount_point});
       record.mounts.push_back({filesystem.mount.mount_point, filesystem.mount.device.to_string(),
                                filesystem.mount.mount_id, filesystem.mount.fstype,
                                filesystem.wave});
@@ -269,6 +341,11 @@ class FsfreezeWriter final : public Writer {
     auto results = mount_results_from(reply.message);
     if (reply.message.verb == "FAILED") {
       finish_release();
+      if (results && std::any_of(results->begin(), results->end(), [](const auto& r) {
+            return r.state == MountState::stuck;
+          })) {
+        retire_holder();
+      }
       bool busy = results && std::any_of(results->begin(), results->end(), [](const auto& r) {
                     return r.state == MountState::busy;
                   });
@@ -297,6 +374,7 @@ class FsfreezeWriter final : public Writer {
       }
     }
     last_frozen_ = frozen;
+    watch_ = std::make_unique<HolderWatch>(holder_->connection_fd(), recorded_);
     log().info("fsfreeze writer '{}': froze {} filesystem(s) in {} ms: {}", spec_.name,
                frozen.size(),
                std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count(),
@@ -354,7 +432,23 @@ class FsfreezeWriter final : public Writer {
     return Status::ok();
   }
 
+  // A holder with a FIFREEZE stuck in the kernel refuses new freezes until
+  // the call returns (and its thread thaws what it froze): let it finish on
+  // its own and start the next session with a fresh one.
+  void retire_holder() {
+    if (!holder_) {
+      return;
+    }
+    log().warn("fsfreeze writer '{}': freeze holder (pid {}) still has a freeze inside the "
+               "kernel; it thaws that filesystem when the call returns, the next session uses a "
+               "new holder",
+               spec_.name, holder_->pid());
+    holder_->retire();
+    retired_.push_back(std::move(holder_));
+  }
+
   Status ensure_holder() {
+    std::erase_if(retired_, [](const auto& retired) { return retired->reap(); });
     if (holder_ && holder_->alive()) {
       return Status::ok();
     }
@@ -421,6 +515,11 @@ class FsfreezeWriter final : public Writer {
   // Ends the hold (thaw or abort): asks the holder to thaw, and if the
   // holder is gone, thaws from the record itself.
   Status release(const PhaseContext& ctx, HoldReport& hold) {
+    std::string holder_lost;
+    if (watch_) {
+      holder_lost = watch_->lost();
+      watch_.reset();
+    }
     auto deadline = ctx.deadline;
     if (deadline == Clock::time_point{}) {
       deadline = Clock::now() + std::chrono::seconds(30);
@@ -439,12 +538,18 @@ class FsfreezeWriter final : public Writer {
         }
       }
     }
+    if (broken.empty()) {
+      broken = holder_lost;
+    }
     if (reply.status == ReplyStatus::timeout || reply.status == ReplyStatus::stopped) {
       return Status::timeout("the freeze holder did not confirm the thaw in time");
     }
     if (reply.ok() && reply.message.verb == "THAWED") {
       if (reply.message.args.size() >= 2 && reply.message.args[0] == "0" && broken.empty()) {
         broken = reply.message.args[1];
+      }
+      if (reply.message.args.size() >= 3 && reply.message.args[2] == "1") {
+        retire_holder();
       }
       std::vector<std::string> failures;
       if (auto results = mount_results_from(reply.message)) {
@@ -488,6 +593,7 @@ class FsfreezeWriter final : public Writer {
   }
 
   void finish_release() {
+    watch_.reset();
     frozen_ = false;
     recorded_.clear();
     std::error_code ec;
@@ -499,6 +605,12 @@ class FsfreezeWriter final : public Writer {
   WriterEnvironment env_;
   std::string record_path_;
   std::unique_ptr<HolderClient> holder_;
+  std::vector<std::unique_ptr<HolderClient>> retired_;  // see retire_holder()
+  std::unique_ptr<HolderWatch> watch_;                   // while frozen
+  // Test-only (QUIESCE_TEST_INVERT_FREEZE_ORDER=1 in the agent's
+  // environment): freeze in the reverse of the safe order, lower
+  // filesystems first, to force the deadlock the holder must survive.
+  bool invert_order_for_tests_ = invert_order_requested();
   bool frozen_ = false;  // a FREEZE was sent and no thaw has finished since
   std::vector<fsfreeze::RecordedMount> recorded_;
   std::vector<std::string> last_frozen_;
