@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One entry point for developers and CI (see README.md):
 #   packaging/dev.sh demo   install what is missing, build, run the main job
-#   packaging/dev.sh test   install what is missing, build, run every test
+#   packaging/dev.sh test   install what is missing, build, run every test but the vm label
+#   packaging/dev.sh vm     as root: the installed service in a Debian 12 guest under QEMU
+#                           (label vm, docs/testing-in-a-guest.md; ~12 min, +6 min the first
+#                           time to build the guest image)
 #   packaging/dev.sh asan   build the unit tests with ASan+UBSan and run them
 #   packaging/dev.sh bench [ARGS]  as root: hold window vs raw FIFREEZE and qemu-ga,
 #                           scaling, footprint (docs/performance.md; ARGS go to quiesce_bench)
@@ -23,8 +26,8 @@ packages=(
   libsqlite3-dev sqlite3 postgresql libpq-dev redis-server libhiredis-dev mariadb-server libmariadb-dev
   # the benchmark's peer and its chart
   qemu-guest-agent gnuplot-nox
-  # the qmp snapshot backend's test
-  qemu-system-x86 qemu-utils
+  # the qmp snapshot backend's test, and the vm tests' guest (tests/vm/build-debian-image.sh)
+  qemu-system-x86 qemu-utils debootstrap
 )
 
 say() { printf '\n== %s\n' "$*"; }
@@ -60,11 +63,21 @@ build() {
 }
 
 run_tests() {
-  say "running all tests (labels: unit, root, db, e2e)"
+  say "running all tests (labels: unit, root, db, e2e; 'packaging/dev.sh vm' runs the vm label)"
   if [ "$(id -u)" -ne 0 ]; then
     echo "not root: the tests labelled 'root' will be skipped"
   fi
-  ctest --test-dir "$build_dir" --output-on-failure -j "$jobs" --timeout 300
+  ctest --test-dir "$build_dir" --output-on-failure -j "$jobs" --timeout 300 -LE '^vm$'
+}
+
+# The vm label: builds only what it runs; one guest boot, cases in sequence.
+vm() {
+  say "building the vm tests in $build_dir"
+  cmake -S "$repo" -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DQUIESCE_WERROR="${QUIESCE_WERROR:-OFF}" >/dev/null
+  cmake --build "$build_dir" -j "$jobs" --target quiesce_vm_tests quiesce-agent quiescectl quiesce-freeze-holder
+  say "running the vm label (image: tests/vm/build-debian-image.sh, cached in ${QUIESCE_VM_CACHE:-/var/cache/quiesce-vm})"
+  ctest --test-dir "$build_dir" --output-on-failure -L '^vm$' --verbose
 }
 
 asan() {
@@ -99,8 +112,9 @@ case "${1:-}" in
   deps) deps ;;
   build) deps; build ;;
   test) deps; build; run_tests ;;
+  vm) deps; vm ;;
   asan) deps; asan ;;
   demo) deps; build; demo ;;
   bench) shift; deps; bench "$@" ;;
-  *) sed -n '2,11p' "$0"; exit 2 ;;
+  *) sed -n '2,14p' "$0"; exit 2 ;;
 esac
