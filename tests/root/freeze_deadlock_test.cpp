@@ -96,6 +96,35 @@ struct FsfreezeWriter {
   }
 };
 
+// The real agent with an fsfreeze writer on both filesystems, listening on
+// `stack.dir / "agent.sock"`; `invert` freezes in the unsafe order.
+std::unique_ptr<quiesce::test::ChildProcess> start_agent_on(const StackedFilesystems& stack,
+                                                            bool invert) {
+  auto config = quiesce::test::agent_config(
+      stack.dir, {{{"type", "fsfreeze"}, {"name", "fs"}, {"options", {{"mounts", stack.mounts()}}}}});
+  config["session"]["phase_timeouts_ms"] = {{"freeze", 30000}};
+  std::ofstream(stack.dir / "agent.json") << config.dump(2);
+  std::vector<std::string> env;
+  if (invert) {
+    env.push_back(std::string(invert_switch) + "=1");
+  }
+  auto process = std::make_unique<quiesce::test::ChildProcess>(
+      std::vector<std::string>{quiesce::test::built_binary("quiesce-agent").string(), "--config",
+                               (stack.dir / "agent.json").string()},
+      stack.dir / "agent.stderr", env);
+  REQUIRE_MESSAGE(quiesce::test::eventually(
+                      10s, [&] { return std::filesystem::exists(stack.dir / "agent.sock"); }),
+                  "the agent did not open its socket: "
+                      << quiesce::test::read_text(stack.dir / "agent.stderr"));
+  return process;
+}
+
+quiesce::client::ClientOptions client_options(const std::filesystem::path& socket) {
+  quiesce::client::ClientOptions options;
+  options.endpoint = quiesce::client::Endpoint::parse("unix:" + socket.string());
+  return options;
+}
+
 pid_t holder_pid_from_record(const std::string& run_dir) {
   std::string error;
   auto record = quiesce::writers::fsfreeze::read_record(
@@ -204,27 +233,9 @@ TEST_CASE("freeze holder: SIGABRT, SIGSEGV or SIGKILL to the holder while frozen
 TEST_CASE("freeze deadlock: SIGTERM to the agent thaws everything, a restarted agent finds "
           "nothing frozen and freezes for real") {
   StackedFilesystems stack;
-  auto config = quiesce::test::agent_config(
-      stack.dir, {{{"type", "fsfreeze"}, {"name", "fs"}, {"options", {{"mounts", stack.mounts()}}}}});
-  config["session"]["phase_timeouts_ms"] = {{"freeze", 30000}};
-  std::ofstream(stack.dir / "agent.json") << config.dump(2);
   const auto socket = stack.dir / "agent.sock";
-  auto start_agent = [&](bool invert) {
-    std::vector<std::string> env;
-    if (invert) {
-      env.push_back(std::string(invert_switch) + "=1");
-    }
-    auto process = std::make_unique<quiesce::test::ChildProcess>(
-        std::vector<std::string>{quiesce::test::built_binary("quiesce-agent").string(), "--config",
-                                 (stack.dir / "agent.json").string()},
-        stack.dir / "agent.stderr", env);
-    REQUIRE_MESSAGE(quiesce::test::eventually(10s, [&] { return std::filesystem::exists(socket); }),
-                    "the agent did not open its socket: "
-                        << quiesce::test::read_text(stack.dir / "agent.stderr"));
-    return process;
-  };
-  quiesce::client::ClientOptions options;
-  options.endpoint = quiesce::client::Endpoint::parse("unix:" + socket.string());
+  auto start_agent = [&](bool invert) { return start_agent_on(stack, invert); };
+  auto options = client_options(socket);
   options.timeout = 40s;
 
   {
@@ -275,27 +286,9 @@ TEST_CASE("freeze deadlock: SIGTERM to the agent thaws everything, a restarted a
 TEST_CASE("freeze deadlock: SIGKILL to the agent and its holder during a stuck freeze, a new agent "
           "thaws both filesystems") {
   StackedFilesystems stack;
-  auto config = quiesce::test::agent_config(
-      stack.dir, {{{"type", "fsfreeze"}, {"name", "fs"}, {"options", {{"mounts", stack.mounts()}}}}});
-  config["session"]["phase_timeouts_ms"] = {{"freeze", 30000}};
-  std::ofstream(stack.dir / "agent.json") << config.dump(2);
   const auto socket = stack.dir / "agent.sock";
-  auto start_agent = [&](bool invert) {
-    std::vector<std::string> env;
-    if (invert) {
-      env.push_back(std::string(invert_switch) + "=1");
-    }
-    auto process = std::make_unique<quiesce::test::ChildProcess>(
-        std::vector<std::string>{quiesce::test::built_binary("quiesce-agent").string(), "--config",
-                                 (stack.dir / "agent.json").string()},
-        stack.dir / "agent.stderr", env);
-    REQUIRE_MESSAGE(quiesce::test::eventually(10s, [&] { return std::filesystem::exists(socket); }),
-                    "the agent did not open its socket: "
-                        << quiesce::test::read_text(stack.dir / "agent.stderr"));
-    return process;
-  };
-  quiesce::client::ClientOptions options;
-  options.endpoint = quiesce::client::Endpoint::parse("unix:" + socket.string());
+  auto start_agent = [&](bool invert) { return start_agent_on(stack, invert); };
+  auto options = client_options(socket);
   options.timeout = 5s;
 
   auto agent = start_agent(true);
