@@ -106,7 +106,8 @@ TEST_CASE("a session walks every phase: freeze by level, thaw in exact reverse")
   auto id = rig.create();
   CHECK(rig.status(id)["state"] == "prepared");
   // The session status carries what each writer's identify returned.
-  for (const auto& writer : rig.status(id)["writers"]) {
+  const auto status = rig.status(id);  // kept: a range-for over a temporary's member dangles
+  for (const auto& writer : status["writers"]) {
     CHECK(writer["identity"]["components"][0]["name"] == writer["name"]);
   }
   auto frozen = rig.coordinator->freeze(id);
