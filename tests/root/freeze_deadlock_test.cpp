@@ -125,6 +125,27 @@ quiesce::client::ClientOptions client_options(const std::filesystem::path& socke
   return options;
 }
 
+// Creates a session (20 s window), leaves dirty data, and starts its freeze
+// on a thread of its own, which the agent (started with the unsafe order)
+// answers with an error or not at all: only the filesystems matter to the
+// callers. Returns once the freeze has had time to get stuck (lower frozen,
+// upper's FIFREEZE blocked on it).
+std::thread start_stuck_freeze(StackedFilesystems& stack, quiesce::client::AgentClient& client,
+                               const quiesce::client::ClientOptions& options) {
+  auto created = client.create_session({{"freeze_window_ms", 20000}});
+  REQUIRE_MESSAGE(created.ok(), quiesce::test::describe(created));
+  const std::string id = created.body["id"];
+  stack.make_dirty();
+  std::thread freezer([options, id] {
+    try {
+      (void)quiesce::client::AgentClient(options).freeze(id);
+    } catch (const std::exception&) {
+    }
+  });
+  std::this_thread::sleep_for(1500ms);
+  return freezer;
+}
+
 pid_t holder_pid_from_record(const std::string& run_dir) {
   std::string error;
   auto record = quiesce::writers::fsfreeze::read_record(
@@ -241,20 +262,7 @@ TEST_CASE("freeze deadlock: SIGTERM to the agent thaws everything, a restarted a
   {
     auto agent = start_agent(true);
     quiesce::client::AgentClient client(options);
-    auto created = client.create_session({{"freeze_window_ms", 20000}});
-    REQUIRE_MESSAGE(created.ok(), quiesce::test::describe(created));
-    const std::string id = created.body["id"];
-    stack.make_dirty();
-    // Answered with an error or not at all (the agent is killed): only the
-  // filesystems matter here.
-  std::thread freezer([&] {
-    try {
-      (void)quiesce::client::AgentClient(options).freeze(id);
-    } catch (const std::exception&) {
-    }
-  });
-    // Wait until the freeze is stuck: lower frozen, upper's freeze blocked.
-    std::this_thread::sleep_for(1500ms);
+    auto freezer = start_stuck_freeze(stack, client, options);
     CHECK_FALSE(WriteProbe(stack.lower.mount_point()).finished_within(50ms));
     const auto terminated = Clock::now();
     agent->signal(SIGTERM);
@@ -292,19 +300,8 @@ TEST_CASE("freeze deadlock: SIGKILL to the agent and its holder during a stuck f
   options.timeout = 5s;
 
   auto agent = start_agent(true);
-  auto created = quiesce::client::AgentClient(options).create_session({{"freeze_window_ms", 20000}});
-  REQUIRE(created.ok());
-  const std::string id = created.body["id"];
-  stack.make_dirty();
-  // Answered with an error or not at all (the agent is killed): only the
-  // filesystems matter here.
-  std::thread freezer([&] {
-    try {
-      (void)quiesce::client::AgentClient(options).freeze(id);
-    } catch (const std::exception&) {
-    }
-  });
-  std::this_thread::sleep_for(1500ms);
+  quiesce::client::AgentClient client(options);
+  auto freezer = start_stuck_freeze(stack, client, options);
   REQUIRE_FALSE(WriteProbe(stack.lower.mount_point()).finished_within(50ms));
   // The whole process group, as systemd's SIGKILL to a unit's cgroup: the
   // holder's freezing thread is inside the kernel and cannot die yet.
