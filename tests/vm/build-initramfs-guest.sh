@@ -32,9 +32,10 @@ kernel_meta=linux-image-amd64
 # busybox-static for the shell and tools, bash for the control runner (it
 # needs $EPOCHREALTIME), coreutils' timeout (the runner's `timeout -k`),
 # sqlite3 for the libvirt test's workload, qemu-guest-agent for the
-# side-by-side comparison, util-linux's fsfreeze for the tests' rescue.
-host_packages=(busybox-static bash coreutils sqlite3 qemu-guest-agent util-linux)
-host_binaries=(/bin/bash /usr/bin/timeout /usr/bin/sqlite3 /usr/sbin/qemu-ga /usr/sbin/fsfreeze)
+# side-by-side comparison, util-linux's fsfreeze for the tests' rescue,
+# socat for a qga client on AF_VSOCK inside the guest (VSOCK-CONNECT).
+host_packages=(busybox-static bash coreutils sqlite3 qemu-guest-agent util-linux socat)
+host_binaries=(/bin/bash /usr/bin/timeout /usr/bin/sqlite3 /usr/sbin/qemu-ga /usr/sbin/fsfreeze /usr/bin/socat)
 
 # Modules loaded at boot, in this order after their dependencies: the virtio
 # devices (PCI transport, the data disk, the serial ports), ext4 (with
