@@ -183,6 +183,21 @@ std::string file_tail(const std::filesystem::path& path, std::size_t lines) {
   return out;
 }
 
+void connect_booting_guest(ControlChannel& control, const std::filesystem::path& socket_path,
+                           ControlChannel::Clock::time_point deadline, ChildProcess& qemu,
+                           const std::filesystem::path& console_log) {
+  try {
+    control.connect(socket_path, deadline, [&qemu] { return qemu.running(); });
+  } catch (const std::exception& e) {
+    const std::string message =
+        std::string(e.what()) + "; console (" + console_log.string() + "):\n" + file_tail(console_log);
+    note_test_failed();  // keep the run dir with the console log
+    control.close();
+    stop_qemu(qemu);
+    throw std::runtime_error(message);
+  }
+}
+
 void stop_qemu(ChildProcess& qemu) {
   qemu.signal(SIGTERM);
   if (!qemu.wait_for(std::chrono::seconds(5))) {

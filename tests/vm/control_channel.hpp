@@ -15,6 +15,7 @@
 #include <string>
 
 #include "tests/support/processes.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace quiesce::test {
 
@@ -62,6 +63,13 @@ class ControlChannel {
   std::string pending_;  // bytes read past the last line
   unsigned next_id_ = 1;
 };
+
+// Waits for the runner of a guest `qemu` is booting (ControlChannel::connect).
+// When it does not answer by `deadline`, stops QEMU, keeps the run directory
+// (note_test_failed) and throws with the tail of the serial console.
+void connect_booting_guest(ControlChannel& control, const std::filesystem::path& socket_path,
+                           ControlChannel::Clock::time_point deadline, ChildProcess& qemu,
+                           const std::filesystem::path& console_log);
 
 // The last `lines` lines of a text file (a serial console log), for failure
 // messages; empty when the file cannot be read.

@@ -60,16 +60,7 @@ GuestVm::GuestVm(const Options& options) {
           "-device", "virtserialport,chardev=control,name=org.quiesce.test.0"},
       run_dir_ / "qemu.log");
 
-  const auto deadline = Clock::now() + options.boot_timeout;
-  try {
-    control_.connect(control_socket_, deadline, [this] { return qemu_->running(); });
-  } catch (const std::exception& e) {
-    const std::string message = std::string(e.what()) + "; console (" + console_log_.string() + "):\n" +
-                                console_tail();
-    note_test_failed();  // keep the run dir with the console log
-    shut_down();
-    throw std::runtime_error(message);
-  }
+  connect_booting_guest(control_, control_socket_, Clock::now() + options.boot_timeout, *qemu_, console_log_);
   boot_seconds_ = seconds_since(boot_started);
 }
 

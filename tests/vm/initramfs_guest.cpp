@@ -111,15 +111,7 @@ InitramfsGuest::InitramfsGuest(const Options& options) {
   }
   const auto boot_started = Clock::now();
   qemu_.emplace(argv, run_dir_ / "qemu.log");
-  try {
-    control_.connect(control_socket_, Clock::now() + options.boot_timeout, [this] { return qemu_->running(); });
-  } catch (const std::exception& e) {
-    const std::string message = std::string(e.what()) + "; console (" + console_log_.string() + "):\n" +
-                                console_tail();
-    note_test_failed();  // keep the run dir with the console log
-    shut_down();
-    throw std::runtime_error(message);
-  }
+  connect_booting_guest(control_, control_socket_, Clock::now() + options.boot_timeout, *qemu_, console_log_);
   boot_seconds_ = seconds_since(boot_started);
 }
 
