@@ -60,6 +60,7 @@ std::string agent_config() {
       {"qga",
        {{"virtio_serial_path", "/dev/virtio-ports/org.qemu.guest_agent.0"},
         {"vsock_port", qga_vsock_port},
+        {"allowed_cids", {1, 2}},
         {"freeze_window_ms", qga_window_ms}}}}
       .dump(2);
 }
