@@ -268,10 +268,11 @@ std::optional<std::pair<double, double>> wait_write(const std::string& name, std
   return std::nullopt;
 }
 
-// The protocol checks, the same for both agents. Each one records its
-// outcome; the caller decides which must pass for which agent.
-AgentReport run_protocol_checks(const std::string& agent) {
-  AgentReport report;
+// The protocol checks, the same for both agents, each recorded in `report`
+// as it ends (so a check that throws leaves the others' outcomes for the
+// table) and checked: qemu-ga is the reference, so every check must pass for
+// both; only the host going away mid-freeze differs (the caller checks it).
+void run_protocol_checks(const std::string& agent, AgentReport& report) {
   auto& vm = guest();
   auto record = [&](const std::string& check, bool ok, const std::string& detail) {
     report.results[check] = ok ? "ok" : detail;
@@ -360,6 +361,12 @@ AgentReport run_protocol_checks(const std::string& agent) {
     const auto ping = client->call({{"execute", "guest-ping"}});
     record("garbage and half-written JSON, then resync", ping == json{{"return", json::object()}},
            "after resync: " + ping.dump());
+    // Nesting far past any parser's limit: an error, never a crash.
+    client->send_raw(std::string(100000, '[') + "\n");
+    const auto skipped_deep = client->resync(5003, 30s);
+    const auto ping_deep = client->call({{"execute", "guest-ping"}});
+    record("100,000-deep nesting, then resync", ping_deep == json{{"return", json::object()}},
+           "after resync: " + ping_deep.dump() + "\n" + agent_log(agent));
     std::ostringstream seen;
     for (const auto& line : skipped_garbage) {
       seen << "  garbage -> " << line << "\n";
@@ -367,6 +374,8 @@ AgentReport run_protocol_checks(const std::string& agent) {
     for (const auto& line : skipped_half) {
       seen << "  half-written -> " << line << "\n";
     }
+    seen << "  100,000-deep nesting -> " << skipped_deep.size() << " replies"
+         << (skipped_deep.empty() ? std::string() : ", the first: " + skipped_deep.front().substr(0, 120)) << "\n";
     std::cout << agent << ": replies before the resyncs:\n" << seen.str();
     // An unknown command is an error, not a dropped channel.
     const auto unknown = client->call({{"execute", "guest-no-such-command"}});
@@ -400,7 +409,6 @@ AgentReport run_protocol_checks(const std::string& agent) {
     record("reconnect, thawed, write done", status == json{{"return", "thawed"}} && done.has_value(),
            status.dump());
   }
-  return report;
 }
 
 std::map<std::string, AgentReport>& reports() {
@@ -422,13 +430,17 @@ std::string format_ms(double ms) {
 TEST_SUITE("initramfs qga") {
 
 TEST_CASE("qga protocol against Quiesce on virtio-serial") {
-  auto report = run_protocol_checks("quiesce");
+  auto& report = reports()["quiesce"];
+  try {
+    run_protocol_checks("quiesce", report);
+  } catch (const std::exception& e) {
+    FAIL(e.what() << "\nthe agent's log:\n" << agent_log("quiesce"));
+  }
   // Quiesce's qga sessions end at their window when the host is gone.
   CHECK_MESSAGE(report.disconnect_frozen_ms >= 0, "quiesce stayed frozen after the host went away");
   CHECK_MESSAGE(report.disconnect_frozen_ms <= qga_window_ms + 1500,
                 "quiesce thawed " << report.disconnect_frozen_ms << " ms after the freeze, window "
                                   << qga_window_ms << " ms");
-  reports()["quiesce"] = report;
 }
 
 TEST_CASE("vsock in the guest: the native API and the qga listener on vsock_loopback") {
@@ -453,17 +465,31 @@ TEST_CASE("the same checks against Debian's qemu-ga, side by side") {
   REQUIRE_MESSAGE(stop.ok(), stop.output);
   const auto start = vm.run("qt-agent start qemu-ga");
   REQUIRE_MESSAGE(start.ok(), start.output);
-  // qemu-ga is the reference: every check but the window must pass.
-  auto report = run_protocol_checks("qemu-ga");
-  reports()["qemu-ga"] = report;
+  auto& report = reports()["qemu-ga"];
+  try {
+    run_protocol_checks("qemu-ga", report);
+  } catch (const std::exception& e) {
+    FAIL_CHECK(e.what() << "\nqemu-ga's log:\n" << agent_log("qemu-ga"));
+  }
 
   const auto& quiesce = reports()["quiesce"];
   std::ostringstream table;
   table << std::left << std::setw(46) << "check" << std::setw(28) << "Quiesce" << "qemu-ga\n";
-  for (const auto& [check, outcome] : report.results) {
-    const auto it = quiesce.results.find(check);
-    const std::string ours = it == quiesce.results.end() ? "(not run)" : it->second;
-    table << std::setw(46) << check << std::setw(28) << ours.substr(0, 26) << outcome.substr(0, 40) << "\n";
+  std::map<std::string, bool> checks;
+  for (const AgentReport* one : {&quiesce, static_cast<const AgentReport*>(&report)}) {
+    for (const auto& result : one->results) {
+      checks[result.first] = true;
+    }
+  }
+  auto outcome = [](const AgentReport& of, const std::string& check) {
+    const auto it = of.results.find(check);
+    std::string text = it == of.results.end() ? "(not run)" : it->second;
+    text = text.substr(0, text.find('\n'));
+    return text.substr(0, 26);
+  };
+  for (const auto& [check, seen] : checks) {
+    table << std::setw(46) << check << std::setw(28) << outcome(quiesce, check) << outcome(report, check)
+          << "\n";
   }
   table << std::setw(46) << "freeze (host round trip)" << std::setw(28) << format_ms(quiesce.freeze_ms)
         << format_ms(report.freeze_ms) << "\n";
