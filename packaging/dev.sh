@@ -28,6 +28,9 @@ packages=(
   qemu-guest-agent gnuplot-nox
   # the qmp snapshot backend's test, and the vm tests' guest (tests/vm/build-debian-image.sh)
   qemu-system-x86 qemu-utils debootstrap
+  # the initramfs guest (tests/vm/build-initramfs-guest.sh): its shell and tools, and what it
+  # copies in besides qemu-guest-agent and sqlite3 above
+  busybox-static bash coreutils socat
 )
 
 say() { printf '\n== %s\n' "$*"; }

@@ -17,17 +17,9 @@
 
 #include "tests/support/processes.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/vm/control_channel.hpp"
 
 namespace quiesce::test {
-
-// One command's result as the guest runner reports it.
-struct GuestResult {
-  int exit_code = -1;      // 124: the runner's timeout ended it
-  double started = 0;      // guest CLOCK_REALTIME, seconds
-  double ended = 0;
-  std::string output;      // stdout and stderr together
-  [[nodiscard]] bool ok() const { return exit_code == 0; }
-};
 
 class GuestVm {
  public:
@@ -48,22 +40,21 @@ class GuestVm {
   // Runs `command` under bash in the guest (one line, no newline), with the
   // runner's timeout `limit`. Throws when the channel gives no answer within
   // limit + a margin (the runner is stuck, e.g. on a frozen "/").
-  GuestResult run(const std::string& command, std::chrono::seconds limit = std::chrono::seconds(30));
+  GuestResult run(const std::string& command, std::chrono::seconds limit = std::chrono::seconds(30)) {
+    return control_.run(command, limit);
+  }
 
   // The guest's clock now (seconds), through the runner.
-  double guest_now();
+  double guest_now() { return control_.guest_now(); }
 
   [[nodiscard]] double image_seconds() const { return image_seconds_; }  // 0 when cached
   [[nodiscard]] double boot_seconds() const { return boot_seconds_; }    // QEMU start to runner ready
   [[nodiscard]] const std::filesystem::path& console_log() const { return console_log_; }
   [[nodiscard]] const std::filesystem::path& image_dir() const { return image_dir_; }
   // The last `lines` lines of the serial console, for failure messages.
-  [[nodiscard]] std::string console_tail(std::size_t lines = 40) const;
+  [[nodiscard]] std::string console_tail(std::size_t lines = 40) const { return file_tail(console_log_, lines); }
 
  private:
-  void connect_control(std::chrono::steady_clock::time_point deadline);
-  void send_line(const std::string& line);
-  std::optional<std::string> read_line(std::chrono::steady_clock::time_point deadline);
   void shut_down();
 
   TempDir run_dir_{"quiesce-vm"};
@@ -71,9 +62,7 @@ class GuestVm {
   std::filesystem::path console_log_;
   std::filesystem::path control_socket_;
   std::optional<ChildProcess> qemu_;
-  int control_fd_ = -1;
-  std::string pending_;  // bytes read past the last line
-  unsigned next_id_ = 1;
+  ControlChannel control_;
   double image_seconds_ = 0;
   double boot_seconds_ = 0;
 };
