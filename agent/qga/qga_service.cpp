@@ -282,7 +282,8 @@ std::string QgaService::Impl::handle(const std::string& text, const std::string&
   nlohmann::json request;
   try {
     request = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
+    // parse_error, and out_of_range for numbers past a double (1e99999).
     // nlohmann's message starts with its own tag: keep what it says.
     std::string message = e.what();
     if (auto bracket = message.find("] "); bracket != std::string::npos) {
