@@ -307,7 +307,7 @@ TEST_CASE("qga freeze: a lost hold makes thaw answer an error and skips post-sna
   CHECK(execute(*connection, "guest-fsfreeze-thaw")["return"] == 0);
 }
 
-TEST_CASE("qga freeze: past the freeze window the agent thaws; the next thaw says so once") {
+TEST_CASE("qga freeze: past the freeze window the agent thaws, and the next thaw says so once") {
   agent::qga::QgaOptions options;
   options.freeze_window = 300ms;
   QgaRig rig(options);
