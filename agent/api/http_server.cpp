@@ -732,6 +732,8 @@ void ServerState::on_accept(Listener& listener, Protocol::socket socket, const E
     case Transport::tcp:
       peer.description = describe_tcp_peer(peer_endpoint);
       break;
+    case Transport::qga:
+      break;  // never a listener of this server
   }
 
   bool reject = false;

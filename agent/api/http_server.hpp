@@ -19,7 +19,9 @@
 
 namespace quiesce::api {
 
-enum class Transport { unix_socket, vsock, tcp };
+// qga: a v1 request carried by qemu-guest-agent's `quiesce-api` command over
+// the qga channel (agent/qga/), not by this server.
+enum class Transport { unix_socket, vsock, tcp, qga };
 
 struct Peer {
   Transport transport = Transport::unix_socket;

@@ -74,6 +74,9 @@ SessionRequest parse_session_request(const nlohmann::json& body) {
     }
     request.checkpoint_id = *checkpoint;
   }
+  if (fields.has("mountpoints")) {
+    request.mountpoints = fields.strings("mountpoints");
+  }
   fields.reject_unknown();
   return request;
 }
@@ -109,8 +112,11 @@ api::Response ApiRoutes::handle(const api::Request& request) {
       return api::Response{200, "text/plain; version=0.0.4", coordinator_.metrics()};
     }
     if (path == "/v1/sessions") {
+      if (method == "GET") {
+        return json_response(200, coordinator_.list_sessions());
+      }
       if (method != "POST") {
-        return not_allowed("POST");
+        return not_allowed("GET, POST");
       }
       auto body = parse_body(request.body);
       auto session_request = parse_session_request(body);

@@ -134,6 +134,8 @@ struct Coordinator::Session {
   std::string id;
   std::string state = "preparing";
   std::optional<std::string> checkpoint_id;
+  std::optional<std::vector<std::string>> mountpoints;
+  std::string origin = "api";
   Millis freeze_window{0};
   std::chrono::system_clock::time_point created_at = std::chrono::system_clock::now();
   std::vector<SessionWriter> writers;
@@ -216,7 +218,7 @@ std::vector<Coordinator::CallResult> Coordinator::call_writers(
     }
     deadlines[i] = std::min(start + timeout, hard_deadline);
     PhaseContext ctx{session.id, deadlines[i], session.hold_deadline,
-                     batch->stops[i].get_token()};
+                     batch->stops[i].get_token(), session.mountpoints};
     Writer* writer = slot->writer.get();
     // The job owns copies of everything it touches: it may finish long after
     // this function gave up on it.
@@ -367,6 +369,30 @@ Expected<nlohmann::json> Coordinator::create_session(const SessionRequest& reque
     return wire::ApiError{409, "no_writers", "the agent has no writers configured",
                           std::nullopt, false};
   }
+  if (request.mountpoints) {
+    for (const auto& mountpoint : *request.mountpoints) {
+      if (mountpoint.empty() || mountpoint.front() != '/') {
+        return wire::ApiError{400, "invalid_field",
+                              "mountpoints: '" + mountpoint + "' is not an absolute path",
+                              std::nullopt, false};
+      }
+    }
+    // Only the fsfreeze writer knows mount points; naming some while no
+    // fsfreeze writer takes part would silently freeze other filesystems.
+    const bool has_fsfreeze = std::any_of(selected.begin(), selected.end(), [](const auto* slot) {
+      return slot->spec.type == "fsfreeze";
+    });
+    if (!has_fsfreeze) {
+      return wire::ApiError{400, "invalid_field",
+                            "mountpoints: no fsfreeze writer takes part in this session, so "
+                            "there is nothing to narrow to these mount points",
+                            std::nullopt, false};
+    }
+  }
+  if (request.origin != "api" && request.origin != "qga") {
+    return wire::ApiError{400, "invalid_field", "origin: must be 'api' or 'qga'", std::nullopt,
+                          false};
+  }
   auto window = request.freeze_window.value_or(limits_.default_freeze_window);
   if (window <= Millis(0) || window > limits_.max_freeze_window) {
     return wire::ApiError{400, "invalid_field",
@@ -391,6 +417,8 @@ Expected<nlohmann::json> Coordinator::create_session(const SessionRequest& reque
     auto fresh = std::make_unique<Session>();
     fresh->id = "s-" + random_hex(8);
     fresh->checkpoint_id = request.checkpoint_id;
+    fresh->mountpoints = request.mountpoints;
+    fresh->origin = request.origin;
     fresh->freeze_window = window;
     for (auto* slot : selected) {
       SessionWriter writer;
@@ -400,7 +428,8 @@ Expected<nlohmann::json> Coordinator::create_session(const SessionRequest& reque
     session = fresh.get();
     sessions_.push_back(std::move(fresh));
   }
-  logger_->info("session {}: created for {} writer(s)", session->id, selected.size());
+  logger_->info("session {}: created for {} writer(s) (origin {})", session->id, selected.size(),
+                session->origin);
   return run_create(*session);
 }
 
@@ -711,6 +740,9 @@ void Coordinator::release_hold(Session& session, bool by_watchdog,
   metrics_.last_hold_seconds = hold_ms / 1000.0;
   if (!continuous) {
     ++metrics_.holds_broken;
+  }
+  if (session.origin == "qga") {
+    ++(continuous ? metrics_.qga_continuous : metrics_.qga_broken);
   }
   end_hold(session);
   watch_wake_.notify_all();
@@ -1074,6 +1106,9 @@ nlohmann::json Coordinator::status_locked(const Session& session) const {
   }
   return {{"id", session.id},
           {"state", session.state},
+          {"origin", session.origin},
+          {"mountpoints", session.mountpoints ? nlohmann::json(*session.mountpoints)
+                                              : nlohmann::json(nullptr)},
           {"checkpoint_id", session.checkpoint_id ? nlohmann::json(*session.checkpoint_id)
                                                   : nlohmann::json(nullptr)},
           {"created_at", iso_time(session.created_at)},
@@ -1083,6 +1118,24 @@ nlohmann::json Coordinator::status_locked(const Session& session) const {
           {"verdict", session.verdict},
           {"artifacts", artifacts},
           {"error", session.error ? wire::to_json(*session.error)["error"] : nlohmann::json(nullptr)}};
+}
+
+nlohmann::json Coordinator::list_sessions() const {
+  std::lock_guard lock(state_mutex_);
+  nlohmann::json sessions = nlohmann::json::array();
+  for (const auto& session : sessions_) {
+    sessions.push_back(
+        {{"id", session->id},
+         {"state", session->state},
+         {"origin", session->origin},
+         {"created_at", iso_time(session->created_at)},
+         {"checkpoint_id", session->checkpoint_id ? nlohmann::json(*session->checkpoint_id)
+                                                  : nlohmann::json(nullptr)},
+         {"verdict", session->verdict},
+         {"error", session->error ? wire::to_json(*session->error)["error"]
+                                  : nlohmann::json(nullptr)}});
+  }
+  return {{"sessions", sessions}};
 }
 
 wire::ApiError Coordinator::writer_error(const Session& session, const std::string& code,
@@ -1170,6 +1223,11 @@ std::string Coordinator::metrics() const {
   out << "# HELP quiesce_holds_broken_total Holds that were not continuous.\n"
       << "# TYPE quiesce_holds_broken_total counter\n"
       << "quiesce_holds_broken_total " << metrics_.holds_broken << "\n";
+  out << "# HELP quiesce_qga_sessions_total Holds of sessions started by guest-fsfreeze-freeze, "
+         "by continuity verdict.\n"
+      << "# TYPE quiesce_qga_sessions_total counter\n"
+      << "quiesce_qga_sessions_total{continuous=\"true\"} " << metrics_.qga_continuous << "\n"
+      << "quiesce_qga_sessions_total{continuous=\"false\"} " << metrics_.qga_broken << "\n";
   out << "# HELP quiesce_writer_failures_total Writer failures by phase and class.\n"
       << "# TYPE quiesce_writer_failures_total counter\n";
   for (const auto& [key, count] : metrics_.writer_failures) {

@@ -73,6 +73,12 @@ struct SessionRequest {
   std::optional<std::vector<std::string>> writers;  // default: all
   std::optional<Millis> freeze_window;
   std::optional<std::string> checkpoint_id;
+  // Narrows the fsfreeze writers to these mount points (PhaseContext::mountpoints).
+  std::optional<std::vector<std::string>> mountpoints;
+  // Who asked for the session: "api" (the v1 API) or "qga" (qemu-guest-agent's
+  // guest-fsfreeze-freeze). Shown in the session status; qga sessions'
+  // verdicts are counted apart in /metrics.
+  std::string origin = "api";
 };
 
 // Told about holds and state changes: the log ring buffers while a hold is
@@ -108,6 +114,10 @@ class Coordinator {
   Expected<nlohmann::json> complete(const std::string& id, const std::string& snapshot_id);
   Expected<nlohmann::json> abort(const std::string& id);
   Expected<nlohmann::json> session_status(const std::string& id) const;
+  // Every session still kept (the active one and the last `history` finished
+  // ones), oldest first, each as a summary: id, state, origin, created_at,
+  // checkpoint_id, verdict, error.
+  [[nodiscard]] nlohmann::json list_sessions() const;
 
   [[nodiscard]] nlohmann::json health() const;
   [[nodiscard]] nlohmann::json writers_status() const;
@@ -191,6 +201,8 @@ class Coordinator {
     double hold_seconds_sum = 0;
     double last_hold_seconds = 0;
     std::map<std::string, std::uint64_t> writer_failures;  // "writer|phase|class"
+    std::uint64_t qga_continuous = 0;  // qga sessions' verdicts (holds released)
+    std::uint64_t qga_broken = 0;
   } metrics_;
 
   std::jthread watchdog_;  // last: uses everything above

@@ -29,7 +29,8 @@ namespace quiesce::agent::qga {
 struct QgaOptions {
   // How long a guest-fsfreeze-freeze may hold before the agent thaws by
   // itself. qga clients have no watchdog of their own (docs/qga.md says why
-  // this default).
+  // this default). Must not exceed the coordinator's
+  // SessionLimits::max_freeze_window, or every qga freeze is refused.
   std::chrono::milliseconds freeze_window{60'000};
   // One JSON object larger than this is refused (an error reply on the
   // virtio-serial port, then input is discarded up to the next 0xFF byte or
@@ -50,6 +51,10 @@ class QgaConnection {
   virtual ~QgaConnection() = default;
   // Feeds bytes read from the channel. Runs every complete command in order
   // (a command may block: a freeze runs the writers) and returns the replies.
+  // Not thread-safe per connection (one reader per channel); connections
+  // of one service may feed from different threads. Once `close` was
+  // returned, every later feed returns `close` again and runs nothing.
+  // A connection must not outlive its QgaService.
   virtual QgaOutput feed(std::string_view bytes) = 0;
 };
 

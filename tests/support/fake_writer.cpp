@@ -74,7 +74,20 @@ Status FakeWriter::act(Phase phase, const PhaseContext& ctx) {
 }
 
 Status FakeWriter::identify(const PhaseContext& ctx, Identity& out) {
-  out.components.push_back({{"kind", "fake"}, {"name", name_}});
+  if (script_.filesystems.empty()) {
+    out.components.push_back({{"kind", "fake"}, {"name", name_}});
+    return act(Phase::identify, ctx);
+  }
+  auto wanted = ctx.mountpoints.value_or(script_.filesystems);
+  for (const auto& mount : wanted) {
+    if (std::find(script_.filesystems.begin(), script_.filesystems.end(), mount) ==
+        script_.filesystems.end()) {
+      journal_->add(name_ + ":identify");
+      return Status::non_retryable("mount point '" + mount + "' is not among the filesystems "
+                                   "this writer freezes");
+    }
+    out.components.push_back({{"kind", "filesystem"}, {"name", mount}, {"mount", mount}});
+  }
   return act(Phase::identify, ctx);
 }
 Status FakeWriter::prepare(const PhaseContext& ctx) { return act(Phase::prepare, ctx); }

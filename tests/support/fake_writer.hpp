@@ -55,6 +55,11 @@ struct FakeScript {
   std::map<Phase, PhaseScript> phases;
   bool lose_hold = false;
   nlohmann::json artifacts = {{"label", "fake"}};
+  // Mount points this writer reports at identify as {"kind": "filesystem"}
+  // components, as the fsfreeze writer does; with these set it honours
+  // PhaseContext::mountpoints like fsfreeze (narrows, or fails identify on a
+  // mount point it does not hold). Empty: one {"kind": "fake"} component.
+  std::vector<std::string> filesystems;
 };
 
 class FakeWriter final : public Writer {

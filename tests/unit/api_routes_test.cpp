@@ -112,3 +112,29 @@ TEST_CASE("a writer failure answers with the error and the session's writers") {
   CHECK(rig.call("DELETE", "/v1/sessions/" + id).second["state"] == "aborted");
   CHECK(rig.journal->count("fs:abort") == 1);
 }
+
+TEST_CASE("the routes list sessions and refuse mount points no fsfreeze writer could narrow") {
+  RouteRig rig;
+  auto [empty_status, empty] = rig.call("GET", "/v1/sessions");
+  CHECK(empty_status == 200);
+  CHECK(empty["sessions"].empty());
+
+  // The rig's writers are fakes, none of type fsfreeze.
+  check_error(rig.call("POST", "/v1/sessions", R"({"mountpoints":["/srv"]})"), 400,
+              "invalid_field");
+  check_error(rig.call("POST", "/v1/sessions", R"({"mountpoints":"/srv"})"), 400,
+              "invalid_field");
+  check_error(rig.call("PUT", "/v1/sessions"), 405, "method_not_allowed");
+  CHECK(rig.journal->entries().empty());
+
+  auto [created_status, created] = rig.call("POST", "/v1/sessions", "{}");
+  REQUIRE(created_status == 201);
+  CHECK(created["origin"] == "api");
+  CHECK(created["mountpoints"].is_null());
+  auto [listed_status, listed] = rig.call("GET", "/v1/sessions");
+  CHECK(listed_status == 200);
+  REQUIRE(listed["sessions"].size() == 1);
+  CHECK(listed["sessions"][0]["id"] == created["id"]);
+  CHECK(listed["sessions"][0]["state"] == "prepared");
+  CHECK(listed["sessions"][0]["origin"] == "api");
+}

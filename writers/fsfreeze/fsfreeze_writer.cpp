@@ -237,9 +237,9 @@ class FsfreezeWriter final : public Writer {
   FsfreezeWriter(const FsfreezeWriter&) = delete;
   FsfreezeWriter& operator=(const FsfreezeWriter&) = delete;
 
-  Status identify(const PhaseContext&, Identity& out) override {
+  Status identify(const PhaseContext& ctx, Identity& out) override {
     fsfreeze::Selection selection;
-    if (auto status = select(selection); !status.is_ok()) {
+    if (auto status = select(selection, ctx.mountpoints); !status.is_ok()) {
       return status;
     }
     for (const auto& filesystem : selection.filesystems) {
@@ -270,7 +270,7 @@ class FsfreezeWriter final : public Writer {
 
   Status prepare(const PhaseContext& ctx) override {
     fsfreeze::Selection selection;
-    if (auto status = select(selection); !status.is_ok()) {
+    if (auto status = select(selection, ctx.mountpoints); !status.is_ok()) {
       return status;
     }
     // Starting the holder now keeps fork/exec out of the hold window.
@@ -293,7 +293,7 @@ class FsfreezeWriter final : public Writer {
       return Status::timeout("the hold deadline has already passed; not freezing");
     }
     fsfreeze::Selection selection;
-    if (auto status = select(selection); !status.is_ok()) {
+    if (auto status = select(selection, ctx.mountpoints); !status.is_ok()) {
       return status;
     }
     if (selection.filesystems.empty()) {
@@ -422,7 +422,12 @@ class FsfreezeWriter final : public Writer {
  private:
   spdlog::logger& log() { return *env_.logger; }
 
-  Status select(fsfreeze::Selection& selection) {
+  // `narrow_to`: the session's mount points (guest-fsfreeze-freeze-list);
+  // the selection keeps only the filesystems mounted there, and one that is
+  // not among what this writer would freeze fails the call, so the session
+  // fails at identify, before anything freezes.
+  Status select(fsfreeze::Selection& selection,
+                const std::optional<std::vector<std::string>>& narrow_to) {
     auto table = platform::read_mountinfo();
     if (!table.table) {
       return Status::non_retryable(table.error);
@@ -436,6 +441,45 @@ class FsfreezeWriter final : public Writer {
       return Status::non_retryable("the mounts to freeze changed since the agent started: " +
                                    join(messages));
     }
+    if (narrow_to) {
+      return narrow(selection, *narrow_to);
+    }
+    return Status::ok();
+  }
+
+  static Status narrow(fsfreeze::Selection& selection, const std::vector<std::string>& wanted) {
+    std::vector<bool> keep(selection.filesystems.size(), false);
+    for (const auto& path : wanted) {
+      std::error_code ec;
+      auto canonical = fs::canonical(path, ec);
+      const auto normal = normalise_mount_path(ec ? path : canonical.string());
+      bool found = false;
+      for (std::size_t i = 0; i < selection.filesystems.size(); ++i) {
+        const auto& filesystem = selection.filesystems[i];
+        const auto& others = filesystem.other_mount_points;
+        if (filesystem.mount.mount_point == normal ||
+            std::find(others.begin(), others.end(), normal) != others.end()) {
+          keep[i] = true;
+          found = true;
+        }
+      }
+      if (!found) {
+        std::vector<std::string> freezable;
+        for (const auto& filesystem : selection.filesystems) {
+          freezable.push_back(filesystem.mount.mount_point);
+        }
+        return Status::non_retryable(
+            "mount point '" + path + "' is not among the filesystems this writer freezes (" +
+            (freezable.empty() ? std::string("none") : join(freezable)) + ")");
+      }
+    }
+    std::vector<fsfreeze::SelectedFilesystem> kept;
+    for (std::size_t i = 0; i < selection.filesystems.size(); ++i) {
+      if (keep[i]) {
+        kept.push_back(std::move(selection.filesystems[i]));
+      }
+    }
+    selection.filesystems = std::move(kept);
     return Status::ok();
   }
 

@@ -13,8 +13,10 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <stop_token>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/logger.h>
@@ -31,6 +33,12 @@ struct PhaseContext {
   Clock::time_point deadline;       // this call's deadline
   Clock::time_point hold_deadline;  // end of the freeze window (freeze/thaw only)
   std::stop_token stop;             // triggered on timeout or abort
+  // Set when the session was asked to freeze only these mount points
+  // (guest-fsfreeze-freeze-list, "mountpoints" in POST /v1/sessions). Only
+  // filesystem writers that freeze mounts (fsfreeze) act on it: they narrow
+  // their selection to these, and fail identify when one of them is not
+  // among the filesystems they would freeze. Unset: the configured mounts.
+  std::optional<std::vector<std::string>> mountpoints{};
 };
 
 // A writer call's deadline and stop token as the waits inside the call use
