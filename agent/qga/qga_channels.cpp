@@ -43,7 +43,9 @@ constexpr int kVirtioRecheckMs = 10'000;
 // is read from a signalfd and never interrupts the rest of the agent.
 constexpr int kHostSignal = SIGIO;
 
-std::string errno_text(int error) { return std::error_code(error, std::generic_category()).message(); }
+std::string errno_text(int error) {
+  return std::error_code(error, std::generic_category()).message();
+}
 
 class UniqueFd {
  public:
@@ -171,8 +173,8 @@ struct QgaChannels::Impl {
     const int bind_error = errno;
     ::umask(old_umask);
     if (bound != 0) {
-      throw std::runtime_error("qga unix socket " + socket_config.path + ": cannot bind: " +
-                               errno_text(bind_error));
+      throw std::runtime_error("qga unix socket " + socket_config.path +
+                               ": cannot bind: " + errno_text(bind_error));
     }
     if (::chmod(socket_config.path.c_str(), socket_config.mode) != 0 ||
         ::listen(fd.get(), 16) != 0) {
@@ -295,7 +297,8 @@ struct QgaChannels::Impl {
       if (got <= 0) {
         break;  // EOF or a reset: the client went away
       }
-      const auto output = connection->feed(std::string_view(buffer.data(), static_cast<std::size_t>(got)));
+      const auto output =
+          connection->feed(std::string_view(buffer.data(), static_cast<std::size_t>(got)));
       if (!output.bytes.empty() && !write_all(fd, output.bytes, stop_fd.get())) {
         break;
       }
@@ -338,9 +341,10 @@ struct QgaChannels::Impl {
         // virtio_console lets one process open a port: most likely a stock
         // qemu-guest-agent runs too. No event says when it lets go.
         if (!told_busy) {
-          logger->warn("qga: {} is in use by another process (qemu-guest-agent?): retrying "
-                       "every {} s",
-                       path.string(), kVirtioRecheckMs / 1000);
+          logger->warn(
+              "qga: {} is in use by another process (qemu-guest-agent?): retrying "
+              "every {} s",
+              path.string(), kVirtioRecheckMs / 1000);
           told_busy = true;
         }
         wait_ms = kVirtioRecheckMs;
@@ -368,10 +372,11 @@ struct QgaChannels::Impl {
   bool arm_host_signal(int port_fd, const std::string& path) {
     f_owner_ex owner{F_OWNER_TID, static_cast<pid_t>(::gettid())};
     const int flags = ::fcntl(port_fd, F_GETFL);
-    if (::fcntl(port_fd, F_SETOWN_EX, &owner) != 0 || ::fcntl(port_fd, F_SETSIG, kHostSignal) != 0 ||
-        flags < 0 || ::fcntl(port_fd, F_SETFL, flags | O_ASYNC) != 0) {
-      logger->warn("qga: {}: no SIGIO for host connections ({}); checking every {} s instead",
-                   path, errno_text(errno), kVirtioRecheckMs / 1000);
+    if (::fcntl(port_fd, F_SETOWN_EX, &owner) != 0 ||
+        ::fcntl(port_fd, F_SETSIG, kHostSignal) != 0 || flags < 0 ||
+        ::fcntl(port_fd, F_SETFL, flags | O_ASYNC) != 0) {
+      logger->warn("qga: {}: no SIGIO for host connections ({}); checking every {} s instead", path,
+                   errno_text(errno), kVirtioRecheckMs / 1000);
       return false;
     }
     return true;
@@ -404,7 +409,7 @@ struct QgaChannels::Impl {
       }
       const bool signalled = signal_fd && arm_host_signal(port.get(), path.string());
       logger->info("qga: opened {}", path.string());
-      const bool gone = serve_open_port(port.get(), peer, signalled ? signal_fd.get() : -1);
+      const bool gone = serve_open_port(port.get(), path, peer, signalled ? signal_fd.get() : -1);
       port.reset();
       if (gone) {
         logger->warn("qga: {} went away; waiting for it again", path.string());
@@ -416,21 +421,39 @@ struct QgaChannels::Impl {
     if (fd < 0) {
       return;
     }
-    char sink[sizeof(signalfd_siginfo) * 8];
+    // Big enough for whole signalfd_siginfo and inotify_event records.
+    alignas(inotify_event) char sink[sizeof(signalfd_siginfo) * 16];
     while (::read(fd, sink, sizeof sink) > 0) {
     }
   }
 
   // Serves host connection after host connection on an open port. Returns
   // true when the port itself failed (unplugged), false on stop.
-  bool serve_open_port(int port_fd, const std::string& peer, int signal_fd) {
+  bool serve_open_port(int port_fd, const std::filesystem::path& path, const std::string& peer,
+                       int signal_fd) {
     std::string buffer(kReadChunk, '\0');
+    // An unplugged port (device removed, driver reloaded) looks like a host
+    // that is not connected: POLLHUP, no SIGIO. Its node going away is the
+    // event that tells the two apart; then the port is waited for again.
+    UniqueFd removal(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+    if (removal) {
+      (void)::inotify_add_watch(removal.get(), path.parent_path().c_str(),
+                                IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF);
+    }
     while (!stop_requested()) {
       // Disconnected: wait for the host's SIGIO (or the safety net).
       if (!host_connected(port_fd)) {
-        pollfd fds[2] = {{stop_fd.get(), POLLIN, 0}, {signal_fd, POLLIN, 0}};
-        (void)::poll(fds, signal_fd >= 0 ? 2 : 1, kVirtioRecheckMs);
+        pollfd fds[3] = {
+            {stop_fd.get(), POLLIN, 0}, {removal.get(), POLLIN, 0}, {signal_fd, POLLIN, 0}};
+        (void)::poll(fds, signal_fd >= 0 ? 3 : 2, kVirtioRecheckMs);
         drain(signal_fd);
+        if ((fds[1].revents & POLLIN) != 0) {
+          drain(removal.get());
+          std::error_code ignored;
+          if (!std::filesystem::exists(path, ignored)) {
+            return true;
+          }
+        }
         continue;
       }
       ++port_sessions;

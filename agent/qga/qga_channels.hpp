@@ -10,6 +10,8 @@
 // wait is a poll() that also watches one stop eventfd, so stop() never
 // hangs on a blocked read. Plain POSIX: no Asio or Beast here.
 
+#include <spdlog/logger.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -17,8 +19,6 @@
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <spdlog/logger.h>
 
 #include "agent/qga/qga_service.hpp"
 

@@ -19,7 +19,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
 
-std::string errno_text(int error) { return std::error_code(error, std::generic_category()).message(); }
+std::string errno_text(int error) {
+  return std::error_code(error, std::generic_category()).message();
+}
 
 // One connection to the qga socket for one call, with one deadline.
 class QgaConnection {
@@ -99,8 +101,8 @@ class QgaConnection {
         return reply;
       }
       if (!line.empty()) {
-        fail(TransportError::Kind::protocol, "not a qga reply to " + command + ": " +
-                                                 line.substr(0, 200));
+        fail(TransportError::Kind::protocol,
+             "not a qga reply to " + command + ": " + line.substr(0, 200));
       }
     }
   }
@@ -114,12 +116,14 @@ class QgaConnection {
 
   void wait_for(short events, const std::string& what) {
     while (true) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - Clock::now());
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - Clock::now());
       if (left.count() <= 0) {
         fail(TransportError::Kind::timeout, what + " timed out");
       }
       pollfd fd{fd_, events, 0};
-      const int ready = ::poll(&fd, 1, static_cast<int>(std::min<std::int64_t>(left.count(), 60'000)));
+      const int ready =
+          ::poll(&fd, 1, static_cast<int>(std::min<std::int64_t>(left.count(), 60'000)));
       if (ready < 0 && errno == EINTR) {
         continue;
       }
@@ -190,8 +194,8 @@ class QgaConnection {
         return line;
       }
       if (buffer_.size() > max_line_) {
-        fail(TransportError::Kind::protocol, what + " is larger than " +
-                                                 std::to_string(max_line_) + " bytes");
+        fail(TransportError::Kind::protocol,
+             what + " is larger than " + std::to_string(max_line_) + " bytes");
       }
       fill(what);
     }
@@ -246,7 +250,8 @@ constexpr const char* kFallbackNote =
 // The v1 calls a host makes, played with qemu-ga's fsfreeze commands.
 class Fallback {
  public:
-  Fallback(QgaConnection& connection, QgaPeerState& state) : connection_(connection), state_(state) {}
+  Fallback(QgaConnection& connection, QgaPeerState& state)
+      : connection_(connection), state_(state) {}
 
   Result run(std::string_view method, const std::string& path, const json& body) {
     static const std::regex session_path("^/v1/sessions/([^/]+)(/(freeze|thaw|complete))?$");
@@ -266,7 +271,8 @@ class Fallback {
       const std::string id = match[1];
       const std::string action = match[3];
       if (!state_.session_id || *state_.session_id != id) {
-        return error_result(404, "session_not_found", "no session " + id + " on this client", false);
+        return error_result(404, "session_not_found", "no session " + id + " on this client",
+                            false);
       }
       if (action.empty() && method == "GET") {
         return session_status();
@@ -320,7 +326,8 @@ class Fallback {
       failure = from_qga_error(reply, "guest-fsfreeze-status");
       return std::nullopt;
     }
-    return reply["return"].is_string() ? reply["return"].get<std::string>() : std::string("unknown");
+    return reply["return"].is_string() ? reply["return"].get<std::string>()
+                                       : std::string("unknown");
   }
 
   Result health() {
@@ -372,7 +379,8 @@ class Fallback {
       return from_qga_error(reply, "guest-fsfreeze-freeze");
     }
     state_.frozen_at = Clock::now();
-    state_.filesystems_frozen = reply["return"].is_number_unsigned() ? reply["return"].get<std::uint64_t>() : 0;
+    state_.filesystems_frozen =
+        reply["return"].is_number_unsigned() ? reply["return"].get<std::uint64_t>() : 0;
     auto result = session_body("frozen");
     result["filesystems"] = state_.filesystems_frozen;
     return json_result(200, std::move(result));
@@ -433,8 +441,8 @@ class Fallback {
 }  // namespace
 
 Result qga_request(const Endpoint& endpoint, QgaPeerState& state, std::string_view method,
-                   std::string_view path, const std::string* body, std::chrono::milliseconds timeout,
-                   std::size_t max_response_bytes) {
+                   std::string_view path, const std::string* body,
+                   std::chrono::milliseconds timeout, std::size_t max_response_bytes) {
   QgaConnection connection(endpoint, Clock::now() + timeout, max_response_bytes);
   connection.connect();
   connection.sync();
@@ -456,7 +464,8 @@ Result qga_request(const Endpoint& endpoint, QgaPeerState& state, std::string_vi
     if (reply.contains("return")) {
       state.kind = QgaPeerState::Kind::quiesce;
       const auto& answer = reply["return"];
-      if (!answer.is_object() || !answer.contains("status") || !answer["status"].is_number_unsigned()) {
+      if (!answer.is_object() || !answer.contains("status") ||
+          !answer["status"].is_number_unsigned()) {
         throw TransportError(TransportError::Kind::protocol, true,
                              endpoint.to_string() + ": quiesce-api answered without a status: " +
                                  answer.dump().substr(0, 200));

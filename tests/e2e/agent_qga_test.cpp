@@ -119,8 +119,9 @@ TEST_CASE("qga over the agent's socket, framed as libvirt does: guest-sync with 
   CHECK(health["return"]["body"]["state"] == "idle");
 }
 
-TEST_CASE("qga framed as Proxmox does (sync-delimited and the command in one write), reconnecting "
-          "for every command") {
+TEST_CASE(
+    "qga framed as Proxmox does (sync-delimited and the command in one write), reconnecting "
+    "for every command") {
   test::TempDir dir;
   QgaAgent qga(dir);
   const auto start = Clock::now();
@@ -145,7 +146,8 @@ TEST_CASE("qga: a client that disconnects mid-command leaves the channel and the
   std::string session_id;
   {
     QgaSocket socket(qga.socket);
-    const auto created = proxmox_call(socket, api_command("POST", "/v1/sessions", json::object()), 7);
+    const auto created =
+        proxmox_call(socket, api_command("POST", "/v1/sessions", json::object()), 7);
     REQUIRE_MESSAGE(created["return"]["status"] == 201, created.dump());
     session_id = created["return"]["body"]["id"].get<std::string>();
     // The freeze is sent; the client leaves without reading the answer.
@@ -162,16 +164,16 @@ TEST_CASE("qga: a client that disconnects mid-command leaves the channel and the
                                  }),
                 "state " << state << "; log:\n"
                          << qga.log());
-  const auto aborted =
-      proxmox_call(socket, api_command("DELETE", "/v1/sessions/" + session_id), 9);
+  const auto aborted = proxmox_call(socket, api_command("DELETE", "/v1/sessions/" + session_id), 9);
   CHECK_MESSAGE(aborted["return"]["status"] == 200, aborted.dump());
   const auto health = proxmox_call(socket, api_command("GET", "/v1/health"), 10);
   CHECK(health["return"]["body"]["state"] == "idle");
   CHECK(qga.agent.process->running());
 }
 
-TEST_CASE("qga: clients over the connection limit are closed at once, the HTTP API keeps "
-          "answering, a freed slot is served") {
+TEST_CASE(
+    "qga: clients over the connection limit are closed at once, the HTTP API keeps "
+    "answering, a freed slot is served") {
   test::TempDir dir;
   QgaAgent qga(dir);
   std::vector<QgaSocket> held;
@@ -276,12 +278,13 @@ TEST_CASE("host client over qga against Debian's qemu-guest-agent: falls back an
   std::filesystem::create_directories(dir / "qga-state");
   // No fsfreeze hook (-F is not given) and, below, no freeze at all: a stock
   // qemu-ga freezes every mounted filesystem of this host, "/" included.
-  test::ChildProcess stock({qemu_ga.string(), "-m", "unix-listen", "-p", (dir / "stock.sock").string(),
-                            "-t", (dir / "qga-state").string(), "-f", (dir / "qemu-ga.pid").string(),
-                            "-l", (dir / "qemu-ga.log").string()},
+  test::ChildProcess stock({qemu_ga.string(), "-m", "unix-listen", "-p",
+                            (dir / "stock.sock").string(), "-t", (dir / "qga-state").string(), "-f",
+                            (dir / "qemu-ga.pid").string(), "-l", (dir / "qemu-ga.log").string()},
                            dir / "qemu-ga.out");
-  REQUIRE_MESSAGE(test::eventually(10s, [&] { return std::filesystem::exists(dir / "stock.sock"); }),
-                  test::read_text(dir / "qemu-ga.out"));
+  REQUIRE_MESSAGE(
+      test::eventually(10s, [&] { return std::filesystem::exists(dir / "stock.sock"); }),
+      test::read_text(dir / "qemu-ga.out"));
 
   client::ClientOptions options;
   options.endpoint = client::Endpoint::parse("qga:" + (dir / "stock.sock").string());

@@ -1,11 +1,10 @@
 #include "tests/support/qga_socket.hpp"
 
+#include <doctest/doctest.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
-
-#include <doctest/doctest.h>
 
 #include <cerrno>
 #include <cstring>
@@ -77,7 +76,8 @@ std::vector<std::string> QgaSocket::lines(std::size_t count, std::chrono::millis
       buffer_.erase(0, end + 1);
       continue;
     }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) {
       break;
     }
@@ -98,7 +98,8 @@ std::vector<std::string> QgaSocket::lines(std::size_t count, std::chrono::millis
 bool QgaSocket::closed_within(std::chrono::milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
   while (true) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) {
       return false;
     }

@@ -10,11 +10,16 @@
 // long as its master is closed, as virtio_console does while no host is
 // connected, which is what the no-spinning case needs.
 
-#include <doctest/doctest.h>
+#include "agent/qga/qga_channels.hpp"
 
+#include <doctest/doctest.h>
 #include <fcntl.h>
+#include <spdlog/sinks/null_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 #include <stdlib.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <termios.h>
 #include <unistd.h>
@@ -24,11 +29,7 @@
 #include <fstream>
 #include <thread>
 
-#include <spdlog/sinks/null_sink.h>
-#include <spdlog/sinks/stdout_color_sinks.h>
-#include <spdlog/spdlog.h>
-
-#include "agent/qga/qga_channels.hpp"
+#include "platform/linux/vsock.hpp"
 #include "tests/support/processes.hpp"
 #include "tests/support/qga_socket.hpp"
 #include "tests/support/temp_dir.hpp"
@@ -70,9 +71,11 @@ struct Factory {
 
 std::shared_ptr<spdlog::logger> quiet_logger() {
   if (std::getenv("QGA_TEST_LOG") != nullptr) {
-    return spdlog::stderr_color_mt("qga-test-" + std::to_string(Clock::now().time_since_epoch().count()));
+    return spdlog::stderr_color_mt("qga-test-" +
+                                   std::to_string(Clock::now().time_since_epoch().count()));
   }
-  return std::make_shared<spdlog::logger>("qga-test", std::make_shared<spdlog::sinks::null_sink_mt>());
+  return std::make_shared<spdlog::logger>("qga-test",
+                                          std::make_shared<spdlog::sinks::null_sink_mt>());
 }
 
 double cpu_seconds() {
@@ -187,9 +190,7 @@ TEST_CASE("qga channels stop at once with idle clients and a missing port") {
 TEST_CASE("a socket path that is not a socket is refused, not deleted") {
   test::TempDir dir;
   Factory factory;
-  {
-    std::ofstream(dir / "file") << "keep me";
-  }
+  { std::ofstream(dir / "file") << "keep me"; }
   QgaChannelsConfig config;
   config.virtio_serial_path.clear();
   config.unix_socket = QgaUnixSocket{(dir / "file").string(), 0600};
@@ -198,8 +199,9 @@ TEST_CASE("a socket path that is not a socket is refused, not deleted") {
   CHECK(std::filesystem::is_regular_file(dir / "file"));
 }
 
-TEST_CASE("virtio-serial (a pty standing in): the port is waited for, served, and a hung-up host "
-          "costs no CPU") {
+TEST_CASE(
+    "virtio-serial (a pty standing in): the port is waited for, served, and a hung-up host "
+    "costs no CPU") {
   test::TempDir dir;
   Factory factory;
   FakePort port;
@@ -236,9 +238,70 @@ TEST_CASE("virtio-serial (a pty standing in): the port is waited for, served, an
   MESSAGE("CPU used in 1 s with the host gone: " << cpu_used * 1000 << " ms");
   CHECK(cpu_used < 0.1);
 
+  // The port is unplugged and plugged again (a new node at the same path):
+  // the channel notices the node going, waits, and serves the new one.
+  std::filesystem::remove(config.virtio_serial_path);
+  FakePort replugged;
+  std::this_thread::sleep_for(100ms);
+  std::filesystem::create_symlink(replugged.slave_path, config.virtio_serial_path);
+  auto host_again = test::QgaSocket::adopt(replugged.master);
+  REQUIRE(host_again.send("again"));
+  CHECK(host_again.lines(1, 5s) == std::vector<std::string>{"got again"});
+  CHECK(channels.virtio_serial_sessions() == 2);
+
   const auto start = Clock::now();
   channels.stop();
   CHECK(Clock::now() - start < 2s);
+}
+
+// Connects to the local vsock (VMADDR_CID_LOCAL, vsock_loopback); -1 when
+// this kernel cannot.
+int connect_local_vsock(std::uint32_t port) {
+  const int fd = ::socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    return -1;
+  }
+  const auto address = platform::make_vsock_sockaddr(VMADDR_CID_LOCAL, port);
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+TEST_CASE("qga vsock: only allowed CIDs are served; without vsock a warning, the rest starts") {
+  test::TempDir dir;
+  Factory factory;
+  // A port of its own per run: other test binaries may run at the same time.
+  const auto port = static_cast<std::uint32_t>(20'000 + ::getpid() % 20'000);
+  for (const std::uint32_t allowed : {2U, static_cast<std::uint32_t>(VMADDR_CID_LOCAL)}) {
+    CAPTURE(allowed);
+    QgaChannelsConfig config;
+    config.virtio_serial_path.clear();
+    config.unix_socket = QgaUnixSocket{(dir / "qga.sock").string(), 0600};
+    config.vsock = QgaVsock{port, {allowed}};
+    QgaChannels channels(config, factory.make(), quiet_logger());
+    channels.start();
+    test::QgaSocket unix_client(dir / "qga.sock");
+    REQUIRE(unix_client.send("still here"));
+    CHECK(unix_client.lines(1).size() == 1);
+    if (!channels.vsock_listening()) {
+      MESSAGE("no vsock in this kernel: the vsock half is not exercised");
+      return;
+    }
+    const int fd = connect_local_vsock(port);
+    if (fd < 0) {
+      MESSAGE("vsock binds but has no loopback transport: the vsock half is not exercised");
+      return;
+    }
+    auto vsock_client = test::QgaSocket::adopt(fd);
+    if (allowed == 2) {
+      CHECK(vsock_client.closed_within(5s));  // the local CID is not the host's
+    } else {
+      REQUIRE(vsock_client.send("over vsock"));
+      CHECK(vsock_client.lines(1) == std::vector<std::string>{"got over vsock"});
+    }
+  }
 }
 
 TEST_CASE("virtio-serial off: \"\" starts no port channel") {
