@@ -165,6 +165,94 @@ void parse_session(JsonFields fields, SessionLimits& session) {
   fields.reject_unknown();
 }
 
+std::string parse_socket_path(JsonFields& fields, const std::string& key) {
+  auto path = fields.string(key);
+  if (path.empty() || path.front() != '/') {
+    throw FieldError(fields.path_of(key), "must be an absolute path");
+  }
+  if (path.size() >= 108) {
+    throw FieldError(fields.path_of(key), "too long for a Unix socket (max 107 bytes)");
+  }
+  return path;
+}
+
+std::vector<std::uint32_t> parse_cids(JsonFields& fields, const std::string& key,
+                                      std::vector<std::uint32_t> fallback) {
+  const auto* cids = fields.raw(key);
+  if (cids == nullptr) {
+    return fallback;
+  }
+  if (!cids->is_array() || cids->empty()) {
+    throw FieldError(fields.path_of(key), "expected a non-empty array of CIDs (2 is the host)");
+  }
+  std::vector<std::uint32_t> out;
+  for (std::size_t i = 0; i < cids->size(); ++i) {
+    const auto& cid = (*cids)[i];
+    if (!cid.is_number_unsigned() || cid.get<std::uint64_t>() > 0xffffffffULL) {
+      throw FieldError(fields.path_of(key) + "[" + std::to_string(i) + "]",
+                       "expected a CID (an unsigned 32-bit integer)");
+    }
+    out.push_back(cid.get<std::uint32_t>());
+  }
+  return out;
+}
+
+// Read after the session section: the qga window must fit its limits.
+void parse_qga(JsonFields fields, QgaConfig& qga, const SessionLimits& session) {
+  qga.enabled = fields.boolean("enabled", true);
+  if (const auto* port = fields.raw("virtio_serial_path"); port != nullptr) {
+    if (port->is_null()) {
+      qga.channels.virtio_serial_path.clear();
+    } else if (!port->is_string()) {
+      throw FieldError(fields.path_of("virtio_serial_path"),
+                       "expected a path, \"\" or null (no virtio-serial port), got " +
+                           describe_json(*port));
+    } else {
+      qga.channels.virtio_serial_path = port->get<std::string>();
+      if (!qga.channels.virtio_serial_path.empty() &&
+          qga.channels.virtio_serial_path.front() != '/') {
+        throw FieldError(fields.path_of("virtio_serial_path"), "must be an absolute path");
+      }
+    }
+  }
+  if (fields.has("unix_socket")) {
+    auto unix_fields = fields.object("unix_socket", true);
+    qga::QgaUnixSocket unix_socket;
+    unix_socket.path = parse_socket_path(unix_fields, "path");
+    unix_socket.mode = parse_mode(unix_fields, "mode", unix_socket.mode);
+    unix_fields.reject_unknown();
+    qga.channels.unix_socket = unix_socket;
+  }
+  if (fields.has("vsock_port")) {
+    qga::QgaVsock vsock;
+    vsock.port = static_cast<std::uint32_t>(
+        fields.integer("vsock_port", std::nullopt, 1, 0xfffffffeLL));
+    vsock.allowed_cids = parse_cids(fields, "allowed_cids", vsock.allowed_cids);
+    qga.channels.vsock = vsock;
+  } else if (fields.has("allowed_cids")) {
+    throw FieldError(fields.path_of("allowed_cids"), "only valid with vsock_port");
+  }
+  // Unset, the default follows a smaller session.max_freeze_window_ms, so a
+  // config that only narrows the session limits stays valid.
+  qga.options.freeze_window =
+      fields.millis("freeze_window_ms", std::min(qga.options.freeze_window, session.max_freeze_window),
+                    std::chrono::hours(1));
+  if (qga.options.freeze_window.count() == 0) {
+    throw FieldError(fields.path_of("freeze_window_ms"), "must be at least 1 ms");
+  }
+  if (qga.options.freeze_window > session.max_freeze_window) {
+    throw FieldError(fields.path_of("freeze_window_ms"),
+                     "is larger than session.max_freeze_window_ms (" +
+                         std::to_string(session.max_freeze_window.count()) + ")");
+  }
+  qga.options.max_object_bytes = static_cast<std::size_t>(
+      fields.integer("max_object_bytes", static_cast<std::int64_t>(qga.options.max_object_bytes),
+                     1024, 64 << 20));
+  qga.channels.max_connections = static_cast<std::size_t>(fields.integer(
+      "max_connections", static_cast<std::int64_t>(qga.channels.max_connections), 1, 1024));
+  fields.reject_unknown();
+}
+
 void parse_log(JsonFields fields, LogConfig& log) {
   log.target = fields.string("target", log.target);
   if (log.target != "stderr" && log.target != "journald" && log.target != "file") {
@@ -257,6 +345,7 @@ AgentConfig parse_config(const nlohmann::json& document, const WriterRegistry& r
   parse_limits(root.object("limits"), config.server.limits);
   parse_session(root.object("session"), config.session);
   parse_log(root.object("log"), config.log);
+  parse_qga(root.object("qga"), config.qga, config.session);
   config.state_dir = root.string("state_dir", config.state_dir);
   config.run_dir = root.string("run_dir", config.run_dir);
   for (const auto* key : {"state_dir", "run_dir"}) {

@@ -11,6 +11,8 @@
 
 #include "agent/api/http_server.hpp"
 #include "agent/core/coordinator.hpp"
+#include "agent/qga/qga_channels.hpp"
+#include "agent/qga/qga_service.hpp"
 #include "quiesce/json_fields.hpp"
 #include "quiesce/writer_registry.hpp"
 
@@ -31,10 +33,20 @@ struct WriterEntry {
   std::string path;  // "writers[2]", for error messages
 };
 
+// qemu-guest-agent's protocol (docs/qga.md): on by default on the
+// virtio-serial port, so a guest that runs Quiesce instead of qemu-ga is
+// reached by libvirt and Proxmox with nothing changed on the host.
+struct QgaConfig {
+  bool enabled = true;
+  qga::QgaChannelsConfig channels;
+  qga::QgaOptions options;
+};
+
 struct AgentConfig {
   api::ServerConfig server;
   SessionLimits session;
   LogConfig log;
+  QgaConfig qga;
   std::string state_dir = "/var/lib/quiesce";
   std::string run_dir = "/run/quiesce";
   std::vector<WriterEntry> writers;

@@ -56,6 +56,8 @@ Options:
   --socket PATH            the agent's Unix socket (default: $QUIESCE_SOCKET or
                            /run/quiesce/agent.sock)
   --connect ENDPOINT       unix:/path | tcp:host:port | vsock:cid:port | hvsock:/uds/path:port
+                           | qga:/path (the host end of the org.qemu.guest_agent.0
+                           virtio-serial channel; one client at a time)
   --token-file FILE        bearer token for TCP (the file's content, whitespace trimmed)
   --timeout-ms N           deadline for each call (default 30000)
   --json                   machine output: one JSON document (run: one JSON line per phase)

@@ -19,6 +19,8 @@
 #include "agent/core/config.hpp"
 #include "agent/core/coordinator.hpp"
 #include "agent/core/startup_recovery.hpp"
+#include "agent/qga/qga_channels.hpp"
+#include "agent/qga/qga_service.hpp"
 #include "platform/linux/systemd_notify.hpp"
 #include "quiesce/writer_registry.hpp"
 
@@ -153,6 +155,8 @@ int main(int argc, char** argv) {
   recovery->replay_to(*logger);
   if (window_clamp) {
     logger->warn("{}", *window_clamp);
+    config.qga.options.freeze_window =
+        std::min(config.qga.options.freeze_window, config.session.max_freeze_window);
   }
 
   quiesce::agent::HoldLogObserver observer(
@@ -173,6 +177,27 @@ int main(int argc, char** argv) {
     return kExitListen;
   }
   std::thread io_thread([&server] { server.run(); });
+
+  // qemu-guest-agent's protocol: the same route table behind other framing.
+  std::optional<quiesce::agent::qga::QgaService> qga_service;
+  std::optional<quiesce::agent::qga::QgaChannels> qga_channels;
+  if (config.qga.enabled) {
+    qga_service.emplace(coordinator, routes, config.qga.options, logger);
+    qga_channels.emplace(
+        config.qga.channels,
+        [&qga_service](const std::string& peer, bool can_close) {
+          return qga_service->connect(peer, can_close);
+        },
+        logger);
+    try {
+      qga_channels->start();
+    } catch (const std::exception& e) {
+      logger->critical("cannot listen: {}", e.what());
+      server.stop();
+      io_thread.join();
+      return kExitListen;
+    }
+  }
 
   notifier.ready("ready");
   std::jthread watchdog_pinger;
@@ -195,6 +220,9 @@ int main(int argc, char** argv) {
   logger->info("received {}: stopping", strsignal(signo));
   notifier.stopping();
   coordinator.shutdown();  // thaws / aborts whatever is active
+  if (qga_channels) {
+    qga_channels->stop();  // after the coordinator: a qga freeze in progress has returned
+  }
   server.stop();
   io_thread.join();
   watchdog_pinger = {};

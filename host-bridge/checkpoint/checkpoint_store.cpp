@@ -17,7 +17,15 @@ const char* to_string(CheckpointType type) {
 }
 
 const char* to_string(Consistency consistency) {
-  return consistency == Consistency::application ? "application" : "crash";
+  switch (consistency) {
+    case Consistency::application:
+      return "application";
+    case Consistency::filesystem:
+      return "filesystem";
+    case Consistency::crash:
+      break;
+  }
+  return "crash";
 }
 
 bool valid_checkpoint_id(const std::string& id) {
@@ -171,6 +179,7 @@ json Manifest::to_json() const {
           {"session_id", optional_string(session_id)},
           {"fallback_reason", optional_string(fallback_reason)},
           {"verdict", verdict},
+          {"agent", agent},
           {"writers", writers},
           {"artifacts", artifacts},
           {"disks", disks_json},
@@ -198,10 +207,13 @@ Expected<Manifest> Manifest::from_json(const json& j) {
   if (auto c = r.nullable_string("consistency")) {
     if (*c == "application") {
       m.consistency = Consistency::application;
+    } else if (*c == "filesystem") {
+      m.consistency = Consistency::filesystem;
     } else if (*c == "crash") {
       m.consistency = Consistency::crash;
     } else {
-      r.fail("consistency", "expected application, crash or null, got \"" + *c + "\"");
+      r.fail("consistency",
+             "expected application, filesystem, crash or null, got \"" + *c + "\"");
     }
   }
   if (m.ok && !m.consistency) {
@@ -215,6 +227,11 @@ Expected<Manifest> Manifest::from_json(const json& j) {
   m.session_id = r.nullable_string("session_id");
   m.fallback_reason = r.nullable_string("fallback_reason");
   m.verdict = j.value("verdict", json(nullptr));
+  // Manifests from before qga checkpoints have no "agent".
+  m.agent = j.value("agent", json(nullptr));
+  if (!m.agent.is_null() && !m.agent.is_object()) {
+    r.fail("agent", "expected an object {kind, version} or null");
+  }
   m.writers = r.any("writers", json::value_t::array);
   m.artifacts = r.any("artifacts", json::value_t::object);
   m.timings_ms = r.any("timings_ms", json::value_t::object);

@@ -21,7 +21,9 @@
 namespace quiesce::host {
 
 enum class CheckpointType { production, standard };
-enum class Consistency { application, crash };
+// filesystem: only the filesystems were frozen, continuously, through the
+// snapshot (a stock qemu-guest-agent answered: no application was asked).
+enum class Consistency { application, filesystem, crash };
 
 [[nodiscard]] const char* to_string(CheckpointType type);
 [[nodiscard]] const char* to_string(Consistency consistency);
@@ -51,6 +53,9 @@ struct Manifest {
   std::optional<std::string> session_id;
   std::optional<std::string> fallback_reason;  // production that fell back to standard
   nlohmann::json verdict;                       // the agent's thaw verdict, or null
+  // Which agent quiesced: {"kind": "quiesce" | "qemu-guest-agent", "version"}
+  // (null for a standard checkpoint, which asks no agent).
+  nlohmann::json agent;
   nlohmann::json writers = nlohmann::json::array();    // name, type, level, state, identity
   nlohmann::json artifacts = nlohmann::json::object(); // post-snapshot artifacts per writer
   std::vector<DiskSnapshot> disks;

@@ -157,9 +157,23 @@ Expected<Manifest> Checkpointer::create_production(const CreateOptions& options,
   client::AgentClient agent(vm_.agent_client_options());
   Manifest m = new_manifest(CheckpointType::production, options.label);
 
-  // identify: the writers' identity metadata, for the manifest.
+  // identify: which agent answers (a qga endpoint may reach a stock
+  // qemu-guest-agent, which quiesces filesystems only), and the writers'
+  // identity metadata, for the manifest.
   auto step_start = Clock::now();
   report("identify");
+  auto health = call_agent("identify (GET /v1/health)", [&] { return agent.health(); });
+  if (!health) {
+    report("identify", health.error().message, std::nullopt, true);
+    return health.error();  // nothing touched: nothing recorded
+  }
+  const std::string agent_kind = health->body.value("kind", std::string("quiesce"));
+  const bool filesystems_only = agent_kind == "qemu-guest-agent";
+  m.agent = {{"kind", agent_kind}, {"version", health->body.value("version", std::string())}};
+  if (filesystems_only) {
+    m.warnings.push_back(health->body.value("note", std::string("a stock qemu-guest-agent answered")));
+    report("identify", "a stock qemu-guest-agent answered: only filesystems are quiesced");
+  }
   auto writers = call_agent("identify (GET /v1/writers)", [&] { return agent.writers(); });
   if (!writers) {
     report("identify", writers.error().message, std::nullopt, true);
@@ -249,7 +263,9 @@ Expected<Manifest> Checkpointer::create_production(const CreateOptions& options,
   m.timings_ms["host_hold"] = ms_since(hold_start);
   m.verdict = thawed->body.value("verdict", json(nullptr));
   const bool continuous = m.verdict.is_object() && m.verdict.value("continuous", false);
-  m.consistency = continuous ? Consistency::application : Consistency::crash;
+  m.consistency = !continuous        ? Consistency::crash
+                  : filesystems_only ? Consistency::filesystem
+                                     : Consistency::application;
   if (!continuous) {
     m.warnings.push_back("the hold was not continuous through the snapshot (" + m.verdict.dump() +
                          "): recorded as crash-consistent");

@@ -51,11 +51,18 @@ Checkpoints:
 Options:
   --vm DIR      the VM directory (default: $QUIESCE_VM, else the current directory)
   --json        machine output on stdout (progress then goes to stderr)
+  --agent ENDPOINT
+                reach the agent here instead of the VM's own socket: unix:/path,
+                vsock:cid:port, hvsock:/uds:port, or qga:/path for the host end of
+                the org.qemu.guest_agent.0 virtio-serial channel (one client at a
+                time: not while libvirt uses it). A stock qemu-guest-agent there
+                quiesces filesystems only: the checkpoint is filesystem-consistent.
 
 Exit codes:
   0  success
   1  the checkpoint was taken but is not what was asked (a production checkpoint
-     recorded as crash-consistent because the hold broke)
+     recorded as crash-consistent because the hold broke, or filesystem-consistent
+     because a stock qemu-guest-agent answered)
   2  usage error
   3  invalid input: a bad vm.json, a corrupt manifest, a bad checkpoint id
   4  not found: no such checkpoint, a missing disk image or snapshot file
@@ -87,6 +94,27 @@ struct Args {
   std::optional<unsigned> freeze_window_ms;
   bool force = false;
   bool save_current = false;
+  std::optional<quiesce::client::Endpoint> agent;
+};
+
+// The VM with its agent reached through another endpoint (--agent).
+class AgentEndpointOverride : public VirtualMachine {
+ public:
+  AgentEndpointOverride(VirtualMachine& vm, quiesce::client::Endpoint endpoint)
+      : vm_(vm), endpoint_(std::move(endpoint)) {}
+  [[nodiscard]] std::vector<DiskSpec> disks() const override { return vm_.disks(); }
+  [[nodiscard]] bool running() const override { return vm_.running(); }
+  [[nodiscard]] Status power_off() override { return vm_.power_off(); }
+  [[nodiscard]] Status power_on() override { return vm_.power_on(); }
+  [[nodiscard]] quiesce::client::ClientOptions agent_client_options() const override {
+    auto options = vm_.agent_client_options();
+    options.endpoint = endpoint_;
+    return options;
+  }
+
+ private:
+  VirtualMachine& vm_;
+  quiesce::client::Endpoint endpoint_;
 };
 
 struct UsageError {
@@ -110,6 +138,12 @@ Args parse_args(int argc, char** argv) {
       args.vm_dir = value(i, a);
     } else if (a == "--json") {
       args.json_output = true;
+    } else if (a == "--agent") {
+      try {
+        args.agent = quiesce::client::Endpoint::parse(value(i, a));
+      } catch (const std::invalid_argument& e) {
+        throw UsageError{std::string("--agent: ") + e.what()};
+      }
     } else if (a == "--type") {
       args.type = value(i, a);
       if (args.type != "production" && args.type != "standard") {
@@ -193,6 +227,10 @@ void print_manifest(const Manifest& m) {
             << "  type " << to_string(m.type) << "  consistency "
             << (m.consistency ? to_string(*m.consistency) : "-") << "  status " << (m.ok ? "ok" : "failed")
             << "  created " << m.created_at << "  parent " << (m.parent ? *m.parent : "-") << "\n";
+  if (m.agent.is_object()) {
+    std::cout << "  agent " << m.agent.value("kind", std::string("?")) << " "
+              << m.agent.value("version", std::string()) << "\n";
+  }
   if (m.error) {
     std::cout << "  error: " << m.error->message << "\n";
   }
@@ -246,7 +284,13 @@ int run(const Args& args, const Output& out) {
   if (!backend) {
     return out.fail(backend.error());
   }
-  Checkpointer checkpointer(store, **backend, **vm, [&](const ProgressEvent& e) { out.progress_line(e); });
+  std::optional<AgentEndpointOverride> agent_override;
+  VirtualMachine* machine = vm->get();
+  if (args.agent) {
+    machine = &agent_override.emplace(**vm, *args.agent);
+  }
+  Checkpointer checkpointer(store, **backend, *machine,
+                            [&](const ProgressEvent& e) { out.progress_line(e); });
 
   const std::string group = p[0];
   const std::string command = p.size() > 1 ? p[1] : "";
@@ -317,7 +361,8 @@ int run(const Args& args, const Output& out) {
     } else {
       print_manifest(*created);
     }
-    // Asked for production, got a crash-consistent one: say so in the code.
+    // Asked for production, got a crash- or filesystem-consistent one: say so
+    // in the code.
     const bool degraded = options.type == CheckpointType::production &&
                           (created->type != CheckpointType::production ||
                            created->consistency != Consistency::application);

@@ -21,6 +21,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 
+#include "host-bridge/client/qga_transport.hpp"
 #include "platform/linux/vsock.hpp"
 
 namespace quiesce::client {
@@ -83,6 +84,9 @@ class Connection {
       case Endpoint::Kind::tcp:
         connect_tcp();
         break;
+      case Endpoint::Kind::qga:
+        // Never here: AgentClient sends qga calls through qga_transport.
+        fail(TransportError::Kind::connect, "a qga endpoint does not speak HTTP");
     }
   }
 
@@ -259,6 +263,7 @@ std::string host_header(const Endpoint& endpoint) {
     case Endpoint::Kind::hybrid_vsock:
       return "vsock";
     case Endpoint::Kind::unix_socket:
+    case Endpoint::Kind::qga:
       break;
   }
   return "localhost";
@@ -269,7 +274,7 @@ std::string host_header(const Endpoint& endpoint) {
 Endpoint Endpoint::parse(std::string_view text) {
   const auto bad = [&](const std::string& why) {
     return std::invalid_argument("bad endpoint " + in_quotes(text) + ": " + why +
-                                 " (expected unix:/path, tcp:host:port, vsock:cid:port or hvsock:/path:port)");
+                                 " (expected unix:/path, tcp:host:port, vsock:cid:port, hvsock:/path:port or qga:/path)");
   };
   const auto split_port = [&](std::string_view rest, std::string_view what) {
     const auto colon = rest.rfind(':');
@@ -342,6 +347,14 @@ Endpoint Endpoint::parse(std::string_view text) {
     endpoint.port = port;
     return endpoint;
   }
+  if (scheme == "qga") {
+    if (rest.empty() || rest.front() != '/') {
+      throw bad("qga needs the absolute path of the channel's host socket");
+    }
+    endpoint.kind = Kind::qga;
+    endpoint.path = std::string(rest);
+    return endpoint;
+  }
   throw bad("unknown scheme " + in_quotes(scheme));
 }
 
@@ -355,6 +368,8 @@ std::string Endpoint::to_string() const {
       return "vsock:" + std::to_string(cid) + ":" + std::to_string(port);
     case Kind::hybrid_vsock:
       return "hvsock:" + path + ":" + std::to_string(port);
+    case Kind::qga:
+      return "qga:" + path;
   }
   return "unknown";
 }
@@ -379,7 +394,8 @@ std::string encode_path_segment(std::string_view segment) {
   return out;
 }
 
-AgentClient::AgentClient(ClientOptions options) : options_(std::move(options)) {}
+AgentClient::AgentClient(ClientOptions options)
+    : options_(std::move(options)), qga_state_(std::make_shared<QgaPeerState>()) {}
 
 Result AgentClient::request(std::string_view method, std::string_view path,
                             const std::optional<nlohmann::json>& body,
@@ -410,6 +426,10 @@ Result AgentClient::request(std::string_view method, std::string_view path,
 
 Result AgentClient::request_once(std::string_view method, std::string_view path, const std::string* body,
                                  std::chrono::milliseconds timeout) {
+  if (options_.endpoint.kind == Endpoint::Kind::qga) {
+    return qga_request(options_.endpoint, *qga_state_, method, path, body, timeout,
+                       options_.max_response_bytes);
+  }
   Connection connection(options_.endpoint, Clock::now() + timeout);
   connection.connect();
 

@@ -3,7 +3,8 @@
 // the host checkpointer. It speaks HTTP/1.1 over a Unix socket, TCP (with a
 // bearer token), AF_VSOCK, or the "hybrid vsock" of Firecracker and Cloud
 // Hypervisor (a host Unix socket where `CONNECT <port>\n` opens a stream to
-// the guest). No Asio or Beast type appears here; they stay in the .cpp.
+// the guest), or qemu-guest-agent's protocol on the host end of a
+// virtio-serial channel (qga_transport.hpp). No Asio or Beast type appears here; they stay in the .cpp.
 //
 // Every call has one deadline covering connect, handshake, request and
 // response. Retries happen only where they cannot repeat an effect: GETs,
@@ -12,6 +13,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -24,15 +26,16 @@
 namespace quiesce::client {
 
 struct Endpoint {
-  enum class Kind { unix_socket, tcp, vsock, hybrid_vsock };
+  enum class Kind { unix_socket, tcp, vsock, hybrid_vsock, qga };
   Kind kind = Kind::unix_socket;
-  std::string path;       // unix_socket, hybrid_vsock: the Unix socket to connect to
+  std::string path;       // unix_socket, hybrid_vsock, qga: the Unix socket to connect to
   std::string host;       // tcp: name or address (IPv6 without brackets)
   std::uint32_t cid = 0;  // vsock
   std::uint32_t port = 0; // tcp port, vsock port, or the guest port for hybrid_vsock
 
   // "unix:/run/quiesce/agent.sock" (or just "/run/..."), "tcp:host:port",
-  // "tcp:[::1]:port", "vsock:cid:port", "hvsock:/path/to/uds:port".
+  // "tcp:[::1]:port", "vsock:cid:port", "hvsock:/path/to/uds:port",
+  // "qga:/path/to/host.sock" (the host end of org.qemu.guest_agent.0).
   // Throws std::invalid_argument saying what is wrong.
   [[nodiscard]] static Endpoint parse(std::string_view text);
   [[nodiscard]] std::string to_string() const;
@@ -73,6 +76,8 @@ struct ClientOptions {
   std::size_t max_response_bytes = 16 * 1024 * 1024;
 };
 
+struct QgaPeerState;
+
 class AgentClient {
  public:
   explicit AgentClient(ClientOptions options);
@@ -101,6 +106,9 @@ class AgentClient {
                                     const std::string* body, std::chrono::milliseconds timeout);
 
   ClientOptions options_;
+  // qga endpoints: which agent answered (Quiesce or a stock qemu-ga) and the
+  // fallback's session; shared by copies so a copy continues the session.
+  std::shared_ptr<QgaPeerState> qga_state_;
 };
 
 // Session ids are put into paths; this percent-encodes anything that is not

@@ -10,6 +10,7 @@
 #include "host-bridge/checkpoint/checkpointer.hpp"
 #include "host-bridge/checkpoint/process.hpp"
 #include "tests/support/processes.hpp"
+#include "tests/support/running_agent.hpp"
 #include "tests/support/temp_dir.hpp"
 
 using namespace quiesce;
@@ -51,11 +52,16 @@ class FileVm final : public VirtualMachine {
   client::ClientOptions agent_client_options() const override {
     client::ClientOptions options;
     options.endpoint.path = (dir_ / "no-agent.sock").string();
+    if (agent_endpoint) {
+      options.endpoint = *agent_endpoint;
+      options.timeout = 30s;
+    }
     options.timeout = 1s;
     options.retries = 0;
     return options;
   }
   int power_offs = 0;
+  std::optional<client::Endpoint> agent_endpoint;  // a real agent, where a test starts one
 
  private:
   std::filesystem::path dir_;
@@ -258,4 +264,40 @@ TEST_CASE("quiesce-host: exit codes for a bad vm.json, an unknown checkpoint, ba
   CHECK(test::run_command({host, "--vm", dir.path().string(), "checkpoint", "frobnicate"}, &output) == 2);
   CHECK(test::run_command({host, "--vm", dir.path().string(), "--json", "checkpoint", "list"}, &output) == 0);
   CHECK(output.find("\"checkpoints\":[]") != std::string::npos);
+}
+
+TEST_CASE("checkpoint store: a production checkpoint over qga records which agent quiesced") {
+  Fixture f;
+  auto config = test::agent_config(
+      f.dir, {{{"type", "delay"}, {"name", "app"}, {"options", {{"delays_ms", {{"freeze", 5}}}}}}});
+  config["qga"] = {{"virtio_serial_path", nullptr},
+                   {"unix_socket", {{"path", (f.dir / "qga.sock").string()}}}};
+  test::RunningAgent agent(f.dir, config);
+  REQUIRE(test::eventually(10s, [&] { return std::filesystem::exists(f.dir / "qga.sock"); }));
+  f.vm.agent_endpoint = client::Endpoint::parse("qga:" + (f.dir / "qga.sock").string());
+
+  CreateOptions options;
+  options.label = "over qga";
+  auto m = f.checkpointer.create(options);
+  REQUIRE_MESSAGE(m.ok(), (m.ok() ? "" : m.error().message));
+  CHECK(m->consistency == Consistency::application);
+  REQUIRE(m->agent.is_object());
+  CHECK(m->agent["kind"] == "quiesce");
+  CHECK(m->agent["version"] == agent.client().health().body["version"]);
+  REQUIRE(m->writers.size() == 1);
+  CHECK(m->writers[0]["name"] == "app");
+
+  // The manifest keeps it, and a filesystem-only checkpoint reads back as one.
+  auto loaded = f.store.load(m->id);
+  REQUIRE(loaded.ok());
+  CHECK(loaded->agent == m->agent);
+  auto text = loaded->to_json();
+  text["consistency"] = "filesystem";
+  text["agent"] = {{"kind", "qemu-guest-agent"}, {"version", "7.2.22"}};
+  auto stock = Manifest::from_json(text);
+  REQUIRE(stock.ok());
+  CHECK(stock->consistency == Consistency::filesystem);
+  CHECK(stock->to_json()["consistency"] == "filesystem");
+  text["agent"] = "qemu-ga";
+  CHECK_FALSE(Manifest::from_json(text).ok());
 }

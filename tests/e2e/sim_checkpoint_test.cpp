@@ -257,9 +257,14 @@ TEST_CASE("sim: quiesce-host drives the VM: up, create, list, apply, down") {
   CHECK(test::run_command({host, "--vm", vm, "sim", "up"}, &out) == 5);  // already on
   write_synced(dir / "vm/guest/data/one.txt", "one");
   REQUIRE_MESSAGE(test::run_command({host, "--vm", vm, "--json", "checkpoint", "create"}, &out) == 0, out);
-  const auto line = out.substr(out.rfind("{\"artifacts\""));
+  // The manifest is the one JSON line among the progress lines (keys sorted:
+  // "agent" comes first).
+  const auto at = out.rfind("{\"agent\"");
+  REQUIRE_MESSAGE(at != std::string::npos, out);
+  const auto line = out.substr(at);
   const auto manifest = json::parse(line.substr(0, line.find('\n')));
   CHECK(manifest["consistency"] == "application");
+  CHECK(manifest["agent"]["kind"] == "quiesce");
   const std::string id = manifest["id"];
   std::filesystem::remove(dir / "vm/guest/data/one.txt");
   REQUIRE_MESSAGE(test::run_command({host, "--vm", vm, "checkpoint", "apply", id}, &out) == 0, out);

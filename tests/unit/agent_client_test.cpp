@@ -154,9 +154,14 @@ TEST_CASE("client: endpoint strings") {
   CHECK(hybrid.port == 7700);
   CHECK(hybrid.to_string() == "hvsock:/var/lib/fc/v.sock:7700");
 
+  const auto qga = Endpoint::parse("qga:/var/lib/libvirt/qemu/channel/target/vm.org.qemu.guest_agent.0");
+  CHECK(qga.kind == Endpoint::Kind::qga);
+  CHECK(qga.path == "/var/lib/libvirt/qemu/channel/target/vm.org.qemu.guest_agent.0");
+  CHECK(qga.to_string() == "qga:" + qga.path);
+
   for (const char* bad : {"", "agent.sock", "unix:", "tcp:host", "tcp:host:", "tcp:host:http", "tcp::80",
                           "tcp:host:0", "tcp:host:70000", "tcp:::1:80", "vsock:3", "vsock:x:1", "vsock:3:-1",
-                          "vsock:3:1:2", "hvsock:7700", "hvsock::7700", "http://x", "ftp:a:1"}) {
+                          "vsock:3:1:2", "hvsock:7700", "hvsock::7700", "http://x", "ftp:a:1", "qga:", "qga:relative.sock"}) {
     CAPTURE(bad);
     CHECK_THROWS_AS((void)Endpoint::parse(bad), std::invalid_argument);
   }

@@ -124,3 +124,57 @@ TEST_CASE("a config file that is not JSON is refused with the parser's position"
   CHECK_THROWS_WITH(load_config((dir / "nope.json").string(), registry),
                     doctest::Contains("cannot read config file"));
 }
+
+TEST_CASE("qga: defaults, a full section, and every mistake refused with its field") {
+  auto registry = builtin_registry();
+  auto defaults = parse_config(nlohmann::json::object(), registry);
+  CHECK(defaults.qga.enabled);
+  CHECK(defaults.qga.channels.virtio_serial_path == "/dev/virtio-ports/org.qemu.guest_agent.0");
+  CHECK_FALSE(defaults.qga.channels.unix_socket);
+  CHECK_FALSE(defaults.qga.channels.vsock);
+  CHECK(defaults.qga.options.freeze_window.count() == 60000);
+
+  auto full = parse_config(nlohmann::json::parse(R"({"qga": {
+    "enabled": true, "virtio_serial_path": null,
+    "unix_socket": {"path": "/run/q/qga.sock", "mode": "0660"},
+    "vsock_port": 7701, "allowed_cids": [2, 3],
+    "freeze_window_ms": 30000, "max_object_bytes": 4096, "max_connections": 5}})"),
+                           registry);
+  CHECK(full.qga.channels.virtio_serial_path.empty());
+  REQUIRE(full.qga.channels.unix_socket);
+  CHECK(full.qga.channels.unix_socket->path == "/run/q/qga.sock");
+  CHECK(full.qga.channels.unix_socket->mode == 0660);
+  REQUIRE(full.qga.channels.vsock);
+  CHECK(full.qga.channels.vsock->port == 7701);
+  CHECK(full.qga.channels.vsock->allowed_cids == std::vector<std::uint32_t>{2, 3});
+  CHECK(full.qga.options.freeze_window.count() == 30000);
+  CHECK(full.qga.options.max_object_bytes == 4096);
+  CHECK(full.qga.channels.max_connections == 5);
+
+  // A smaller session maximum narrows the unset qga window instead of failing.
+  auto narrow = parse_config(
+      nlohmann::json::parse(R"({"session": {"freeze_window_ms": 1000, "max_freeze_window_ms": 8000}})"),
+      registry);
+  CHECK(narrow.qga.options.freeze_window.count() == 8000);
+
+  CHECK(error_of(nlohmann::json::parse(R"({"qga": {"enable": true}})")).find("qga.enable") !=
+        std::string::npos);
+  CHECK(error_of(nlohmann::json::parse(R"({"qga": {"enabled": "yes"}})")).find("qga.enabled") !=
+        std::string::npos);
+  CHECK(error_of(nlohmann::json::parse(R"({"qga": {"virtio_serial_path": 3}})"))
+            .find("qga.virtio_serial_path") != std::string::npos);
+  CHECK(error_of(nlohmann::json::parse(R"({"qga": {"virtio_serial_path": "dev/x"}})"))
+            .find("absolute") != std::string::npos);
+  CHECK(error_of(nlohmann::json::parse(R"({"qga": {"unix_socket": {"path": "/x", "owner": 1}}})"))
+            .find("qga.unix_socket.owner") != std::string::npos);
+  CHECK(error_of(nlohmann::json::parse(R"({"qga": {"unix_socket": {"mode": "0600"}}})"))
+            .find("qga.unix_socket.path") != std::string::npos);
+  CHECK(error_of(nlohmann::json::parse(R"({"qga": {"allowed_cids": [2]}})"))
+            .find("only valid with vsock_port") != std::string::npos);
+  CHECK(error_of(nlohmann::json::parse(R"({"qga": {"vsock_port": 0}})")).find("qga.vsock_port") !=
+        std::string::npos);
+  CHECK(error_of(nlohmann::json::parse(R"({"qga": {"freeze_window_ms": 120000}})"))
+            .find("max_freeze_window_ms") != std::string::npos);
+  CHECK(error_of(nlohmann::json::parse(R"({"qga": {"max_object_bytes": 10}})"))
+            .find("qga.max_object_bytes") != std::string::npos);
+}
