@@ -1,10 +1,11 @@
 #include "tests/vm/libvirt_daemon.hpp"
 
+#include "tests/vm/control_channel.hpp"
+
 #include <signal.h>
 
 #include <cctype>
 #include <cstdlib>
-#include <deque>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -41,23 +42,6 @@ bool is_qemu(pid_t pid) {
   std::string argv0;
   std::getline(in, argv0, '\0');
   return argv0.find("qemu-system") != std::string::npos;
-}
-
-std::string file_tail(const std::filesystem::path& path, std::size_t lines) {
-  std::ifstream in(path);
-  std::deque<std::string> tail;
-  std::string line;
-  while (std::getline(in, line)) {
-    tail.push_back(line);
-    if (tail.size() > lines) {
-      tail.pop_front();
-    }
-  }
-  std::string out;
-  for (const auto& l : tail) {
-    out += l + "\n";
-  }
-  return out;
 }
 
 // Where QEMU's capabilities are cached between runs: the image cache's
