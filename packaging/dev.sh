@@ -31,6 +31,9 @@ packages=(
   # the initramfs guest (tests/vm/build-initramfs-guest.sh): its shell and tools, and what it
   # copies in besides qemu-guest-agent and sqlite3 above
   busybox-static bash coreutils socat
+  # the libvirt vm test: a private libvirtd with the qemu driver, and virsh
+  # (tests/vm/libvirtd-in-namespace.sh)
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 )
 
 say() { printf '\n== %s\n' "$*"; }
