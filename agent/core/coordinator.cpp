@@ -1028,6 +1028,18 @@ void Coordinator::watchdog_loop(const std::stop_token& stop) {
               " ms passed before the host thawed; the agent thawed on its own";
           logger_->warn("session {}: {}", id, reason);
           release_hold(*session, true, reason);
+          if (session->origin == "qga") {
+            // No qga client ever completes a session its window ended: a
+            // libvirt that reconnects sees "thawed" and sends no thaw. Left
+            // "thawed", it would hold off every other session until the idle
+            // timeout; ended now, its verdict stays in the history, and the
+            // next guest-fsfreeze-thaw reports the broken hold from it.
+            logger_->warn("session {}: ended (qga sessions are not completed after a broken "
+                          "hold)", id);
+            run_abort_all(*session, true);
+            std::lock_guard relock(state_mutex_);
+            finish(*session, "aborted", "aborted");
+          }
         } else if (session != nullptr) {
           logger_->warn("session {}: idle for {} ms in state {}; expiring it", id,
                         limits_.idle_timeout.count(), state);

@@ -426,11 +426,16 @@ nlohmann::json QgaService::Impl::thaw(const std::string& peer) {
     session = thawed.value();
   }
   qga_session.reset();
-  if (session.value("state", "") != "thawed") {
-    return 0;  // ended some other way meanwhile (aborted through the native API)
-  }
   const auto& verdict = session["verdict"];
   const bool continuous = verdict.is_object() && verdict.value("continuous", false);
+  const auto final_state = session.value("state", "");
+  // The coordinator ends a qga session as soon as its window thaws it; its
+  // verdict is what this thaw must report (once: qga_session is reset).
+  const bool ended_by_window = final_state == "aborted" && verdict.is_object() &&
+                               verdict.value("watchdog_fired", false);
+  if (final_state != "thawed" && !ended_by_window) {
+    return 0;  // ended some other way meanwhile (aborted through the native API)
+  }
   const auto count = filesystems_in(session);
   if (!continuous) {
     const auto reasons = verdict.is_object() ? verdict.value("reasons", nlohmann::json::array())

@@ -407,8 +407,8 @@ void run_protocol_checks(const std::string& agent, AgentReport& report) {
     // What the host finds, then the thaw a stack sends when its snapshot
     // job ends either way: qemu-ga is still frozen and thaws 1; Quiesce has
     // thawed at its window and answers this one thaw with an error saying
-    // the hold broke (docs/qga.md, "The freeze window"), which also ends its
-    // qga session so the native API can start the next one.
+    // the hold broke (docs/qga.md, "The freeze window"); its session ended
+    // when the window thawed, so the native API was never kept out.
     report.status_after_reconnect = client->call({{"execute", "guest-fsfreeze-status"}});
     report.thaw_after_reconnect = client->call({{"execute", "guest-fsfreeze-thaw"}});
     report.results["thaw after reconnect"] = report.thaw_after_reconnect.dump().substr(0, 60);
