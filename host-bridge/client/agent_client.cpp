@@ -115,16 +115,7 @@ class Connection {
       result.body = nullptr;
     }
     if (result.status >= 400) {
-      result.error = wire::parse_error_body(result.status, result.raw_body);
-      if (!result.error) {
-        // Not the agent's error shape (a proxy in between, or an older agent).
-        wire::ApiError error;
-        error.http_status = result.status;
-        error.code = "http_" + std::to_string(result.status);
-        error.message = result.raw_body.substr(0, 512);
-        error.retryable = result.status == 503;
-        result.error = std::move(error);
-      }
+      result.error = wire::error_of_response(result.status, result.raw_body);
     }
     return result;
   }

@@ -485,14 +485,7 @@ Result qga_request(const Endpoint& endpoint, QgaPeerState& state, std::string_vi
         result.raw_body = answer_body.is_null() ? std::string() : answer_body.dump();
       }
       if (result.status >= 400) {
-        result.error = wire::parse_error_body(result.status, result.raw_body);
-        if (!result.error) {
-          wire::ApiError error;
-          error.http_status = result.status;
-          error.code = "http_" + std::to_string(result.status);
-          error.message = result.raw_body.substr(0, 512);
-          result.error = std::move(error);
-        }
+        result.error = wire::error_of_response(result.status, result.raw_body);
       }
       return result;
     }

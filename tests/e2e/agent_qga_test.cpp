@@ -197,7 +197,7 @@ TEST_CASE(
   }));
 }
 
-TEST_CASE("qga: oversize input closes a socket connection; the next one works") {
+TEST_CASE("qga: oversize input closes a socket connection, the next one works") {
   test::TempDir dir;
   QgaAgent qga(dir);
   {

@@ -269,7 +269,7 @@ int connect_local_vsock(std::uint32_t port) {
   return fd;
 }
 
-TEST_CASE("qga vsock: only allowed CIDs are served; without vsock a warning, the rest starts") {
+TEST_CASE("qga vsock: only allowed CIDs are served, without vsock a warning, the rest starts") {
   test::TempDir dir;
   Factory factory;
   // A port of its own per run: other test binaries may run at the same time.

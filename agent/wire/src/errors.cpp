@@ -29,4 +29,16 @@ std::optional<ApiError> parse_error_body(unsigned http_status, const std::string
   return error;
 }
 
+ApiError error_of_response(unsigned http_status, const std::string& body) {
+  if (auto parsed = parse_error_body(http_status, body)) {
+    return *parsed;
+  }
+  ApiError error;
+  error.http_status = http_status;
+  error.code = "http_" + std::to_string(http_status);
+  error.message = body.substr(0, 512);
+  error.retryable = http_status == 503;
+  return error;
+}
+
 }  // namespace quiesce::wire

@@ -22,5 +22,9 @@ nlohmann::json to_json(const ApiError& error);
 std::string error_body(const ApiError& error);
 // Parses an error body; nullopt when `body` is not one.
 std::optional<ApiError> parse_error_body(unsigned http_status, const std::string& body);
+// The error a client reports for an answer with status >= 400: the agent's
+// error body when it is one, else a generic `http_<status>` error carrying
+// the body's start (a proxy in between, or an older agent).
+ApiError error_of_response(unsigned http_status, const std::string& body);
 
 }  // namespace quiesce::wire
