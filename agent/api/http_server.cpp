@@ -733,6 +733,7 @@ void ServerState::on_accept(Listener& listener, Protocol::socket socket, const E
       peer.description = describe_tcp_peer(peer_endpoint);
       break;
     case Transport::qga:
+    case Transport::dbus:
       break;  // never a listener of this server
   }
 

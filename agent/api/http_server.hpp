@@ -20,8 +20,9 @@
 namespace quiesce::api {
 
 // qga: a v1 request carried by qemu-guest-agent's `quiesce-api` command over
-// the qga channel (agent/qga/), not by this server.
-enum class Transport { unix_socket, vsock, tcp, qga };
+// the qga channel (agent/qga/), not by this server; dbus: a method call on
+// org.quiesce.Agent1 (agent/dbus/).
+enum class Transport { unix_socket, vsock, tcp, qga, dbus };
 
 struct Peer {
   Transport transport = Transport::unix_socket;

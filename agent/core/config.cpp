@@ -253,6 +253,30 @@ void parse_qga(JsonFields fields, QgaConfig& qga, const SessionLimits& session) 
   fields.reject_unknown();
 }
 
+void parse_dbus(JsonFields fields, DbusConfig& dbus) {
+  dbus.enabled = fields.boolean("enabled", dbus.enabled);
+  dbus.bus = fields.string("bus", dbus.bus);
+  if (dbus.bus != "system" && dbus.bus != "session" && dbus.bus != "address") {
+    throw FieldError(fields.path_of("bus"), "expected system, session or address, got '" +
+                                                dbus.bus + "'");
+  }
+  if (dbus.bus == "address") {
+    dbus.address = fields.string("address");
+    if (dbus.address.empty() || dbus.address.find(':') == std::string::npos) {
+      throw FieldError(fields.path_of("address"),
+                       "expected a D-Bus address such as unix:path=/run/my-bus");
+    }
+  } else if (fields.has("address")) {
+    throw FieldError(fields.path_of("address"), "only valid with \"bus\": \"address\"");
+  }
+  dbus.group = fields.string("group", dbus.group);
+  if (dbus.group.empty()) {
+    throw FieldError(fields.path_of("group"), "expected a group name");
+  }
+  dbus.logind_inhibit = fields.boolean("logind_inhibit", dbus.logind_inhibit);
+  fields.reject_unknown();
+}
+
 void parse_log(JsonFields fields, LogConfig& log) {
   log.target = fields.string("target", log.target);
   if (log.target != "stderr" && log.target != "journald" && log.target != "file") {
@@ -346,6 +370,7 @@ AgentConfig parse_config(const nlohmann::json& document, const WriterRegistry& r
   parse_session(root.object("session"), config.session);
   parse_log(root.object("log"), config.log);
   parse_qga(root.object("qga"), config.qga, config.session);
+  parse_dbus(root.object("dbus"), config.dbus);
   config.state_dir = root.string("state_dir", config.state_dir);
   config.run_dir = root.string("run_dir", config.run_dir);
   for (const auto* key : {"state_dir", "run_dir"}) {

@@ -42,11 +42,24 @@ struct QgaConfig {
   qga::QgaOptions options;
 };
 
+// The agent's place on D-Bus (docs/dbus.md): org.quiesce.Agent1 and the
+// logind inhibitor. Off unless configured: a guest without a bus must not
+// start with a warning it cannot act on.
+struct DbusConfig {
+  bool enabled = false;
+  std::string bus = "system";  // system | session | address
+  std::string address;         // with bus "address": a D-Bus address ("unix:path=...")
+  // Members of this group (and root) may start sessions; others only read.
+  std::string group = "quiesce";
+  bool logind_inhibit = true;  // delay sleep and shutdown while anything is frozen
+};
+
 struct AgentConfig {
   api::ServerConfig server;
   SessionLimits session;
   LogConfig log;
   QgaConfig qga;
+  DbusConfig dbus;
   std::string state_dir = "/var/lib/quiesce";
   std::string run_dir = "/run/quiesce";
   std::vector<WriterEntry> writers;

@@ -521,6 +521,7 @@ Expected<nlohmann::json> Coordinator::run_create(Session& session) {
                 millis_between(began, Clock::now()));
   if (observer_ != nullptr) {
     observer_->state_changed("session " + session.id + " prepared");
+    observer_->session_changed(session.id, "prepared", nullptr);
   }
   std::lock_guard lock(state_mutex_);
   return status_locked(session);
@@ -611,6 +612,7 @@ Expected<nlohmann::json> Coordinator::freeze(const std::string& id) {
   watch_wake_.notify_all();
   if (observer_ != nullptr) {
     observer_->state_changed("session " + id + " frozen");
+    observer_->session_changed(id, "frozen", nullptr);
   }
   std::lock_guard lock(state_mutex_);
   return status_locked(*session);
@@ -745,6 +747,9 @@ void Coordinator::release_hold(Session& session, bool by_watchdog,
     ++(continuous ? metrics_.qga_continuous : metrics_.qga_broken);
   }
   end_hold(session);
+  if (observer_ != nullptr) {
+    observer_->session_changed(session.id, "thawed", session.verdict);
+  }
   watch_wake_.notify_all();
   if (continuous) {
     logger_->info("session {}: thawed, hold {:.1f} ms, continuous", session.id, hold_ms);
@@ -966,6 +971,7 @@ void Coordinator::finish(Session& session, const std::string& state, const char*
   }
   if (observer_ != nullptr) {
     observer_->state_changed("session " + session.id + " " + state);
+    observer_->session_changed(session.id, state, session.verdict);
   }
 }
 

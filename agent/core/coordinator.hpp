@@ -89,6 +89,43 @@ class CoordinatorObserver {
   virtual void hold_started() {}
   virtual void hold_ended() {}
   virtual void state_changed(const std::string& /*summary*/) {}
+  // A session reached `state`: "prepared", "frozen", "thawed" (with the
+  // continuity verdict), or a final one ("completed", "aborted", "failed",
+  // "expired"). May be called with the coordinator's state lock held, from
+  // any of its threads: an observer only records or queues, never calls back.
+  virtual void session_changed(const std::string& /*session_id*/, const std::string& /*state*/,
+                               const nlohmann::json& /*verdict*/) {}
+};
+
+// Passes every event to each observer in turn (the log and the D-Bus service
+// both watch the coordinator).
+class ObserverList final : public CoordinatorObserver {
+ public:
+  void add(CoordinatorObserver* observer) { observers_.push_back(observer); }
+  void hold_started() override {
+    for (auto* o : observers_) {
+      o->hold_started();
+    }
+  }
+  void hold_ended() override {
+    for (auto* o : observers_) {
+      o->hold_ended();
+    }
+  }
+  void state_changed(const std::string& summary) override {
+    for (auto* o : observers_) {
+      o->state_changed(summary);
+    }
+  }
+  void session_changed(const std::string& session_id, const std::string& state,
+                       const nlohmann::json& verdict) override {
+    for (auto* o : observers_) {
+      o->session_changed(session_id, state, verdict);
+    }
+  }
+
+ private:
+  std::vector<CoordinatorObserver*> observers_;
 };
 
 // Where the restore marker lives: `state_dir` must be persistent and on a

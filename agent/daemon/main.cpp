@@ -19,6 +19,7 @@
 #include "agent/core/config.hpp"
 #include "agent/core/coordinator.hpp"
 #include "agent/core/startup_recovery.hpp"
+#include "agent/dbus/dbus_service.hpp"
 #include "agent/qga/qga_channels.hpp"
 #include "agent/qga/qga_service.hpp"
 #include "platform/linux/systemd_notify.hpp"
@@ -159,14 +160,28 @@ int main(int argc, char** argv) {
         std::min(config.qga.options.freeze_window, config.session.max_freeze_window);
   }
 
-  quiesce::agent::HoldLogObserver observer(
+  quiesce::agent::HoldLogObserver log_observer(
       logging.hold_sink, [&notifier](const std::string& status) { notifier.status(status); });
+  quiesce::agent::ObserverList observers;
+  observers.add(&log_observer);
   quiesce::agent::Coordinator coordinator(std::move(writers), config.session, logger,
-                                          {config.state_dir, config.run_dir}, &observer);
+                                          {config.state_dir, config.run_dir}, &observers);
   coordinator.identify_all();
   coordinator.detect_restore();
 
   quiesce::agent::ApiRoutes routes(coordinator, logger);
+  // Before the other listeners: no session can start before it watches.
+  std::optional<quiesce::agent::dbus::DbusService> dbus_service;
+  if (config.dbus.enabled) {
+    dbus_service.emplace(coordinator, routes, config.dbus, logger);
+    try {
+      dbus_service->start();
+    } catch (const std::exception& e) {
+      logger->critical("cannot listen on D-Bus: {}", e.what());
+      return kExitListen;
+    }
+    observers.add(&*dbus_service);
+  }
   quiesce::api::HttpServer server(
       config.server, [&routes](const quiesce::api::Request& r) { return routes.handle(r); },
       logger);
@@ -225,6 +240,9 @@ int main(int argc, char** argv) {
   }
   server.stop();
   io_thread.join();
+  if (dbus_service) {
+    dbus_service->stop();
+  }
   watchdog_pinger = {};
   logger->info("stopped");
   logger->flush();

@@ -1,0 +1,749 @@
+#include "agent/dbus/dbus_service.hpp"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "agent/dbus/logind_inhibitor.hpp"
+#include "quiesce/wire/errors.hpp"
+
+namespace quiesce::agent::dbus {
+
+namespace {
+
+// Methods that change something run here, so the bus thread stays free for
+// properties and Health. The coordinator runs one operation at a time and
+// answers a second at once, so a few threads are plenty.
+constexpr std::size_t kMethodThreads = 4;
+// Calls waiting for a method thread beyond this are refused (a flood from one
+// client must not grow memory without bound).
+constexpr std::size_t kMaxQueuedCalls = 64;
+constexpr std::size_t kMaxSessionIdBytes = 128;
+constexpr std::size_t kMaxBodyBytes = 64 * 1024;
+
+constexpr const char* kErrorPrefix = "org.quiesce.Error.";
+
+std::string errno_text(int negative_errno) { return std::strerror(-negative_errno); }
+
+// A D-Bus error name from an API error code ("session_conflict" ->
+// org.quiesce.Error.session_conflict); codes are [a-z_] (docs/api.md).
+std::string error_name(const std::string& code) {
+  std::string name = kErrorPrefix;
+  for (char c : code) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                    (c >= '0' && c <= '9') || c == '_';
+    name += ok ? c : '_';
+  }
+  return code.empty() ? name + "failed" : name;
+}
+
+bool valid_session_id(const std::string& id) {
+  return !id.empty() && id.size() <= kMaxSessionIdBytes &&
+         std::all_of(id.begin(), id.end(), [](char c) {
+           return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '-' || c == '_' || c == '.';
+         });
+}
+
+// sd-bus references released with the object's lifetime.
+struct MessageRef {
+  sd_bus_message* message = nullptr;
+  explicit MessageRef(sd_bus_message* m) : message(sd_bus_message_ref(m)) {}
+  MessageRef(const MessageRef& other) : message(sd_bus_message_ref(other.message)) {}
+  MessageRef& operator=(const MessageRef&) = delete;
+  ~MessageRef() { sd_bus_message_unref(message); }
+};
+
+}  // namespace
+
+struct DbusService::Impl {
+  Impl(Coordinator& coordinator_in, ApiRoutes& routes_in, DbusConfig config_in,
+       std::shared_ptr<spdlog::logger> logger_in)
+      : coordinator(coordinator_in),
+        routes(routes_in),
+        config(std::move(config_in)),
+        logger(std::move(logger_in)) {}
+
+  ~Impl() {
+    if (wake_fd >= 0) {
+      close(wake_fd);
+    }
+    if (inhibit_fd >= 0) {
+      close(inhibit_fd);
+    }
+    sd_bus_slot_unref(inhibit_call);
+    sd_bus_slot_unref(vtable_slot);
+    sd_bus_flush_close_unref(bus);
+    sd_event_unref(event);
+  }
+
+  Coordinator& coordinator;
+  ApiRoutes& routes;
+  DbusConfig config;
+  std::shared_ptr<spdlog::logger> logger;
+  std::optional<gid_t> privileged_gid;
+
+  sd_bus* bus = nullptr;
+  sd_event* event = nullptr;
+  sd_bus_slot* vtable_slot = nullptr;
+  int wake_fd = -1;
+  std::thread bus_thread;
+
+  // Work for the bus thread, posted from any thread.
+  std::mutex posted_mutex;
+  std::deque<std::function<void()>> posted;
+
+  // Work for the method threads.
+  std::mutex calls_mutex;
+  std::condition_variable calls_wake;
+  std::deque<std::function<void()>> calls;
+  bool stopping = false;
+  std::vector<std::thread> method_threads;
+
+  // Bus thread only.
+  InhibitorState inhibitor;
+  int inhibit_fd = -1;
+  sd_bus_slot* inhibit_call = nullptr;
+  std::string last_state;
+  std::string last_active;
+  std::string last_verdict;
+  std::string last_writers;
+
+  void connect();
+  void post(std::function<void()> work);
+  void run_posted();
+  bool queue_call(std::function<void()> call);
+  void method_thread_loop();
+
+  // Access: root, the agent's own user, or a member of the configured group.
+  // The policy file says the same; checking here too keeps a permissive bus
+  // (a session bus, a test bus) from letting anyone freeze the guest.
+  bool caller_may_change(sd_bus_message* message, std::string& who, sd_bus_error* error);
+
+  // Runs a v1 route; fills a D-Bus reply from its answer.
+  api::Response run_route(const std::string& method, const std::string& target,
+                          const std::string& body, const std::string& who);
+  static void reply_with(sd_bus_message* message, const api::Response& response);
+  int route_method(sd_bus_message* message, const std::string& method,
+                   const std::string& target, const std::string& body, bool changes,
+                   sd_bus_error* error);
+
+  nlohmann::json health() const { return coordinator.health(); }
+  std::string current_state() const;
+  std::string current_active_session() const;
+  std::string current_verdict() const;
+  nlohmann::json current_writers() const;
+
+  void emit_session_signal(const std::string& id, const std::string& state,
+                           const nlohmann::json& verdict);
+  void emit_changed_properties();
+  void take_inhibitor();
+  void release_inhibitor();
+};
+
+void DbusService::Impl::connect() {
+  int r = 0;
+  if (config.bus == "system") {
+    r = sd_bus_open_system(&bus);
+  } else if (config.bus == "session") {
+    r = sd_bus_open_user(&bus);
+  } else {
+    r = sd_bus_new(&bus);
+    if (r >= 0) {
+      r = sd_bus_set_address(bus, config.address.c_str());
+    }
+    if (r >= 0) {
+      r = sd_bus_set_bus_client(bus, 1);
+    }
+    if (r >= 0) {
+      r = sd_bus_start(bus);
+    }
+  }
+  const std::string where =
+      config.bus == "address" ? "the bus at " + config.address : "the " + config.bus + " bus";
+  if (r < 0) {
+    throw std::runtime_error("cannot connect to " + where + ": " + errno_text(r));
+  }
+  r = sd_bus_request_name(bus, kBusName, 0);
+  if (r == -EEXIST) {
+    throw std::runtime_error(std::string(kBusName) + " is already owned on " + where +
+                             " (another agent is running)");
+  }
+  if (r < 0) {
+    throw std::runtime_error("cannot own " + std::string(kBusName) + " on " + where + ": " +
+                             errno_text(r) +
+                             (r == -EACCES ? " (is the policy file org.quiesce.Agent1.conf "
+                                             "installed in dbus-1/system.d?)"
+                                           : ""));
+  }
+}
+
+void DbusService::Impl::post(std::function<void()> work) {
+  {
+    std::lock_guard lock(posted_mutex);
+    posted.push_back(std::move(work));
+  }
+  const std::uint64_t one = 1;
+  // A full counter still wakes the loop; nothing to do about a failed write.
+  [[maybe_unused]] auto written = write(wake_fd, &one, sizeof one);
+}
+
+void DbusService::Impl::run_posted() {
+  std::uint64_t count = 0;
+  [[maybe_unused]] auto got = read(wake_fd, &count, sizeof count);
+  std::deque<std::function<void()>> batch;
+  {
+    std::lock_guard lock(posted_mutex);
+    batch.swap(posted);
+  }
+  for (auto& work : batch) {
+    work();
+  }
+}
+
+bool DbusService::Impl::queue_call(std::function<void()> call) {
+  {
+    std::lock_guard lock(calls_mutex);
+    if (stopping || calls.size() >= kMaxQueuedCalls) {
+      return false;
+    }
+    calls.push_back(std::move(call));
+  }
+  calls_wake.notify_one();
+  return true;
+}
+
+void DbusService::Impl::method_thread_loop() {
+  for (;;) {
+    std::function<void()> call;
+    {
+      std::unique_lock lock(calls_mutex);
+      calls_wake.wait(lock, [&] { return stopping || !calls.empty(); });
+      if (calls.empty()) {
+        return;
+      }
+      call = std::move(calls.front());
+      calls.pop_front();
+    }
+    call();
+  }
+}
+
+bool DbusService::Impl::caller_may_change(sd_bus_message* message, std::string& who,
+                                          sd_bus_error* error) {
+  sd_bus_creds* creds = nullptr;
+  // AUGMENT fills what the bus does not tell (the groups) from /proc, which
+  // is no disk and safe while frozen.
+  int r = sd_bus_query_sender_creds(
+      message,
+      SD_BUS_CREDS_UID | SD_BUS_CREDS_EUID | SD_BUS_CREDS_GID | SD_BUS_CREDS_EGID |
+          SD_BUS_CREDS_SUPPLEMENTARY_GIDS | SD_BUS_CREDS_PID | SD_BUS_CREDS_AUGMENT,
+      &creds);
+  if (r < 0) {
+    sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                      "cannot tell who is calling (%s): only root or members of group '%s' "
+                      "may change the agent's state",
+                      errno_text(r).c_str(), config.group.c_str());
+    return false;
+  }
+  uid_t uid = static_cast<uid_t>(-1);
+  if (sd_bus_creds_get_euid(creds, &uid) < 0) {
+    if (sd_bus_creds_get_uid(creds, &uid) < 0) {
+      uid = static_cast<uid_t>(-1);
+    }
+  }
+  pid_t pid = 0;
+  (void)sd_bus_creds_get_pid(creds, &pid);
+  who = "uid " + (uid == static_cast<uid_t>(-1) ? std::string("?") : std::to_string(uid)) +
+        " pid " + std::to_string(pid);
+  bool allowed = uid == 0 || (uid != static_cast<uid_t>(-1) && uid == geteuid());
+  if (!allowed && privileged_gid) {
+    gid_t gid = 0;
+    if ((sd_bus_creds_get_egid(creds, &gid) >= 0 || sd_bus_creds_get_gid(creds, &gid) >= 0) &&
+        gid == *privileged_gid) {
+      allowed = true;
+    }
+    const gid_t* groups = nullptr;
+    int count = sd_bus_creds_get_supplementary_gids(creds, &groups);
+    for (int i = 0; i < count && !allowed; ++i) {
+      allowed = groups[i] == *privileged_gid;
+    }
+  }
+  sd_bus_creds_unref(creds);
+  if (!allowed) {
+    sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                      "%s may not change the agent's state: only root or members of group "
+                      "'%s' may (reading properties is open to all)",
+                      who.c_str(), config.group.c_str());
+    logger->warn("dbus: refused {} from {}: not root, not in group '{}'",
+                 sd_bus_message_get_member(message), who, config.group);
+  }
+  return allowed;
+}
+
+api::Response DbusService::Impl::run_route(const std::string& method, const std::string& target,
+                                           const std::string& body, const std::string& who) {
+  api::Request request;
+  request.method = method;
+  request.target = target;
+  request.body = body;
+  request.peer.transport = api::Transport::dbus;
+  request.peer.description = "dbus " + who;
+  return routes.handle(request);
+}
+
+void DbusService::Impl::reply_with(sd_bus_message* message, const api::Response& response) {
+  if (response.status < 400) {
+    sd_bus_reply_method_return(message, "s", response.body.c_str());
+    return;
+  }
+  const auto error = wire::error_of_response(response.status, response.body);
+  sd_bus_reply_method_errorf(message, error_name(error.code).c_str(), "%s",
+                             error.message.c_str());
+}
+
+int DbusService::Impl::route_method(sd_bus_message* message, const std::string& method,
+                                    const std::string& target, const std::string& body,
+                                    bool changes, sd_bus_error* error) {
+  std::string who = "uid ? pid ?";
+  if (changes && !caller_may_change(message, who, error)) {
+    return -EACCES;
+  }
+  if (!changes) {
+    // Reads take the coordinator's state lock only briefly: answer here.
+    reply_with(message, run_route(method, target, body, who));
+    return 1;
+  }
+  MessageRef pending(message);
+  const bool queued = queue_call([this, pending, method, target, body, who] {
+    auto response = run_route(method, target, body, who);
+    logger->info("dbus {}: {} {} -> {}", who, method, target, response.status);
+    post([pending, response] { reply_with(pending.message, response); });
+  });
+  if (!queued) {
+    sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
+                      "too many calls in progress (%zu waiting); try again", kMaxQueuedCalls);
+    return -EBUSY;
+  }
+  return 1;  // answered later, from the bus thread
+}
+
+std::string DbusService::Impl::current_state() const {
+  return coordinator.health().value("state", "idle");
+}
+
+std::string DbusService::Impl::current_active_session() const {
+  auto session = coordinator.health()["session"];
+  return session.is_string() ? session.get<std::string>() : std::string();
+}
+
+std::string DbusService::Impl::current_verdict() const {
+  // The newest session that has thawed carries the last verdict.
+  auto sessions = coordinator.list_sessions();
+  for (auto it = sessions.rbegin(); it != sessions.rend(); ++it) {
+    if (it->contains("verdict") && !(*it)["verdict"].is_null()) {
+      return (*it)["verdict"].dump();
+    }
+  }
+  return {};
+}
+
+nlohmann::json DbusService::Impl::current_writers() const {
+  return coordinator.writers_status()["writers"];
+}
+
+namespace {
+
+DbusService::Impl& impl_of(void* userdata) { return *static_cast<DbusService::Impl*>(userdata); }
+
+int get_state(sd_bus* /*bus*/, const char* /*path*/, const char* /*interface*/,
+              const char* /*property*/, sd_bus_message* reply, void* userdata,
+              sd_bus_error* /*error*/) {
+  return sd_bus_message_append(reply, "s", impl_of(userdata).current_state().c_str());
+}
+
+int get_active_session(sd_bus* /*bus*/, const char* /*path*/, const char* /*interface*/,
+                       const char* /*property*/, sd_bus_message* reply, void* userdata,
+                       sd_bus_error* /*error*/) {
+  return sd_bus_message_append(reply, "s", impl_of(userdata).current_active_session().c_str());
+}
+
+int get_last_verdict(sd_bus* /*bus*/, const char* /*path*/, const char* /*interface*/,
+                     const char* /*property*/, sd_bus_message* reply, void* userdata,
+                     sd_bus_error* /*error*/) {
+  return sd_bus_message_append(reply, "s", impl_of(userdata).current_verdict().c_str());
+}
+
+// a(sss): name, level, state of each writer.
+int get_writers(sd_bus* /*bus*/, const char* /*path*/, const char* /*interface*/,
+                const char* /*property*/, sd_bus_message* reply, void* userdata,
+                sd_bus_error* /*error*/) {
+  int r = sd_bus_message_open_container(reply, 'a', "(sss)");
+  if (r < 0) {
+    return r;
+  }
+  for (const auto& writer : impl_of(userdata).current_writers()) {
+    r = sd_bus_message_append(reply, "(sss)", writer.value("name", "").c_str(),
+                              writer.value("level", "").c_str(),
+                              writer.value("state", "").c_str());
+    if (r < 0) {
+      return r;
+    }
+  }
+  return sd_bus_message_close_container(reply);
+}
+
+// Reads one string argument; a missing or wrong one is InvalidArgs.
+int read_string(sd_bus_message* message, std::string& out) {
+  const char* text = nullptr;
+  int r = sd_bus_message_read(message, "s", &text);
+  if (r >= 0) {
+    out = text;
+  }
+  return r;
+}
+
+int checked_session_id(sd_bus_message* message, std::string& id, sd_bus_error* error) {
+  int r = read_string(message, id);
+  if (r < 0) {
+    return r;
+  }
+  if (!valid_session_id(id)) {
+    sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                      "'%.64s' is not a session id (letters, digits, '-', '_', '.'; at most "
+                      "%zu bytes)",
+                      id.c_str(), kMaxSessionIdBytes);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+int method_health(sd_bus_message* message, void* userdata, sd_bus_error* error) {
+  return impl_of(userdata).route_method(message, "GET", "/v1/health", "", false, error);
+}
+
+int method_list_writers(sd_bus_message* message, void* userdata, sd_bus_error* error) {
+  return impl_of(userdata).route_method(message, "GET", "/v1/writers", "", false, error);
+}
+
+int method_get_session(sd_bus_message* message, void* userdata, sd_bus_error* error) {
+  std::string id;
+  if (int r = checked_session_id(message, id, error); r < 0) {
+    return r;
+  }
+  return impl_of(userdata).route_method(message, "GET", "/v1/sessions/" + id, "", false, error);
+}
+
+int method_create_session(sd_bus_message* message, void* userdata, sd_bus_error* error) {
+  std::string body;
+  if (int r = read_string(message, body); r < 0) {
+    return r;
+  }
+  if (body.size() > kMaxBodyBytes) {
+    sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                      "the request is larger than %zu bytes", kMaxBodyBytes);
+    return -EINVAL;
+  }
+  return impl_of(userdata).route_method(message, "POST", "/v1/sessions",
+                                        body.empty() ? "{}" : body, true, error);
+}
+
+int session_action(sd_bus_message* message, void* userdata, sd_bus_error* error,
+                   const char* http_method, const char* suffix) {
+  std::string id;
+  if (int r = checked_session_id(message, id, error); r < 0) {
+    return r;
+  }
+  return impl_of(userdata).route_method(message, http_method, "/v1/sessions/" + id + suffix, "",
+                                        true, error);
+}
+
+int method_freeze(sd_bus_message* message, void* userdata, sd_bus_error* error) {
+  return session_action(message, userdata, error, "POST", "/freeze");
+}
+
+int method_thaw(sd_bus_message* message, void* userdata, sd_bus_error* error) {
+  return session_action(message, userdata, error, "POST", "/thaw");
+}
+
+int method_abort(sd_bus_message* message, void* userdata, sd_bus_error* error) {
+  return session_action(message, userdata, error, "DELETE", "");
+}
+
+int method_complete(sd_bus_message* message, void* userdata, sd_bus_error* error) {
+  std::string id;
+  if (int r = checked_session_id(message, id, error); r < 0) {
+    return r;
+  }
+  std::string snapshot_id;
+  if (int r = read_string(message, snapshot_id); r < 0) {
+    return r;
+  }
+  nlohmann::json body = {{"snapshot_id", snapshot_id}};
+  return impl_of(userdata).route_method(message, "POST", "/v1/sessions/" + id + "/complete",
+                                        body.dump(), true, error);
+}
+
+// Every method is UNPRIVILEGED for sd-bus's own check (which would demand
+// CAP_SYS_ADMIN and so shut out the `quiesce` group): the agent decides.
+constexpr auto kOpen = SD_BUS_VTABLE_UNPRIVILEGED;
+
+const sd_bus_vtable kAgentVtable[] = {
+    SD_BUS_VTABLE_START(0),
+    SD_BUS_PROPERTY("State", "s", get_state, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("ActiveSession", "s", get_active_session, 0,
+                    SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("LastVerdict", "s", get_last_verdict, 0,
+                    SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_PROPERTY("Writers", "a(sss)", get_writers, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+    SD_BUS_METHOD_WITH_NAMES("Health", "", , "s", SD_BUS_PARAM(health), method_health, kOpen),
+    SD_BUS_METHOD_WITH_NAMES("ListWriters", "", , "s", SD_BUS_PARAM(writers),
+                             method_list_writers, kOpen),
+    SD_BUS_METHOD_WITH_NAMES("GetSession", "s", SD_BUS_PARAM(session), "s", SD_BUS_PARAM(status),
+                             method_get_session, kOpen),
+    SD_BUS_METHOD_WITH_NAMES("CreateSession", "s", SD_BUS_PARAM(request), "s",
+                             SD_BUS_PARAM(status), method_create_session, kOpen),
+    SD_BUS_METHOD_WITH_NAMES("Freeze", "s", SD_BUS_PARAM(session), "s", SD_BUS_PARAM(status),
+                             method_freeze, kOpen),
+    SD_BUS_METHOD_WITH_NAMES("Thaw", "s", SD_BUS_PARAM(session), "s", SD_BUS_PARAM(status),
+                             method_thaw, kOpen),
+    SD_BUS_METHOD_WITH_NAMES("Complete", "ss", SD_BUS_PARAM(session) SD_BUS_PARAM(snapshot_id),
+                             "s", SD_BUS_PARAM(status), method_complete, kOpen),
+    SD_BUS_METHOD_WITH_NAMES("Abort", "s", SD_BUS_PARAM(session), "s", SD_BUS_PARAM(status),
+                             method_abort, kOpen),
+    SD_BUS_SIGNAL_WITH_NAMES("SessionCreated", "s", SD_BUS_PARAM(session), 0),
+    SD_BUS_SIGNAL_WITH_NAMES("Frozen", "s", SD_BUS_PARAM(session), 0),
+    SD_BUS_SIGNAL_WITH_NAMES("Thawed", "sbs",
+                             SD_BUS_PARAM(session) SD_BUS_PARAM(continuous) SD_BUS_PARAM(verdict),
+                             0),
+    SD_BUS_SIGNAL_WITH_NAMES("Completed", "s", SD_BUS_PARAM(session), 0),
+    SD_BUS_SIGNAL_WITH_NAMES("Aborted", "ss", SD_BUS_PARAM(session) SD_BUS_PARAM(state), 0),
+    SD_BUS_VTABLE_END};
+
+int on_wake(sd_event_source* /*source*/, int /*fd*/, uint32_t /*events*/, void* userdata) {
+  impl_of(userdata).run_posted();
+  return 0;
+}
+
+}  // namespace
+
+void DbusService::Impl::emit_session_signal(const std::string& id, const std::string& state,
+                                            const nlohmann::json& verdict) {
+  int r = 0;
+  if (state == "prepared") {
+    r = sd_bus_emit_signal(bus, kObjectPath, kInterface, "SessionCreated", "s", id.c_str());
+  } else if (state == "frozen") {
+    r = sd_bus_emit_signal(bus, kObjectPath, kInterface, "Frozen", "s", id.c_str());
+  } else if (state == "thawed") {
+    const bool continuous = verdict.is_object() && verdict.value("continuous", false);
+    r = sd_bus_emit_signal(bus, kObjectPath, kInterface, "Thawed", "sbs", id.c_str(),
+                           static_cast<int>(continuous), verdict.dump().c_str());
+  } else if (state == "completed") {
+    r = sd_bus_emit_signal(bus, kObjectPath, kInterface, "Completed", "s", id.c_str());
+  } else {
+    // aborted, failed, expired: the session ended without completing.
+    r = sd_bus_emit_signal(bus, kObjectPath, kInterface, "Aborted", "ss", id.c_str(),
+                           state.c_str());
+  }
+  if (r < 0) {
+    logger->warn("dbus: cannot emit the signal for session {} {}: {}", id, state, errno_text(r));
+  }
+}
+
+void DbusService::Impl::emit_changed_properties() {
+  std::vector<const char*> changed;
+  auto check = [&changed](std::string now, std::string& last, const char* name) {
+    if (now != last) {
+      last = std::move(now);
+      changed.push_back(name);
+    }
+  };
+  check(current_state(), last_state, "State");
+  check(current_active_session(), last_active, "ActiveSession");
+  check(current_verdict(), last_verdict, "LastVerdict");
+  check(current_writers().dump(), last_writers, "Writers");
+  if (changed.empty()) {
+    return;
+  }
+  changed.push_back(nullptr);
+  int r = sd_bus_emit_properties_changed_strv(bus, kObjectPath, kInterface,
+                                              const_cast<char**>(changed.data()));
+  if (r < 0) {
+    logger->warn("dbus: cannot emit PropertiesChanged: {}", errno_text(r));
+  }
+}
+
+void DbusService::Impl::take_inhibitor() {
+  auto on_reply = [](sd_bus_message* reply, void* userdata, sd_bus_error* /*error*/) -> int {
+    auto& self = impl_of(userdata);
+    self.inhibit_call = sd_bus_slot_unref(self.inhibit_call);
+    if (const sd_bus_error* failure = sd_bus_message_get_error(reply)) {
+      self.inhibitor.refused();
+      // No logind (a container, a guest without systemd): nothing to delay.
+      self.logger->debug("dbus: no logind inhibitor while frozen: {}",
+                         failure->message != nullptr ? failure->message : failure->name);
+      return 0;
+    }
+    int fd = -1;
+    if (sd_bus_message_read(reply, "h", &fd) < 0 || fd < 0) {
+      self.inhibitor.refused();
+      self.logger->debug("dbus: logind answered Inhibit without a descriptor");
+      return 0;
+    }
+    // The descriptor belongs to the message: keep a copy of our own.
+    int owned = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (owned < 0) {
+      self.inhibitor.refused();
+      return 0;
+    }
+    if (self.inhibitor.granted() == InhibitorState::Action::release) {
+      close(owned);
+      return 0;
+    }
+    self.inhibit_fd = owned;
+    self.logger->debug("dbus: holding a logind delay inhibitor for sleep and shutdown");
+    return 0;
+  };
+  int r = sd_bus_call_method_async(
+      bus, &inhibit_call, "org.freedesktop.login1", "/org/freedesktop/login1",
+      "org.freedesktop.login1.Manager", "Inhibit", on_reply, this, "ssss", "sleep:shutdown",
+      "quiesce-agent", "filesystems are frozen for a snapshot; the thaw comes within seconds",
+      "delay");
+  if (r < 0) {
+    inhibitor.refused();
+    logger->debug("dbus: cannot ask logind for an inhibitor: {}", errno_text(r));
+  }
+}
+
+void DbusService::Impl::release_inhibitor() {
+  if (inhibit_fd >= 0) {
+    close(inhibit_fd);
+    inhibit_fd = -1;
+    logger->debug("dbus: released the logind inhibitor");
+  }
+}
+
+DbusService::DbusService(Coordinator& coordinator, ApiRoutes& routes, DbusConfig config,
+                         std::shared_ptr<spdlog::logger> logger)
+    : impl_(std::make_unique<Impl>(coordinator, routes, std::move(config), std::move(logger))) {}
+
+DbusService::~DbusService() { stop(); }
+
+void DbusService::start() {
+  auto& impl = *impl_;
+  // Looked up now, not per call: /etc/group is on a disk that may be frozen.
+  if (struct group* entry = getgrnam(impl.config.group.c_str())) {
+    impl.privileged_gid = entry->gr_gid;
+  } else {
+    impl.logger->info("dbus: group '{}' does not exist: only root may change the agent's state",
+                      impl.config.group);
+  }
+  impl.connect();
+  int r = sd_bus_add_object_vtable(impl.bus, &impl.vtable_slot, kObjectPath, kInterface,
+                                   kAgentVtable, &impl);
+  if (r < 0) {
+    throw std::runtime_error("cannot export " + std::string(kObjectPath) + ": " + errno_text(r));
+  }
+  impl.wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (impl.wake_fd < 0) {
+    throw std::runtime_error("eventfd: " + std::string(std::strerror(errno)));
+  }
+  r = sd_event_new(&impl.event);
+  if (r >= 0) {
+    r = sd_event_add_io(impl.event, nullptr, impl.wake_fd, EPOLLIN, on_wake, &impl);
+  }
+  if (r >= 0) {
+    r = sd_bus_attach_event(impl.bus, impl.event, SD_EVENT_PRIORITY_NORMAL);
+  }
+  if (r < 0) {
+    throw std::runtime_error("cannot set up the D-Bus event loop: " + errno_text(r));
+  }
+  impl.last_state = impl.current_state();
+  impl.last_active = impl.current_active_session();
+  impl.last_verdict = impl.current_verdict();
+  impl.last_writers = impl.current_writers().dump();
+  for (std::size_t i = 0; i < kMethodThreads; ++i) {
+    impl.method_threads.emplace_back([&impl] { impl.method_thread_loop(); });
+  }
+  impl.bus_thread = std::thread([&impl] {
+    int loop = sd_event_loop(impl.event);
+    if (loop < 0) {
+      impl.logger->error("dbus: the event loop stopped: {}", errno_text(loop));
+    }
+  });
+  impl.logger->info("dbus: {} on {}", kBusName,
+                    impl.config.bus == "address" ? impl.config.address : impl.config.bus + " bus");
+}
+
+void DbusService::stop() {
+  auto& impl = *impl_;
+  {
+    std::lock_guard lock(impl.calls_mutex);
+    impl.stopping = true;
+  }
+  impl.calls_wake.notify_all();
+  for (auto& thread : impl.method_threads) {
+    thread.join();
+  }
+  impl.method_threads.clear();
+  if (impl.bus_thread.joinable()) {
+    impl.post([&impl] { sd_event_exit(impl.event, 0); });
+    impl.bus_thread.join();
+  }
+}
+
+void DbusService::hold_started() {
+  if (!impl_->bus_thread.joinable()) {
+    return;
+  }
+  impl_->post([&impl = *impl_] {
+    if (impl.config.logind_inhibit &&
+        impl.inhibitor.hold_started() == InhibitorState::Action::request) {
+      impl.take_inhibitor();
+    }
+    impl.emit_changed_properties();
+  });
+}
+
+void DbusService::hold_ended() {
+  if (!impl_->bus_thread.joinable()) {
+    return;
+  }
+  impl_->post([&impl = *impl_] {
+    if (impl.config.logind_inhibit &&
+        impl.inhibitor.hold_ended() == InhibitorState::Action::release) {
+      impl.release_inhibitor();
+    }
+    impl.emit_changed_properties();
+  });
+}
+
+void DbusService::session_changed(const std::string& session_id, const std::string& state,
+                                  const nlohmann::json& verdict) {
+  if (!impl_->bus_thread.joinable()) {
+    return;
+  }
+  impl_->post([&impl = *impl_, session_id, state, verdict] {
+    impl.emit_session_signal(session_id, state, verdict);
+    impl.emit_changed_properties();
+  });
+}
+
+}  // namespace quiesce::agent::dbus

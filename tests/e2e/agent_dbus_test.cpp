@@ -1,0 +1,252 @@
+// The real quiesce-agent binary on a private dbus-daemon: org.quiesce.Agent1's
+// properties, methods and signals, driven by an sd-bus client as a local tool
+// would, and by gdbus run as `nobody` for the access checks.
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "tests/support/dbus_bus.hpp"
+#include "tests/support/processes.hpp"
+#include "tests/support/running_agent.hpp"
+#include "tests/support/temp_dir.hpp"
+
+using namespace quiesce;
+using namespace std::chrono_literals;
+using test::BusClient;
+using test::PrivateBus;
+using test::RunningAgent;
+
+namespace {
+
+nlohmann::json dbus_agent_config(const test::TempDir& dir, const PrivateBus& bus) {
+  auto config = test::agent_config(
+      dir, {{{"type", "delay"}, {"name", "app"}, {"options", {{"delays_ms", {{"freeze", 20}}}}}},
+            {{"type", "delay"}, {"name", "db"}, {"level", "database"}}});
+  config["dbus"] = {{"enabled", true}, {"bus", "address"}, {"address", bus.address()}};
+  return config;
+}
+
+// The agent takes its bus name before its socket opens, so it is there once
+// RunningAgent returns; the client still waits for it to be safe.
+bool agent_on_bus(BusClient& client) {
+  return test::eventually(5s, [&] { return client.call("Health").ok; });
+}
+
+std::string id_of(const BusClient::Reply& reply) {
+  return nlohmann::json::parse(reply.value).value("id", "");
+}
+
+// gdbus as `nobody`, no supplementary groups: an unprivileged local user.
+int call_as_nobody(const PrivateBus& bus, const std::vector<std::string>& gdbus_arguments,
+                   std::string& output) {
+  std::vector<std::string> argv{"/usr/bin/setpriv", "--reuid=65534", "--regid=65534",
+                                "--clear-groups",  "/usr/bin/gdbus",  "call",
+                                "--address",       bus.address(),    "--dest",
+                                "org.quiesce.Agent1", "--object-path", "/org/quiesce/Agent1",
+                                "--method"};
+  argv.insert(argv.end(), gdbus_arguments.begin(), gdbus_arguments.end());
+  return test::run_command(argv, &output);
+}
+
+}  // namespace
+
+TEST_CASE("agent dbus: properties, methods and signals in order across a whole session") {
+  test::TempDir dir;
+  PrivateBus bus(dir);
+  RunningAgent agent(dir, dbus_agent_config(dir, bus));
+  BusClient client(bus.address());
+  REQUIRE(agent_on_bus(client));
+  client.watch_signals();
+
+  CHECK(client.string_property("State") == "idle");
+  CHECK(client.string_property("ActiveSession").empty());
+  CHECK(client.string_property("LastVerdict").empty());
+  auto writers = client.writers_property();
+  REQUIRE(writers.size() == 2);
+  CHECK(writers[0] == std::vector<std::string>{"app", "application", "stable"});
+  CHECK(writers[1][0] == "db");
+  CHECK(writers[1][1] == "database");
+
+  auto created = client.call("CreateSession", {R"({"checkpoint_id": "cp-dbus"})"});
+  REQUIRE_MESSAGE(created.ok, created.error_name, ": ", created.error_message);
+  const auto id = id_of(created);
+  REQUIRE(!id.empty());
+  CHECK(client.string_property("ActiveSession") == id);
+  CHECK(client.string_property("State") == "session_active");
+
+  auto frozen = client.call("Freeze", {id});
+  REQUIRE_MESSAGE(frozen.ok, frozen.error_message);
+  CHECK(client.string_property("State") == "frozen");
+  auto thawed = client.call("Thaw", {id});
+  REQUIRE_MESSAGE(thawed.ok, thawed.error_message);
+  CHECK(nlohmann::json::parse(thawed.value)["verdict"]["continuous"] == true);
+  auto verdict = nlohmann::json::parse(client.string_property("LastVerdict"));
+  CHECK(verdict["continuous"] == true);
+  auto completed = client.call("Complete", {id, "snap-dbus"});
+  REQUIRE_MESSAGE(completed.ok, completed.error_message);
+  auto status = client.call("GetSession", {id});
+  REQUIRE(status.ok);
+  CHECK(nlohmann::json::parse(status.value)["state"] == "completed");
+
+  auto seen = client.signals(4, 10s);
+  std::vector<std::string> order;
+  for (const auto& signal : seen) {
+    CHECK(signal.session == id);
+    order.push_back(signal.member);
+  }
+  CHECK(order == std::vector<std::string>{"SessionCreated", "Frozen", "Thawed", "Completed"});
+  REQUIRE(seen.size() >= 3);
+  CHECK(nlohmann::json::parse(seen[2].detail)["continuous"] == true);
+  // Every property that moved was announced.
+  auto changed = client.changed_properties();
+  for (const char* name : {"State", "ActiveSession", "LastVerdict", "Writers"}) {
+    CHECK_MESSAGE(std::find(changed.begin(), changed.end(), name) != changed.end(), name);
+  }
+  CHECK(client.string_property("State") == "idle");
+  CHECK(client.string_property("ActiveSession").empty());
+}
+
+TEST_CASE("agent dbus: abort signals Aborted; API errors come back as named D-Bus errors") {
+  test::TempDir dir;
+  PrivateBus bus(dir);
+  RunningAgent agent(dir, dbus_agent_config(dir, bus));
+  BusClient client(bus.address());
+  REQUIRE(agent_on_bus(client));
+  client.watch_signals();
+
+  auto created = client.call("CreateSession", {""});
+  REQUIRE(created.ok);
+  const auto id = id_of(created);
+  // A second session while one is active: the API's conflict, by name.
+  auto second = client.call("CreateSession", {"{}"});
+  CHECK_FALSE(second.ok);
+  CHECK(second.error_name.rfind("org.quiesce.Error.", 0) == 0);
+  CHECK(second.error_message.find(id) != std::string::npos);
+  // Bad input is refused before anything happens.
+  auto bad_body = client.call("CreateSession", {R"({"no_such_field": 1})"});
+  CHECK_FALSE(bad_body.ok);
+  CHECK(bad_body.error_message.find("no_such_field") != std::string::npos);
+  auto bad_id = client.call("Freeze", {"../health"});
+  CHECK(bad_id.error_name == "org.freedesktop.DBus.Error.InvalidArgs");
+  auto unknown = client.call("Thaw", {"no-such-session"});
+  CHECK(unknown.error_name.rfind("org.quiesce.Error.", 0) == 0);
+  CHECK(client.string_property("ActiveSession") == id);
+
+  auto aborted = client.call("Abort", {id});
+  REQUIRE_MESSAGE(aborted.ok, aborted.error_message);
+  auto seen = client.signals(2, 10s);
+  REQUIRE(seen.size() == 2);
+  CHECK(seen[0].member == "SessionCreated");
+  CHECK(seen[1].member == "Aborted");
+  CHECK(seen[1].session == id);
+  CHECK(seen[1].detail == "aborted");
+}
+
+TEST_CASE("agent dbus: signals also follow a session driven over HTTP") {
+  test::TempDir dir;
+  PrivateBus bus(dir);
+  RunningAgent agent(dir, dbus_agent_config(dir, bus));
+  BusClient client(bus.address());
+  REQUIRE(agent_on_bus(client));
+  client.watch_signals();
+  auto http = agent.client();
+  auto created = http.create_session({});
+  REQUIRE(created.ok());
+  const std::string id = created.body["id"];
+  REQUIRE(http.freeze(id).ok());
+  REQUIRE(http.thaw(id).ok());
+  REQUIRE(http.complete(id, "snap").ok());
+  std::vector<std::string> order;
+  for (const auto& signal : client.signals(4, 10s)) {
+    order.push_back(signal.member);
+  }
+  CHECK(order == std::vector<std::string>{"SessionCreated", "Frozen", "Thawed", "Completed"});
+}
+
+TEST_CASE("agent dbus: an unprivileged caller gets AccessDenied from the agent and changes nothing") {
+  test::TempDir dir;
+  PrivateBus bus(dir);  // a bus that lets anyone call: the agent must refuse by itself
+  RunningAgent agent(dir, dbus_agent_config(dir, bus));
+  BusClient client(bus.address());
+  REQUIRE(agent_on_bus(client));
+
+  std::string output;
+  int code = call_as_nobody(bus, {"org.quiesce.Agent1.CreateSession", "{}"}, output);
+  CHECK(code != 0);
+  CHECK_MESSAGE(output.find("org.freedesktop.DBus.Error.AccessDenied") != std::string::npos,
+                output);
+  CHECK_MESSAGE(output.find("uid 65534") != std::string::npos, output);
+  CHECK(client.string_property("State") == "idle");
+  CHECK(client.string_property("ActiveSession").empty());
+  CHECK(agent.client().health().body["session"].is_null());
+
+  // A session someone else started: nobody cannot freeze or abort it.
+  auto created = client.call("CreateSession", {"{}"});
+  REQUIRE(created.ok);
+  const auto id = id_of(created);
+  for (const char* method : {"org.quiesce.Agent1.Freeze", "org.quiesce.Agent1.Abort"}) {
+    output.clear();
+    CHECK(call_as_nobody(bus, {method, id}, output) != 0);
+    CHECK_MESSAGE(output.find("AccessDenied") != std::string::npos, output);
+  }
+  CHECK(client.string_property("State") == "session_active");
+
+  // Reading is open to all.
+  output.clear();
+  CHECK(call_as_nobody(bus, {"org.freedesktop.DBus.Properties.Get", "org.quiesce.Agent1", "State"},
+                       output) == 0);
+  CHECK_MESSAGE(output.find("session_active") != std::string::npos, output);
+  output.clear();
+  CHECK(call_as_nobody(bus, {"org.quiesce.Agent1.GetSession", id}, output) == 0);
+  CHECK(client.call("Abort", {id}).ok);
+}
+
+TEST_CASE("agent dbus: the installed policy file lets anyone read and only root change") {
+  test::TempDir dir;
+  PrivateBus bus(dir, std::filesystem::path(QUIESCE_SOURCE_DIR) / "agent/dbus/org.quiesce.Agent1.conf");
+  RunningAgent agent(dir, dbus_agent_config(dir, bus));
+  BusClient client(bus.address());
+  REQUIRE(agent_on_bus(client));
+
+  std::string output;
+  CHECK(call_as_nobody(bus, {"org.quiesce.Agent1.CreateSession", "{}"}, output) != 0);
+  // Refused by the bus itself: the message never reaches the agent.
+  CHECK_MESSAGE(output.find("AccessDenied") != std::string::npos, output);
+  CHECK_MESSAGE(output.find("uid 65534") == std::string::npos, output);
+  CHECK(client.string_property("State") == "idle");
+  output.clear();
+  CHECK(call_as_nobody(bus, {"org.freedesktop.DBus.Properties.Get", "org.quiesce.Agent1", "State"},
+                       output) == 0);
+  CHECK_MESSAGE(output.find("idle") != std::string::npos, output);
+  output.clear();
+  CHECK(call_as_nobody(bus, {"org.quiesce.Agent1.Health"}, output) == 0);
+  // Root passes the policy.
+  auto created = client.call("CreateSession", {"{}"});
+  CHECK(created.ok);
+}
+
+TEST_CASE("agent dbus: a second agent on the same bus exits with a clear error") {
+  test::TempDir dir;
+  PrivateBus bus(dir);
+  RunningAgent agent(dir, dbus_agent_config(dir, bus));
+  BusClient client(bus.address());
+  REQUIRE(agent_on_bus(client));
+
+  test::TempDir second_dir;
+  auto config = dbus_agent_config(second_dir, bus);
+  {
+    std::ofstream out(second_dir / "agent.json");
+    out << config.dump();
+  }
+  std::string output;
+  int code = test::run_command({test::built_binary("quiesce-agent").string(), "--config",
+                                (second_dir / "agent.json").string()},
+                               &output);
+  CHECK(code == 4);
+  auto log = test::read_text(second_dir / "agent.log");
+  CHECK_MESSAGE(log.find("already owned") != std::string::npos, log);
+}
