@@ -356,7 +356,7 @@ std::string DbusService::Impl::current_active_session() const {
 
 std::string DbusService::Impl::current_verdict() const {
   // The newest session that has thawed carries the last verdict.
-  auto sessions = coordinator.list_sessions();
+  auto sessions = coordinator.list_sessions()["sessions"];
   for (auto it = sessions.rbegin(); it != sessions.rend(); ++it) {
     if (it->contains("verdict") && !(*it)["verdict"].is_null()) {
       return (*it)["verdict"].dump();

@@ -154,8 +154,8 @@ TEST_CASE("agent dbus: signals also follow a session driven over HTTP") {
   REQUIRE(agent_on_bus(client));
   client.watch_signals();
   auto http = agent.client();
-  auto created = http.create_session({});
-  REQUIRE(created.ok());
+  auto created = http.create_session({{"checkpoint_id", "cp-http"}});
+  REQUIRE_MESSAGE(created.ok(), test::describe(created));
   const std::string id = created.body["id"];
   REQUIRE(http.freeze(id).ok());
   REQUIRE(http.thaw(id).ok());
