@@ -34,6 +34,8 @@ packages=(
   # the libvirt vm test: a private libvirtd with the qemu driver, and virsh
   # (tests/vm/libvirtd-in-namespace.sh)
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+  # the D-Bus tests: a private dbus-daemon per test, gdbus as the unprivileged caller
+  dbus-daemon libglib2.0-bin
 )
 
 say() { printf '\n== %s\n' "$*"; }
