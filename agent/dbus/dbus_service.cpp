@@ -156,6 +156,8 @@ struct DbusService::Impl {
   void emit_changed_properties();
   void take_inhibitor();
   void release_inhibitor();
+  // From the coordinator's thread: the inhibitor and State follow the hold.
+  void hold_changed(bool started);
 };
 
 void DbusService::Impl::connect() {
@@ -640,6 +642,23 @@ void DbusService::Impl::release_inhibitor() {
   }
 }
 
+void DbusService::Impl::hold_changed(bool started) {
+  if (!bus_thread.joinable()) {
+    return;
+  }
+  post([this, started] {
+    if (config.logind_inhibit) {
+      const auto action = started ? inhibitor.hold_started() : inhibitor.hold_ended();
+      if (action == InhibitorState::Action::request) {
+        take_inhibitor();
+      } else if (action == InhibitorState::Action::release) {
+        release_inhibitor();
+      }
+    }
+    emit_changed_properties();
+  });
+}
+
 DbusService::DbusService(Coordinator& coordinator, ApiRoutes& routes, DbusConfig config,
                          std::shared_ptr<spdlog::logger> logger)
     : impl_(std::make_unique<Impl>(coordinator, routes, std::move(config), std::move(logger))) {}
@@ -709,31 +728,9 @@ void DbusService::stop() {
   }
 }
 
-void DbusService::hold_started() {
-  if (!impl_->bus_thread.joinable()) {
-    return;
-  }
-  impl_->post([&impl = *impl_] {
-    if (impl.config.logind_inhibit &&
-        impl.inhibitor.hold_started() == InhibitorState::Action::request) {
-      impl.take_inhibitor();
-    }
-    impl.emit_changed_properties();
-  });
-}
+void DbusService::hold_started() { impl_->hold_changed(true); }
 
-void DbusService::hold_ended() {
-  if (!impl_->bus_thread.joinable()) {
-    return;
-  }
-  impl_->post([&impl = *impl_] {
-    if (impl.config.logind_inhibit &&
-        impl.inhibitor.hold_ended() == InhibitorState::Action::release) {
-      impl.release_inhibitor();
-    }
-    impl.emit_changed_properties();
-  });
-}
+void DbusService::hold_ended() { impl_->hold_changed(false); }
 
 void DbusService::session_changed(const std::string& session_id, const std::string& state,
                                   const nlohmann::json& verdict) {

@@ -5,8 +5,10 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/support/dbus_bus.hpp"
@@ -50,6 +52,14 @@ int call_as_nobody(const PrivateBus& bus, const std::vector<std::string>& gdbus_
                                 "--method"};
   argv.insert(argv.end(), gdbus_arguments.begin(), gdbus_arguments.end());
   return test::run_command(argv, &output);
+}
+
+// Reading is open to all: `nobody` gets the State property.
+void check_nobody_reads_state(const PrivateBus& bus, const std::string& expected) {
+  std::string output;
+  CHECK(call_as_nobody(bus, {"org.freedesktop.DBus.Properties.Get", "org.quiesce.Agent1", "State"},
+                       output) == 0);
+  CHECK_MESSAGE(output.find(expected) != std::string::npos, output);
 }
 
 }  // namespace
@@ -108,9 +118,44 @@ TEST_CASE("agent dbus: properties, methods and signals in order across a whole s
   }
   CHECK(client.string_property("State") == "idle");
   CHECK(client.string_property("ActiveSession").empty());
+  // No logind on a private bus: the inhibitor is skipped with a debug line.
+  CHECK(test::eventually(5s, [&] {
+    return test::read_text(dir / "agent.log").find("no logind inhibitor") != std::string::npos;
+  }));
 }
 
-TEST_CASE("agent dbus: abort signals Aborted; API errors come back as named D-Bus errors") {
+TEST_CASE("agent dbus: properties and Health answer while a writer is busy freezing") {
+  test::TempDir dir;
+  PrivateBus bus(dir);
+  auto config = test::agent_config(
+      dir, {{{"type", "delay"}, {"name", "slow"}, {"options", {{"delays_ms", {{"freeze", 1500}}}}}}});
+  config["dbus"] = {{"enabled", true}, {"bus", "address"}, {"address", bus.address()}};
+  RunningAgent agent(dir, config);
+  BusClient client(bus.address());
+  REQUIRE(agent_on_bus(client));
+  auto created = client.call("CreateSession", {"{}"});
+  REQUIRE(created.ok);
+  const auto id = id_of(created);
+
+  std::atomic<bool> freeze_returned{false};
+  BusClient::Reply frozen;
+  std::thread freezer([&] {
+    BusClient own(bus.address());  // sd-bus connections are one thread's each
+    frozen = own.call("Freeze", {id});
+    freeze_returned = true;
+  });
+  // The hold starts before the writer is called: State says frozen while the
+  // writer still sleeps in its freeze call.
+  CHECK(test::eventually(1000ms, [&] { return client.string_property("State") == "frozen"; }));
+  CHECK(client.call("Health").ok);
+  CHECK(client.call("GetSession", {id}).ok);
+  CHECK_FALSE(freeze_returned.load());
+  freezer.join();
+  REQUIRE_MESSAGE(frozen.ok, frozen.error_message);
+  CHECK(client.call("Thaw", {id}).ok);
+}
+
+TEST_CASE("agent dbus: abort signals Aborted, and API errors come back as named D-Bus errors") {
   test::TempDir dir;
   PrivateBus bus(dir);
   RunningAgent agent(dir, dbus_agent_config(dir, bus));
@@ -195,14 +240,36 @@ TEST_CASE("agent dbus: an unprivileged caller gets AccessDenied from the agent a
   }
   CHECK(client.string_property("State") == "session_active");
 
-  // Reading is open to all.
-  output.clear();
-  CHECK(call_as_nobody(bus, {"org.freedesktop.DBus.Properties.Get", "org.quiesce.Agent1", "State"},
-                       output) == 0);
-  CHECK_MESSAGE(output.find("session_active") != std::string::npos, output);
+  check_nobody_reads_state(bus, "session_active");
   output.clear();
   CHECK(call_as_nobody(bus, {"org.quiesce.Agent1.GetSession", id}, output) == 0);
   CHECK(client.call("Abort", {id}).ok);
+}
+
+TEST_CASE("agent dbus: a member of the configured group may drive a session") {
+  test::TempDir dir;
+  PrivateBus bus(dir);
+  auto config = dbus_agent_config(dir, bus);
+  // `users` (gid 100) stands for the `quiesce` group a package creates:
+  // nobody with it as a supplementary group is a member like any other.
+  config["dbus"]["group"] = "users";
+  RunningAgent agent(dir, config);
+  BusClient client(bus.address());
+  REQUIRE(agent_on_bus(client));
+
+  std::string output;
+  int code = test::run_command(
+      {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--groups=100", "/usr/bin/gdbus",
+       "call", "--address", bus.address(), "--dest", "org.quiesce.Agent1", "--object-path",
+       "/org/quiesce/Agent1", "--method", "org.quiesce.Agent1.CreateSession", "{}"},
+      &output);
+  CHECK_MESSAGE(code == 0, output);
+  CHECK(client.string_property("State") == "session_active");
+  // Without the group, the same user is refused.
+  output.clear();
+  CHECK(call_as_nobody(bus, {"org.quiesce.Agent1.Abort", client.string_property("ActiveSession")},
+                       output) != 0);
+  CHECK_MESSAGE(output.find("AccessDenied") != std::string::npos, output);
 }
 
 TEST_CASE("agent dbus: the installed policy file lets anyone read and only root change") {
@@ -218,10 +285,7 @@ TEST_CASE("agent dbus: the installed policy file lets anyone read and only root 
   CHECK_MESSAGE(output.find("AccessDenied") != std::string::npos, output);
   CHECK_MESSAGE(output.find("uid 65534") == std::string::npos, output);
   CHECK(client.string_property("State") == "idle");
-  output.clear();
-  CHECK(call_as_nobody(bus, {"org.freedesktop.DBus.Properties.Get", "org.quiesce.Agent1", "State"},
-                       output) == 0);
-  CHECK_MESSAGE(output.find("idle") != std::string::npos, output);
+  check_nobody_reads_state(bus, "idle");
   output.clear();
   CHECK(call_as_nobody(bus, {"org.quiesce.Agent1.Health"}, output) == 0);
   // Root passes the policy.
