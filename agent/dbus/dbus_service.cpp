@@ -10,6 +10,7 @@
 #include <systemd/sd-event.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
@@ -62,15 +63,6 @@ bool valid_session_id(const std::string& id) {
          });
 }
 
-// sd-bus references released with the object's lifetime.
-struct MessageRef {
-  sd_bus_message* message = nullptr;
-  explicit MessageRef(sd_bus_message* m) : message(sd_bus_message_ref(m)) {}
-  MessageRef(const MessageRef& other) : message(sd_bus_message_ref(other.message)) {}
-  MessageRef& operator=(const MessageRef&) = delete;
-  ~MessageRef() { sd_bus_message_unref(message); }
-};
-
 }  // namespace
 
 struct DbusService::Impl {
@@ -105,6 +97,9 @@ struct DbusService::Impl {
   sd_bus_slot* vtable_slot = nullptr;
   int wake_fd = -1;
   std::thread bus_thread;
+  // Read by the coordinator's threads: events before start or after stop
+  // are dropped.
+  std::atomic<bool> running{false};
 
   // Work for the bus thread, posted from any thread.
   std::mutex posted_mutex;
@@ -333,13 +328,19 @@ int DbusService::Impl::route_method(sd_bus_message* message, const std::string& 
     reply_with(message, run_route(method, target, body, who));
     return 1;
   }
-  MessageRef pending(message);
+  // sd-bus reference counts are not atomic: the message is referenced and
+  // released on the bus thread only; the method thread just carries it.
+  sd_bus_message* pending = sd_bus_message_ref(message);
   const bool queued = queue_call([this, pending, method, target, body, who] {
     auto response = run_route(method, target, body, who);
     logger->info("dbus {}: {} {} -> {}", who, method, target, response.status);
-    post([pending, response] { reply_with(pending.message, response); });
+    post([pending, response] {
+      reply_with(pending, response);
+      sd_bus_message_unref(pending);
+    });
   });
   if (!queued) {
+    sd_bus_message_unref(pending);
     sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
                       "too many calls in progress (%zu waiting); try again", kMaxQueuedCalls);
     return -EBUSY;
@@ -643,7 +644,7 @@ void DbusService::Impl::release_inhibitor() {
 }
 
 void DbusService::Impl::hold_changed(bool started) {
-  if (!bus_thread.joinable()) {
+  if (!running) {
     return;
   }
   post([this, started] {
@@ -707,12 +708,14 @@ void DbusService::start() {
       impl.logger->error("dbus: the event loop stopped: {}", errno_text(loop));
     }
   });
+  impl.running = true;
   impl.logger->info("dbus: {} on {}", kBusName,
                     impl.config.bus == "address" ? impl.config.address : impl.config.bus + " bus");
 }
 
 void DbusService::stop() {
   auto& impl = *impl_;
+  impl.running = false;
   {
     std::lock_guard lock(impl.calls_mutex);
     impl.stopping = true;
@@ -734,7 +737,7 @@ void DbusService::hold_ended() { impl_->hold_changed(false); }
 
 void DbusService::session_changed(const std::string& session_id, const std::string& state,
                                   const nlohmann::json& verdict) {
-  if (!impl_->bus_thread.joinable()) {
+  if (!impl_->running) {
     return;
   }
   impl_->post([&impl = *impl_, session_id, state, verdict] {
