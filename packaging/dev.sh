@@ -34,8 +34,9 @@ packages=(
   # the libvirt vm test: a private libvirtd with the qemu driver, and virsh
   # (tests/vm/libvirtd-in-namespace.sh)
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-  # the D-Bus tests: a private dbus-daemon per test, gdbus as the unprivileged caller
-  dbus-daemon libglib2.0-bin
+  # the D-Bus tests: a private dbus-daemon per test, gdbus as the unprivileged caller, the
+  # Python example of docs/dbus.md
+  dbus-daemon libglib2.0-bin python3-dbus python3-gi
 )
 
 say() { printf '\n== %s\n' "$*"; }

@@ -4,6 +4,8 @@
 
 #include <doctest/doctest.h>
 
+#include <sys/wait.h>
+
 #include <algorithm>
 #include <atomic>
 #include <fstream>
@@ -313,4 +315,49 @@ TEST_CASE("agent dbus: a second agent on the same bus exits with a clear error")
   CHECK(code == 4);
   auto log = test::read_text(second_dir / "agent.log");
   CHECK_MESSAGE(log.find("already owned") != std::string::npos, log);
+}
+
+TEST_CASE("agent dbus: the Python example in docs/dbus.md hears the thaw and its verdict") {
+  test::TempDir dir;
+  PrivateBus bus(dir);
+  RunningAgent agent(dir, dbus_agent_config(dir, bus));
+  BusClient client(bus.address());
+  REQUIRE(agent_on_bus(client));
+
+  // The example as the docs give it, on the test's bus instead of the system's.
+  auto doc = test::read_text(std::filesystem::path(QUIESCE_SOURCE_DIR) / "docs/dbus.md");
+  const auto section = doc.find("## From Python");
+  REQUIRE(section != std::string::npos);
+  const auto begin = doc.find("```python\n", section);
+  REQUIRE(begin != std::string::npos);
+  const auto end = doc.find("```", begin + 10);
+  std::string script = doc.substr(begin + 10, end - begin - 10);
+  const std::string system_bus = "dbus.SystemBus()";
+  const auto at = script.find(system_bus);
+  REQUIRE(at != std::string::npos);
+  script.replace(at, system_bus.size(), "dbus.bus.BusConnection(\"" + bus.address() + "\")");
+  {
+    std::ofstream out(dir / "example.py");
+    out << script;
+  }
+  // The system's python3, where Debian's python3-dbus and python3-gi live.
+  test::ChildProcess example({"/usr/bin/python3", "-u", (dir / "example.py").string()},
+                             dir / "example.out");
+  // It prints the state once its signal receiver is in place.
+  REQUIRE_MESSAGE(test::eventually(10s, [&] {
+                    return test::read_text(dir / "example.out").find("agent is idle") !=
+                           std::string::npos;
+                  }),
+                  test::read_text(dir / "example.out"));
+  auto created = client.call("CreateSession", {"{}"});
+  REQUIRE(created.ok);
+  const auto id = id_of(created);
+  REQUIRE(client.call("Freeze", {id}).ok);
+  REQUIRE(client.call("Thaw", {id}).ok);
+  auto status = example.wait_for(10s);
+  REQUIRE(status.has_value());
+  CHECK(WIFEXITED(*status));
+  CHECK(WEXITSTATUS(*status) == 0);
+  auto output = test::read_text(dir / "example.out");
+  CHECK_MESSAGE(output.find(id + " thawed: continuous") != std::string::npos, output);
 }
