@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -44,6 +45,29 @@ std::string id_of(const BusClient::Reply& reply) {
   return nlohmann::json::parse(reply.value).value("id", "");
 }
 
+// A private bus with the real agent on it and a client that has seen it
+// answer. `adjust` changes the agent's config; `policy` is added to the bus's.
+struct AgentOnBus {
+  explicit AgentOnBus(const std::function<void(nlohmann::json&)>& adjust = {},
+                      const std::filesystem::path& policy = {})
+      : bus(dir, policy), agent(dir, config_of(dir, bus, adjust)), client(bus.address()) {
+    REQUIRE(agent_on_bus(client));
+  }
+  static nlohmann::json config_of(const test::TempDir& dir, const PrivateBus& bus,
+                                  const std::function<void(nlohmann::json&)>& adjust) {
+    auto config = dbus_agent_config(dir, bus);
+    if (adjust) {
+      adjust(config);
+    }
+    return config;
+  }
+
+  test::TempDir dir;
+  PrivateBus bus;
+  RunningAgent agent;
+  BusClient client;
+};
+
 // gdbus as `nobody`, no supplementary groups: an unprivileged local user.
 int call_as_nobody(const PrivateBus& bus, const std::vector<std::string>& gdbus_arguments,
                    std::string& output) {
@@ -67,11 +91,8 @@ void check_nobody_reads_state(const PrivateBus& bus, const std::string& expected
 }  // namespace
 
 TEST_CASE("agent dbus: properties, methods and signals in order across a whole session") {
-  test::TempDir dir;
-  PrivateBus bus(dir);
-  RunningAgent agent(dir, dbus_agent_config(dir, bus));
-  BusClient client(bus.address());
-  REQUIRE(agent_on_bus(client));
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
   client.watch_signals();
 
   CHECK(client.string_property("State") == "idle");
@@ -127,14 +148,11 @@ TEST_CASE("agent dbus: properties, methods and signals in order across a whole s
 }
 
 TEST_CASE("agent dbus: properties and Health answer while a writer is busy freezing") {
-  test::TempDir dir;
-  PrivateBus bus(dir);
-  auto config = test::agent_config(
-      dir, {{{"type", "delay"}, {"name", "slow"}, {"options", {{"delays_ms", {{"freeze", 1500}}}}}}});
-  config["dbus"] = {{"enabled", true}, {"bus", "address"}, {"address", bus.address()}};
-  RunningAgent agent(dir, config);
-  BusClient client(bus.address());
-  REQUIRE(agent_on_bus(client));
+  AgentOnBus on([](nlohmann::json& config) {
+    config["writers"] = {
+        {{"type", "delay"}, {"name", "slow"}, {"options", {{"delays_ms", {{"freeze", 1500}}}}}}};
+  });
+  auto& [dir, bus, agent, client] = on;
   auto created = client.call("CreateSession", {"{}"});
   REQUIRE(created.ok);
   const auto id = id_of(created);
@@ -158,11 +176,8 @@ TEST_CASE("agent dbus: properties and Health answer while a writer is busy freez
 }
 
 TEST_CASE("agent dbus: abort signals Aborted, and API errors come back as named D-Bus errors") {
-  test::TempDir dir;
-  PrivateBus bus(dir);
-  RunningAgent agent(dir, dbus_agent_config(dir, bus));
-  BusClient client(bus.address());
-  REQUIRE(agent_on_bus(client));
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
   client.watch_signals();
 
   auto created = client.call("CreateSession", {""});
@@ -194,11 +209,8 @@ TEST_CASE("agent dbus: abort signals Aborted, and API errors come back as named 
 }
 
 TEST_CASE("agent dbus: signals also follow a session driven over HTTP") {
-  test::TempDir dir;
-  PrivateBus bus(dir);
-  RunningAgent agent(dir, dbus_agent_config(dir, bus));
-  BusClient client(bus.address());
-  REQUIRE(agent_on_bus(client));
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
   client.watch_signals();
   auto http = agent.client();
   auto created = http.create_session({{"checkpoint_id", "cp-http"}});
@@ -215,11 +227,8 @@ TEST_CASE("agent dbus: signals also follow a session driven over HTTP") {
 }
 
 TEST_CASE("agent dbus: an unprivileged caller gets AccessDenied from the agent and changes nothing") {
-  test::TempDir dir;
-  PrivateBus bus(dir);  // a bus that lets anyone call: the agent must refuse by itself
-  RunningAgent agent(dir, dbus_agent_config(dir, bus));
-  BusClient client(bus.address());
-  REQUIRE(agent_on_bus(client));
+  AgentOnBus on;  // a bus that lets anyone call: the agent must refuse by itself
+  auto& [dir, bus, agent, client] = on;
 
   std::string output;
   int code = call_as_nobody(bus, {"org.quiesce.Agent1.CreateSession", "{}"}, output);
@@ -249,15 +258,10 @@ TEST_CASE("agent dbus: an unprivileged caller gets AccessDenied from the agent a
 }
 
 TEST_CASE("agent dbus: a member of the configured group may drive a session") {
-  test::TempDir dir;
-  PrivateBus bus(dir);
-  auto config = dbus_agent_config(dir, bus);
   // `users` (gid 100) stands for the `quiesce` group a package creates:
   // nobody with it as a supplementary group is a member like any other.
-  config["dbus"]["group"] = "users";
-  RunningAgent agent(dir, config);
-  BusClient client(bus.address());
-  REQUIRE(agent_on_bus(client));
+  AgentOnBus on([](nlohmann::json& config) { config["dbus"]["group"] = "users"; });
+  auto& [dir, bus, agent, client] = on;
 
   std::string output;
   int code = test::run_command(
@@ -275,11 +279,8 @@ TEST_CASE("agent dbus: a member of the configured group may drive a session") {
 }
 
 TEST_CASE("agent dbus: the installed policy file lets anyone read and only root change") {
-  test::TempDir dir;
-  PrivateBus bus(dir, std::filesystem::path(QUIESCE_SOURCE_DIR) / "agent/dbus/org.quiesce.Agent1.conf");
-  RunningAgent agent(dir, dbus_agent_config(dir, bus));
-  BusClient client(bus.address());
-  REQUIRE(agent_on_bus(client));
+  AgentOnBus on({}, std::filesystem::path(QUIESCE_SOURCE_DIR) / "agent/dbus/org.quiesce.Agent1.conf");
+  auto& [dir, bus, agent, client] = on;
 
   std::string output;
   CHECK(call_as_nobody(bus, {"org.quiesce.Agent1.CreateSession", "{}"}, output) != 0);
@@ -296,11 +297,8 @@ TEST_CASE("agent dbus: the installed policy file lets anyone read and only root 
 }
 
 TEST_CASE("agent dbus: a second agent on the same bus exits with a clear error") {
-  test::TempDir dir;
-  PrivateBus bus(dir);
-  RunningAgent agent(dir, dbus_agent_config(dir, bus));
-  BusClient client(bus.address());
-  REQUIRE(agent_on_bus(client));
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
 
   test::TempDir second_dir;
   auto config = dbus_agent_config(second_dir, bus);
@@ -318,11 +316,8 @@ TEST_CASE("agent dbus: a second agent on the same bus exits with a clear error")
 }
 
 TEST_CASE("agent dbus: the Python example in docs/dbus.md hears the thaw and its verdict") {
-  test::TempDir dir;
-  PrivateBus bus(dir);
-  RunningAgent agent(dir, dbus_agent_config(dir, bus));
-  BusClient client(bus.address());
-  REQUIRE(agent_on_bus(client));
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
 
   // The example as the docs give it, on the test's bus instead of the system's.
   auto doc = test::read_text(std::filesystem::path(QUIESCE_SOURCE_DIR) / "docs/dbus.md");
