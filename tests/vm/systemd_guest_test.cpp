@@ -419,7 +419,7 @@ TEST_CASE("vm: remove keeps the config and the state, purge removes both") {
   INFO(removed.output);
   CHECK(removed.output.find("deinstall ok config-files") != std::string::npos);
   CHECK(removed.output.find("No such file") != std::string::npos);  // the agent is gone
-  CHECK(removed.output.find("/etc/quiesce/agent.json\n/var/lib/quiesce\n") != std::string::npos);
+  CHECK(removed.output.find("/etc/quiesce/agent.json\n/var/lib/quiesce") != std::string::npos);
   CHECK(removed.output.find("\nactive\n") == std::string::npos);
 
   const auto purged = vm.run("DEBIAN_FRONTEND=noninteractive apt purge -y -q quiesce >/dev/null 2>&1; "
