@@ -353,9 +353,9 @@ TEST_CASE("vm: the .deb installed with apt: the unit enabled, active and answeri
   const auto man = must(vm, "zcat /usr/share/man/man8/quiesce-agent.8.gz | head -c 200");
   CHECK(man.output.find(".TH QUIESCE-AGENT 8") != std::string::npos);
   // The sandbox (docs/packaging.md) is what runs: no capability beyond the
-  // unit's bounding set, in a mount namespace of its own.
+  // unit's bounding set, no new privileges, a hostname of its own.
   const auto sandbox = must(vm, "grep CapBnd /proc/$(systemctl show -p MainPID --value quiesce-agent.service)/status; "
-                                "systemctl show -p NoNewPrivileges -p PrivateMounts --value quiesce-agent.service");
+                                "systemctl show -p NoNewPrivileges -p ProtectHostname --value quiesce-agent.service");
   CHECK_MESSAGE(sandbox.output.find("CapBnd:\t00000000002000ef") != std::string::npos, sandbox.output);
   CHECK_MESSAGE(sandbox.output.find("yes\nyes") != std::string::npos, sandbox.output);
 }
