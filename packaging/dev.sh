@@ -8,6 +8,8 @@
 #   packaging/dev.sh asan   build the unit tests with ASan+UBSan and run them
 #   packaging/dev.sh bench [ARGS]  as root: hold window vs raw FIFREEZE and qemu-ga,
 #                           scaling, footprint (docs/performance.md; ARGS go to quiesce_bench)
+#   packaging/dev.sh package  build, then the .deb packages and the .rpm into BUILD_DIR/packages
+#                           from that build tree (docs/packaging.md), lintian on the .debs
 #   packaging/dev.sh deps | build
 # Environment: BUILD_DIR (default build), QUIESCE_WERROR=ON to fail on warnings,
 # JOBS (default: number of cores).
@@ -37,6 +39,8 @@ packages=(
   # the D-Bus tests: a private dbus-daemon per test, gdbus as the unprivileged caller, the
   # Python example of docs/dbus.md
   dbus-daemon libglib2.0-bin python3-dbus python3-gi
+  # the packages (docs/packaging.md) and their checks: man -l renders the pages
+  debhelper lintian rpm man-db
 )
 
 say() { printf '\n== %s\n' "$*"; }
@@ -87,7 +91,8 @@ vm() {
   say "building the vm tests in $build_dir"
   cmake -S "$repo" -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DQUIESCE_WERROR="${QUIESCE_WERROR:-OFF}" >/dev/null
-  cmake --build "$build_dir" -j "$jobs" --target quiesce_vm_tests quiesce-agent quiescectl quiesce-freeze-holder
+  cmake --build "$build_dir" -j "$jobs" --target quiesce_vm_tests quiesce-agent quiescectl quiesce-freeze-holder \
+    quiesce-host quiesce-writer-check
   say "running the vm label (image: tests/vm/build-debian-image.sh, cached in ${QUIESCE_VM_CACHE:-/var/cache/quiesce-vm})"
   ctest --test-dir "$build_dir" --output-on-failure -L '^vm$' --verbose
 }
@@ -116,6 +121,13 @@ bench() {
   "$build_dir/bin/quiesce_bench" --out "$build_dir/bench" "$@"
 }
 
+# The .debs and the .rpms of the tree in $build_dir, into $build_dir/packages.
+package() {
+  say "packaging $build_dir into $build_dir/packages"
+  rm -rf "$build_dir/packages"
+  "$repo/packaging/build-packages.sh" "$build_dir" "$build_dir/packages"
+}
+
 demo() {
   exec "$repo/packaging/demo.sh" "$build_dir"
 }
@@ -128,5 +140,6 @@ case "${1:-}" in
   asan) deps; asan ;;
   demo) deps; build; demo ;;
   bench) shift; deps; bench "$@" ;;
-  *) sed -n '2,14p' "$0"; exit 2 ;;
+  package) deps; build; package ;;
+  *) sed -n '2,16p' "$0"; exit 2 ;;
 esac

@@ -7,6 +7,11 @@
 // of the freeze request (guest clock), the unit is active again, and the next
 // session freezes with a continuous verdict.
 //
+// The agent is the one its .deb installs (issue #14, item 4): the payload
+// brings the package built from this tree, the guest installs it with
+// `apt install ./...deb`, then the cases below check the installed service,
+// an upgrade while idle, and remove and purge (last: they uninstall it).
+//
 // One guest boot for the whole binary (GuestVm, shared); the cases run in
 // sequence. docs/testing-in-a-guest.md says how to debug a failure.
 #include <doctest/doctest.h>
@@ -76,6 +81,19 @@ GuestVm& guest() {
   }
   if (!vm) {
     FAIL("the guest did not boot: " << boot_error);
+  }
+  static bool installed = false;
+  if (!installed) {
+    // tests/vm/guest/payload/qt-install-deb runs apt at boot; wait for it.
+    const auto waited = vm->run(
+        "for i in $(seq 600); do [ -e /run/quiesce-test-installed ] && break; "
+        "[ -e /run/quiesce-test-install-failed ] && { cat /run/quiesce-test-install-failed; exit 1; }; "
+        "sleep 0.2; done; [ -e /run/quiesce-test-installed ] && qt-wait-unit active 0 60",
+        std::chrono::seconds(200));
+    if (!waited.ok()) {
+      FAIL("the package did not install and start: " << waited.output);
+    }
+    installed = true;
   }
   return *vm;
 }
@@ -318,6 +336,30 @@ TEST_CASE("vm: the guest boots with the agent as a systemd service freezing / am
   CHECK(session.output.find("\"continuous\":true") != std::string::npos);
 }
 
+TEST_CASE("vm: the .deb installed with apt: the unit enabled, active and answering, the files in place") {
+  auto& vm = guest();
+  const auto status = must(vm, "dpkg-query -W -f='${Status} ${Version}' quiesce; echo; "
+                                "systemctl is-enabled quiesce-agent.service; systemctl is-active quiesce-agent.service; "
+                                "systemctl show -p FragmentPath --value quiesce-agent.service; "
+                                "stat -c '%a %U' /var/lib/quiesce; ls -d /etc/quiesce/hooks.d /usr/lib/quiesce/plugins; "
+                                "quiescectl status");
+  const auto& out = status.output;
+  CHECK_MESSAGE(out.find("install ok installed 0.1.0") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("\nenabled\nactive\n/lib/systemd/system/quiesce-agent.service\n") != std::string::npos,
+                out);
+  CHECK_MESSAGE(out.find("750 root") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("/etc/quiesce/hooks.d\n/usr/lib/quiesce/plugins\n") != std::string::npos, out);
+  // The man pages the package installed render where a user reads them.
+  const auto man = must(vm, "zcat /usr/share/man/man8/quiesce-agent.8.gz | head -c 200");
+  CHECK(man.output.find(".TH QUIESCE-AGENT 8") != std::string::npos);
+  // The sandbox (docs/packaging.md) is what runs: no capability beyond the
+  // unit's bounding set, no new privileges, a hostname of its own.
+  const auto sandbox = must(vm, "grep CapBnd /proc/$(systemctl show -p MainPID --value quiesce-agent.service)/status; "
+                                "systemctl show -p NoNewPrivileges -p ProtectHostname --value quiesce-agent.service");
+  CHECK_MESSAGE(sandbox.output.find("CapBnd:\t00000000002000ef") != std::string::npos, sandbox.output);
+  CHECK_MESSAGE(sandbox.output.find("yes\nyes") != std::string::npos, sandbox.output);
+}
+
 TEST_CASE("vm: the agent SIGSTOPped while / is frozen (the watchdog fires)") {
   run_case("SIGSTOP agent (watchdog)", Fault::stop_agent);
 }
@@ -342,4 +384,51 @@ TEST_CASE("vm: the freeze holder alone SIGKILLed while / is frozen") {
 // #19's five cases, and they must fit in ~12 minutes.
 TEST_CASE("vm: the holder, then the whole unit SIGKILLed while / is frozen (start-up recovery)") {
   run_case("SIGKILL holder, then unit", Fault::kill_holder_then_unit, std::max(1, tries_per_case() / 2));
+}
+
+// The package's life cycle, last: the cases above need it installed.
+TEST_CASE("vm: upgrading the package while idle keeps the edited config and restarts the agent") {
+  auto& vm = guest();
+  const auto before = must(vm, "sha256sum < /etc/quiesce/agent.json; sha256sum < /run/quiesce-test-debs/agent.json; "
+                                "systemctl show -p MainPID --value quiesce-agent.service");
+  std::istringstream fields(before.output);
+  std::string edited, dash1, test_config, dash2;
+  long pid = 0;
+  fields >> edited >> dash1 >> test_config >> dash2 >> pid;
+  REQUIRE_MESSAGE(edited == test_config, "the tests' config is not in place: " << before.output);
+  const auto upgraded = vm.run("cd /run/quiesce-test-debs && DEBIAN_FRONTEND=noninteractive "
+                               "apt install -y -q ./quiesce_0.1.0+test2_amd64.deb 2>&1 | tail -5; "
+                               "dpkg-query -W -f='${Version}\\n' quiesce; sha256sum < /etc/quiesce/agent.json; "
+                               "qt-wait-unit active " + std::to_string(pid) + " 60 && quiescectl status >/dev/null && "
+                               "echo answering",
+                               180s);
+  INFO(upgraded.output);
+  CHECK(upgraded.output.find("0.1.0+test2\n") != std::string::npos);
+  CHECK(upgraded.output.find(edited) != std::string::npos);
+  CHECK(upgraded.output.find("answering") != std::string::npos);
+  const auto session = vm.run("quiescectl --json run --freeze-window-ms " + std::to_string(window_ms), 60s);
+  CHECK_MESSAGE(session.output.find("\"continuous\":true") != std::string::npos, session.output);
+}
+
+TEST_CASE("vm: remove keeps the config and the state, purge removes both") {
+  auto& vm = guest();
+  const auto removed = vm.run("DEBIAN_FRONTEND=noninteractive apt remove -y -q quiesce >/dev/null 2>&1; "
+                              "dpkg-query -W -f='${Status}\\n' quiesce; systemctl is-active quiesce-agent.service; "
+                              "ls /usr/sbin/quiesce-agent 2>&1 | tail -1; ls -d /etc/quiesce/agent.json /var/lib/quiesce",
+                              180s);
+  INFO(removed.output);
+  CHECK(removed.output.find("deinstall ok config-files") != std::string::npos);
+  CHECK(removed.output.find("No such file") != std::string::npos);  // the agent is gone
+  CHECK(removed.output.find("/etc/quiesce/agent.json\n/var/lib/quiesce") != std::string::npos);
+  CHECK(removed.output.find("\nactive\n") == std::string::npos);
+
+  const auto purged = vm.run("DEBIAN_FRONTEND=noninteractive apt purge -y -q quiesce >/dev/null 2>&1; "
+                             "dpkg-query -W -f='${Status}\\n' quiesce 2>&1; "
+                             "for p in /etc/quiesce/agent.json /var/lib/quiesce; do [ -e $p ] && echo \"left: $p\"; done; "
+                             "echo checked",
+                             180s);
+  INFO(purged.output);
+  CHECK(purged.output.find("left:") == std::string::npos);
+  CHECK(purged.output.find("checked") != std::string::npos);
+  CHECK(purged.output.find("install ok") == std::string::npos);
 }
