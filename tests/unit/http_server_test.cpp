@@ -481,3 +481,90 @@ TEST_CASE("http: Expect: 100-continue is answered before the body is read") {
   REQUIRE(fake.count() == 1);
   CHECK(fake.requests()[0].body == body);
 }
+
+TEST_CASE("http: a Transfer-Encoding other than a lone chunked is refused and the connection closed") {
+  // Issue #15 item 3: Beast read such a body as absent, so its bytes were
+  // parsed as a second request on the same connection (request smuggling).
+  quiesce::test::TempDir dir;
+  FakeHandler fake;
+  const auto config = unix_config(dir);
+  RunningServer running(config, fake.handler());
+  const std::string smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+  const auto body_len = std::to_string(smuggled.size());
+
+  struct Case {
+    const char* name;
+    std::string headers;
+    unsigned status;
+    const char* code;
+  };
+  const std::vector<Case> cases{
+      {"xchunked", "Transfer-Encoding: xchunked\r\n", 400, "bad_request"},
+      {"identity", "Transfer-Encoding: identity\r\n", 400, "bad_request"},
+      {"chunked, gzip", "Transfer-Encoding: chunked, gzip\r\n", 400, "bad_request"},
+      {"gzip, chunked", "Transfer-Encoding: gzip, chunked\r\n", 501, "unsupported_transfer_encoding"},
+      {"two headers", "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n", 501,
+       "unsupported_transfer_encoding"},
+      {"with Content-Length", "Transfer-Encoding: chunked\r\nContent-Length: " + body_len + "\r\n", 400,
+       "bad_request"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.name);
+    auto raw = RawSocket::unix_socket(config.unix_socket->path);
+    REQUIRE(raw.send("POST /v1/sessions HTTP/1.1\r\nHost: x\r\n" + c.headers + "\r\n" + smuggled));
+    auto response = raw.read_response();
+    REQUIRE(response);
+    CHECK(response->status == c.status);
+    CHECK(error_code_of(response->body) == c.code);
+    CHECK(response->headers["connection"] == "close");
+    // Nothing more: the smuggled request is never answered.
+    CHECK(raw.closed_by_peer());
+    CHECK_FALSE(raw.read_response(200ms));
+  }
+  CHECK(fake.count() == 0);
+
+  SUBCASE("a plain chunked body still works") {
+    auto raw = RawSocket::unix_socket(config.unix_socket->path);
+    REQUIRE(raw.send("POST /v1/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"));
+    auto response = raw.read_response();
+    REQUIRE(response);
+    CHECK(response->status == 200);
+    REQUIRE(fake.count() == 1);
+    CHECK(fake.requests()[0].body == "{}");
+  }
+}
+
+TEST_CASE("http: past max_connections a 503 carries Retry-After, also past twice the limit") {
+  // Issue #15 item 4: past twice the limit, connections were reset unanswered.
+  quiesce::test::TempDir dir;
+  FakeHandler fake;
+  auto config = unix_config(dir);
+  config.limits.max_connections = 2;
+  RunningServer running(config, fake.handler());
+
+  std::vector<RawSocket> held;
+  for (int i = 0; i < 2; ++i) {
+    held.push_back(RawSocket::unix_socket(config.unix_socket->path));
+    REQUIRE(held.back().send(quiesce::test::http_get("/held")));
+    REQUIRE(held.back().read_response());
+  }
+  // Connect without sending: each of these waits in the 503 answer's linger
+  // or gets the fixed answer at accept.
+  std::vector<RawSocket> extra;
+  for (int i = 0; i < 6; ++i) {
+    extra.push_back(RawSocket::unix_socket(config.unix_socket->path));
+  }
+  for (std::size_t i = 0; i < extra.size(); ++i) {
+    CAPTURE(i);
+    if (i < 2) {
+      REQUIRE(extra[i].send(quiesce::test::http_get("/extra")));
+    }
+    auto response = extra[i].read_response();
+    REQUIRE(response);
+    CHECK(response->status == 503);
+    CHECK(response->headers["retry-after"] == "1");
+    CHECK(error_code_of(response->body) == "too_many_connections");
+    CHECK(extra[i].closed_by_peer());
+  }
+  CHECK(fake.count() == 2);
+}
