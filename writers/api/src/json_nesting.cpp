@@ -17,4 +17,15 @@ std::size_t json_nesting_depth(std::string_view text, std::size_t max_nesting) {
   return deepest;
 }
 
+std::optional<nlohmann::json> parse_untrusted_json(std::string_view text, std::size_t max_nesting) {
+  if (!json_nesting_within(text, max_nesting)) {
+    return std::nullopt;
+  }
+  auto parsed = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (parsed.is_discarded()) {
+    return std::nullopt;
+  }
+  return parsed;
+}
+
 }  // namespace quiesce

@@ -9,7 +9,10 @@
 // to the parser that runs afterwards.
 
 #include <cstddef>
+#include <optional>
 #include <string_view>
+
+#include <nlohmann/json.hpp>
 
 namespace quiesce {
 
@@ -64,5 +67,11 @@ class JsonNestingTracker {
                                               std::size_t max_nesting = default_max_json_nesting) {
   return json_nesting_depth(text, max_nesting) <= max_nesting;
 }
+
+// Parses JSON that came from outside the agent (a writer process, a plugin):
+// nothing when it is not JSON or nests deeper than `max_nesting`, checked
+// before the recursive parser runs.
+[[nodiscard]] std::optional<nlohmann::json> parse_untrusted_json(
+    std::string_view text, std::size_t max_nesting = default_max_json_nesting);
 
 }  // namespace quiesce
