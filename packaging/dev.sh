@@ -7,7 +7,7 @@
 #   packaging/dev.sh vm     as root: only the vm label
 #   packaging/dev.sh asan   build the unit tests with ASan+UBSan and run them
 #   packaging/dev.sh fuzz [SECONDS]  build the libFuzzer harnesses (clang, ASan+UBSan) in
-#                           build-fuzz and run each for SECONDS (default 300; CI runs 20)
+#                           build-fuzz and run each for SECONDS (default 300; CI runs 15)
 #   packaging/dev.sh bench [ARGS]  as root: hold window vs raw FIFREEZE and qemu-ga,
 #                           scaling, footprint (docs/performance.md; ARGS go to quiesce_bench)
 #   packaging/dev.sh deps | build

@@ -488,7 +488,9 @@ AgentConfig parse_config_text(const std::string& text, const WriterRegistry& reg
   nlohmann::json document;
   try {
     document = nlohmann::json::parse(text, std::ref(duplicates));
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
+    // Not only parse_error: a number too large for a double is out_of_range
+    // (found by tests/fuzz/fuzz_config).
     throw std::runtime_error("config file " + source + " is not valid JSON: " + e.what());
   }
   if (duplicates.found) {

@@ -245,6 +245,9 @@ TEST_CASE("config: every value issue #15 found accepted is refused, naming the f
   CHECK(text_error_of(R"({"limits": {"max_connections": 2}, "session": {}, "limits": {}})").find("limits: given more than once") == 0);
   // The same key in different objects is fine.
   CHECK(text_error_of(R"({"listen": {"unix": {"mode": "0600"}}, "qga": {"unix_socket": {"path": "/run/q.sock", "mode": "0600"}}})").empty());
+  // A number too large for a double is a JSON error too, not an escaping
+  // out_of_range (tests/fuzz/corpus/config/number_overflow).
+  CHECK(text_error_of(R"({"limits": {"max_connections": 770044e444444444}})").find("is not valid JSON") != std::string::npos);
   // Nesting is bounded before parsing (the parser recurses).
   CHECK(text_error_of("{\"writers\": " + std::string(100'000, '[') + std::string(100'000, ']') + "}").find("nests deeper than 64") != std::string::npos);
 
