@@ -125,7 +125,7 @@ fuzz() {
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
       "$dir/bin/fuzz_$name" -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
       -print_final_stats=1 -artifact_prefix="$crashes/" "$work" >"$dir/fuzz_$name.log" 2>&1 || rc=$?
-    grep -E '^#[0-9]+ +(INITED|DONE)|^stat::(number_of_executed_units|average_exec_per_sec)' "$dir/fuzz_$name.log" || true
+    grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|^stat::(number_of_executed_units|average_exec_per_sec)' "$dir/fuzz_$name.log" || true
     if [ "$rc" -ne 0 ]; then
       tail -n 60 "$dir/fuzz_$name.log" >&2
       echo "dev.sh fuzz: fuzz_$name failed (exit $rc); the input is in $crashes" >&2

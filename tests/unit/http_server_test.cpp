@@ -240,7 +240,7 @@ TEST_CASE("http: keep-alive serves several requests on one connection, idle ones
   CHECK(raw.closed_by_peer(3s));
 }
 
-TEST_CASE("http: connections beyond max_connections get 503") {
+TEST_CASE("http: connections beyond max_connections get 503 with Retry-After, also past twice the limit") {
   quiesce::test::TempDir dir;
   FakeHandler fake;
   auto config = unix_config(dir);
@@ -253,13 +253,25 @@ TEST_CASE("http: connections beyond max_connections get 503") {
     REQUIRE(held.back().send(quiesce::test::http_get("/held")));
     REQUIRE(held.back().read_response());  // accepted and counted
   }
-  auto extra = RawSocket::unix_socket(config.unix_socket->path);
-  extra.send(quiesce::test::http_get("/extra"));
-  auto response = extra.read_response();
-  REQUIRE(response);
-  CHECK(response->status == 503);
-  CHECK(error_code_of(response->body) == "too_many_connections");
-  CHECK(extra.closed_by_peer());
+  // Connected before any sends: the first two wait for their header in a
+  // 503 session; past twice the limit (issue #15 item 4: these were reset
+  // unanswered) the same 503 is written at accept.
+  std::vector<RawSocket> extra;
+  for (int i = 0; i < 6; ++i) {
+    extra.push_back(RawSocket::unix_socket(config.unix_socket->path));
+  }
+  for (std::size_t i = 0; i < extra.size(); ++i) {
+    CAPTURE(i);
+    if (i < 2) {
+      REQUIRE(extra[i].send(quiesce::test::http_get("/extra")));
+    }
+    auto response = extra[i].read_response();
+    REQUIRE(response);
+    CHECK(response->status == 503);
+    CHECK(response->headers["retry-after"] == "1");
+    CHECK(error_code_of(response->body) == "too_many_connections");
+    CHECK(extra[i].closed_by_peer());
+  }
 
   held.clear();  // frees the slots
   auto client = unix_client(config);
@@ -532,39 +544,4 @@ TEST_CASE("http: a Transfer-Encoding other than a lone chunked is refused and th
     REQUIRE(fake.count() == 1);
     CHECK(fake.requests()[0].body == "{}");
   }
-}
-
-TEST_CASE("http: past max_connections a 503 carries Retry-After, also past twice the limit") {
-  // Issue #15 item 4: past twice the limit, connections were reset unanswered.
-  quiesce::test::TempDir dir;
-  FakeHandler fake;
-  auto config = unix_config(dir);
-  config.limits.max_connections = 2;
-  RunningServer running(config, fake.handler());
-
-  std::vector<RawSocket> held;
-  for (int i = 0; i < 2; ++i) {
-    held.push_back(RawSocket::unix_socket(config.unix_socket->path));
-    REQUIRE(held.back().send(quiesce::test::http_get("/held")));
-    REQUIRE(held.back().read_response());
-  }
-  // Connect without sending: each of these waits in the 503 answer's linger
-  // or gets the fixed answer at accept.
-  std::vector<RawSocket> extra;
-  for (int i = 0; i < 6; ++i) {
-    extra.push_back(RawSocket::unix_socket(config.unix_socket->path));
-  }
-  for (std::size_t i = 0; i < extra.size(); ++i) {
-    CAPTURE(i);
-    if (i < 2) {
-      REQUIRE(extra[i].send(quiesce::test::http_get("/extra")));
-    }
-    auto response = extra[i].read_response();
-    REQUIRE(response);
-    CHECK(response->status == 503);
-    CHECK(response->headers["retry-after"] == "1");
-    CHECK(error_code_of(response->body) == "too_many_connections");
-    CHECK(extra[i].closed_by_peer());
-  }
-  CHECK(fake.count() == 2);
 }
