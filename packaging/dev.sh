@@ -6,6 +6,8 @@
 #                           to build its cached image; docs/testing-in-a-guest.md)
 #   packaging/dev.sh vm     as root: only the vm label
 #   packaging/dev.sh asan   build the unit tests with ASan+UBSan and run them
+#   packaging/dev.sh fuzz [SECONDS]  build the libFuzzer harnesses (clang, ASan+UBSan) in
+#                           build-fuzz and run each for SECONDS (default 300; CI runs 15)
 #   packaging/dev.sh bench [ARGS]  as root: hold window vs raw FIFREEZE and qemu-ga,
 #                           scaling, footprint (docs/performance.md; ARGS go to quiesce_bench)
 #   packaging/dev.sh package  build, then the .deb packages and the .rpm into BUILD_DIR/packages
@@ -41,6 +43,8 @@ packages=(
   dbus-daemon libglib2.0-bin python3-dbus python3-gi
   # the packages (docs/packaging.md) and their checks: man -l renders the pages
   debhelper lintian rpm man-db
+  # the libFuzzer harnesses (tests/fuzz): clang and its fuzzer runtime
+  clang-14 libclang-rt-14-dev
 )
 
 say() { printf '\n== %s\n' "$*"; }
@@ -107,6 +111,37 @@ asan() {
     ctest --test-dir "$dir" -L unit --output-on-failure -j "$jobs" --timeout 300
 }
 
+# Builds only the harnesses (each compiles the few sources it fuzzes) with
+# clang, then runs each for $1 seconds on a copy of its seed corpus in
+# tests/fuzz/corpus/<name>. A crash stops with its input in
+# $dir/crashes/<name>/: fix it and add the input to the seed corpus.
+fuzz() {
+  local seconds=${1:-300}
+  local dir=${FUZZ_BUILD_DIR:-$repo/build-fuzz}
+  say "libFuzzer harnesses in $dir, ${seconds}s each"
+  CC=clang-14 CXX=clang++-14 cmake -S "$repo" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DQUIESCE_FUZZ=ON -DQUIESCE_BUILD_TESTS=OFF -DQUIESCE_SANITIZE=fuzzer-no-link,address,undefined \
+    -DQUIESCE_WERROR="${QUIESCE_WERROR:-OFF}" >/dev/null
+  cmake --build "$dir" -j "$jobs" --target quiesce_fuzzers
+  local name
+  for name in qga_framing config untrusted_json api_routes; do
+    local work="$dir/corpus/$name" crashes="$dir/crashes/$name"
+    mkdir -p "$work" "$crashes"
+    cp -n "$repo/tests/fuzz/corpus/$name/"* "$work/"
+    say "fuzz_$name for ${seconds}s"
+    local rc=0
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+      "$dir/bin/fuzz_$name" -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
+      -print_final_stats=1 -artifact_prefix="$crashes/" "$work" >"$dir/fuzz_$name.log" 2>&1 || rc=$?
+    grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|^stat::(number_of_executed_units|average_exec_per_sec)' "$dir/fuzz_$name.log" || true
+    if [ "$rc" -ne 0 ]; then
+      tail -n 60 "$dir/fuzz_$name.log" >&2
+      echo "dev.sh fuzz: fuzz_$name failed (exit $rc); the input is in $crashes" >&2
+      exit 1
+    fi
+  done
+}
+
 # Builds only what the bench runs, then runs it; results in $build_dir/bench.
 bench() {
   say "building the bench in $build_dir"
@@ -138,8 +173,9 @@ case "${1:-}" in
   test) deps; build; run_tests ;;
   vm) deps; vm ;;
   asan) deps; asan ;;
+  fuzz) shift; deps; fuzz "$@" ;;
   demo) deps; build; demo ;;
   bench) shift; deps; bench "$@" ;;
   package) deps; build; package ;;
-  *) sed -n '2,16p' "$0"; exit 2 ;;
+  *) sed -n '2,20p' "$0"; exit 2 ;;
 esac

@@ -72,6 +72,11 @@ constexpr std::size_t linger_max_bytes = 1024 * 1024;
 // full fd table does not turn the accept loop into a busy loop.
 constexpr std::chrono::milliseconds accept_retry_delay{100};
 constexpr const char* server_name = "quiesce-agent/" QUIESCE_VERSION;
+constexpr const char* retry_after_seconds = "1";
+// What a connection past twice max_connections gets: written at once, without
+// reading the request, so the answer costs the I/O thread no session.
+constexpr std::string_view overload_body =
+    R"({"error":{"code":"too_many_connections","message":"the agent is at its connection limit; retry later","retryable":true}})";
 
 std::string to_string(beast::string_view text) { return std::string(text.data(), text.size()); }
 
@@ -134,6 +139,64 @@ bool iequals(std::string_view a, std::string_view b) {
            const auto lower = [](char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; };
            return lower(x) == lower(y);
          });
+}
+
+// RFC 9112 section 6: a request framed by anything but a lone "chunked"
+// transfer coding cannot be delimited safely here. Beast reads a body it
+// does not recognise as absent, so the bytes of `Transfer-Encoding: xchunked`
+// would be read as the next request on the connection (request smuggling).
+// Returns the status and message to refuse with, or nothing when fine.
+struct FramingRefusal {
+  unsigned status;
+  std::string code;
+  std::string message;
+};
+
+std::string trimmed_lower(std::string_view text) {
+  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) {
+    text.remove_prefix(1);
+  }
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) {
+    text.remove_suffix(1);
+  }
+  std::string out(text);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; });
+  return out;
+}
+
+template <class Fields>
+std::optional<FramingRefusal> refuse_framing(const Fields& fields) {
+  const auto codings = fields.equal_range(http::field::transfer_encoding);
+  if (codings.first == codings.second) {
+    return std::nullopt;
+  }
+  if (fields.count(http::field::content_length) != 0) {
+    return FramingRefusal{400, "bad_request",
+                          "a request must not carry both Transfer-Encoding and Content-Length"};
+  }
+  std::vector<std::string> list;
+  for (auto it = codings.first; it != codings.second; ++it) {
+    const auto value = it->value();
+    std::string_view rest(value.data(), value.size());
+    while (true) {
+      const auto comma = rest.find(',');
+      list.push_back(trimmed_lower(rest.substr(0, comma)));
+      if (comma == std::string_view::npos) {
+        break;
+      }
+      rest.remove_prefix(comma + 1);
+    }
+  }
+  if (list.size() == 1 && list.front() == "chunked") {
+    return std::nullopt;
+  }
+  if (list.back() != "chunked") {
+    return FramingRefusal{400, "bad_request",
+                          "Transfer-Encoding must end in chunked for a request to have a length"};
+  }
+  return FramingRefusal{501, "unsupported_transfer_encoding",
+                        "only the chunked transfer coding is supported"};
 }
 
 // Methods the handler may see. Everything else (TRACE, CONNECT, WebDAV verbs,
@@ -415,6 +478,11 @@ class Session : public std::enable_shared_from_this<Session> {
                  true);
       return;
     }
+    if (auto refusal = refuse_framing(request)) {
+      server_.logger->warn("http: {}: refused request framing: {}", peer_.description, refusal->message);
+      send_error(refusal->status, std::move(refusal->code), std::move(refusal->message));
+      return;
+    }
     if (!method_reaches_handler(request.method())) {
       send_error(405, "method_not_allowed",
                  "method " + to_string(request.method_string()) + " is not supported");
@@ -552,6 +620,11 @@ class Session : public std::enable_shared_from_this<Session> {
     response_->set(http::field::cache_control, "no-store");
     if (response.status == 401) {
       response_->set(http::field::www_authenticate, "Bearer");
+    }
+    if (response.status == 503) {
+      // Connection limit: a client that retries after this many seconds
+      // usually finds a slot (requests take milliseconds).
+      response_->set(http::field::retry_after, retry_after_seconds);
     }
     if (response.status == 405) {
       response_->set(http::field::allow, "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
@@ -742,8 +815,20 @@ void ServerState::on_accept(Listener& listener, Protocol::socket socket, const E
     // Answer a bounded number of the excess connections with a JSON 503 so
     // clients learn why; beyond that just hang up.
     if (rejecting_connections >= std::max<std::size_t>(1, config.limits.max_connections)) {
-      logger->warn("http: {}: connection limit reached, closing", peer.description);
+      // Past twice the limit: a fixed 503 written without blocking, then
+      // close. A client that already sent its request may see a reset
+      // instead (unread data at close); docs/api.md says so.
+      logger->warn("http: {}: connection limit reached, answering 503 and closing", peer.description);
+      static const std::string canned = std::string("HTTP/1.1 503 Service Unavailable\r\n") +
+                                        "Server: " + server_name + "\r\n" +
+                                        "Content-Type: application/json\r\n" +
+                                        "Retry-After: " + retry_after_seconds + "\r\n" +
+                                        "Connection: close\r\n" +
+                                        "Content-Length: " + std::to_string(overload_body.size()) +
+                                        "\r\n\r\n" + std::string(overload_body);
+      (void)::send(socket.native_handle(), canned.data(), canned.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
       ErrorCode ignored;
+      socket.shutdown(Protocol::socket::shutdown_send, ignored);
       socket.close(ignored);
       return;
     }

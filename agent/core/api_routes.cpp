@@ -3,13 +3,58 @@
 #include <regex>
 
 #include "quiesce/json_fields.hpp"
+#include "quiesce/json_nesting.hpp"
 
 namespace quiesce::agent {
 
 namespace {
 
 api::Response json_response(unsigned status, const nlohmann::json& body) {
-  return api::Response{status, "application/json", body.dump()};
+  // replace: a string that is not UTF-8 must never turn an answer into an
+  // exception (the target is checked first; this is the second line).
+  return api::Response{status, "application/json",
+                       body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
+}
+
+// RFC 3629 UTF-8: no overlong forms, no surrogates, nothing past U+10FFFF.
+bool is_valid_utf8(std::string_view text) {
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const auto byte = static_cast<unsigned char>(text[i]);
+    std::size_t length = 0;
+    unsigned char low = 0x80;
+    unsigned char high = 0xBF;
+    if (byte < 0x80) {
+      ++i;
+      continue;
+    }
+    if (byte >= 0xC2 && byte <= 0xDF) {
+      length = 2;
+    } else if (byte >= 0xE0 && byte <= 0xEF) {
+      length = 3;
+      low = byte == 0xE0 ? 0xA0 : 0x80;
+      high = byte == 0xED ? 0x9F : 0xBF;
+    } else if (byte >= 0xF0 && byte <= 0xF4) {
+      length = 4;
+      low = byte == 0xF0 ? 0x90 : 0x80;
+      high = byte == 0xF4 ? 0x8F : 0xBF;
+    } else {
+      return false;
+    }
+    if (i + length > text.size()) {
+      return false;
+    }
+    for (std::size_t k = 1; k < length; ++k) {
+      const auto next = static_cast<unsigned char>(text[i + k]);
+      const unsigned char min = k == 1 ? low : 0x80;
+      const unsigned char max = k == 1 ? high : 0xBF;
+      if (next < min || next > max) {
+        return false;
+      }
+    }
+    i += length;
+  }
+  return true;
 }
 
 api::Response error_response(const wire::ApiError& error, const nlohmann::json& session = nullptr) {
@@ -40,6 +85,14 @@ api::Response from(const Expected<nlohmann::json>& result, unsigned success_stat
 nlohmann::json parse_body(const std::string& body) {
   if (body.find_first_not_of(" \t\r\n") == std::string::npos) {
     return nlohmann::json::object();
+  }
+  // Before parsing: nlohmann's parser recurses per bracket, so a deep enough
+  // body would overflow the stack of the handler thread.
+  if (!json_nesting_within(body, default_max_json_nesting)) {
+    throw wire::ApiError{400, "bad_request",
+                         "the request body nests deeper than " +
+                             std::to_string(default_max_json_nesting) + " levels",
+                         std::nullopt, false};
   }
   auto json = nlohmann::json::parse(body, nullptr, false);
   if (json.is_discarded()) {
@@ -89,6 +142,13 @@ ApiRoutes::ApiRoutes(Coordinator& coordinator, std::shared_ptr<spdlog::logger> l
     : coordinator_(coordinator), logger_(std::move(logger)) {}
 
 api::Response ApiRoutes::handle(const api::Request& request) {
+  // Checked first: every answer below may quote the path, and JSON can only
+  // carry UTF-8.
+  if (!is_valid_utf8(request.target)) {
+    return error_response(wire::ApiError{400, "invalid_target",
+                                         "the request target (path or query) is not valid UTF-8",
+                                         std::nullopt, false});
+  }
   std::string path = request.target.substr(0, request.target.find('?'));
   const auto& method = request.method;
   auto not_allowed = [&](const char* allowed) {

@@ -1,12 +1,16 @@
 #include "agent/core/config.hpp"
 
+#include <arpa/inet.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <regex>
 #include <set>
 #include <sstream>
+
+#include "quiesce/json_nesting.hpp"
 
 namespace quiesce::agent {
 
@@ -42,6 +46,34 @@ unsigned parse_mode(JsonFields& fields, const std::string& key, unsigned fallbac
   return static_cast<unsigned>(std::stoul(*text, nullptr, 8));
 }
 
+std::vector<std::uint32_t> parse_cids(JsonFields& fields, const std::string& key,
+                                      std::vector<std::uint32_t> fallback) {
+  const auto* cids = fields.raw(key);
+  if (cids == nullptr) {
+    return fallback;
+  }
+  if (!cids->is_array() || cids->empty()) {
+    throw FieldError(fields.path_of(key), "expected a non-empty array of CIDs (2 is the host)");
+  }
+  std::vector<std::uint32_t> out;
+  for (std::size_t i = 0; i < cids->size(); ++i) {
+    const auto& cid = (*cids)[i];
+    if (!cid.is_number_unsigned() || cid.get<std::uint64_t>() > 0xffffffffULL) {
+      throw FieldError(fields.path_of(key) + "[" + std::to_string(i) + "]",
+                       "expected a CID (an unsigned 32-bit integer)");
+    }
+    // 0 is the hypervisor itself and 0xffffffff means "any": neither names a
+    // peer, and "any" would open the agent to every VM on the host.
+    if (cid.get<std::uint64_t>() == 0 || cid.get<std::uint64_t>() == 0xffffffffULL) {
+      throw FieldError(fields.path_of(key) + "[" + std::to_string(i) + "]",
+                       "CID " + std::to_string(cid.get<std::uint64_t>()) +
+                           " cannot be a peer (2 is the host; 0 and 4294967295 are reserved)");
+    }
+    out.push_back(cid.get<std::uint32_t>());
+  }
+  return out;
+}
+
 void parse_listen(JsonFields listen, api::ServerConfig& server) {
   // unix: on by default; false turns it off.
   if (const auto* unix_value = listen.raw("unix"); unix_value != nullptr && unix_value->is_boolean()) {
@@ -61,8 +93,13 @@ void parse_listen(JsonFields listen, api::ServerConfig& server) {
       throw FieldError(unix_fields.path_of("path"), "too long for a Unix socket (max 107 bytes)");
     }
     unix_listener.mode = parse_mode(unix_fields, "mode", unix_listener.mode);
-    if (auto group = unix_fields.optional_string("group")) {
-      unix_listener.group = *group;
+    // null is the documented default (no chgrp).
+    if (const auto* group = unix_fields.raw("group"); group != nullptr && !group->is_null()) {
+      if (!group->is_string() || group->get<std::string>().empty()) {
+        throw FieldError(unix_fields.path_of("group"), "expected a group name or null, got " +
+                                                           describe_json(*group));
+      }
+      unix_listener.group = group->get<std::string>();
     }
     unix_fields.reject_unknown();
     server.unix_socket = unix_listener;
@@ -81,32 +118,26 @@ void parse_listen(JsonFields listen, api::ServerConfig& server) {
     api::VsockListener vsock;
     vsock.port = static_cast<std::uint32_t>(
         vsock_fields.integer("port", vsock.port, 1, 0xfffffffeLL));
-    if (const auto* cids = vsock_fields.raw("allowed_cids")) {
-      if (!cids->is_array() || cids->empty()) {
-        throw FieldError(vsock_fields.path_of("allowed_cids"),
-                         "expected a non-empty array of CIDs (2 is the host)");
-      }
-      vsock.allowed_cids.clear();
-      for (std::size_t i = 0; i < cids->size(); ++i) {
-        const auto& cid = (*cids)[i];
-        if (!cid.is_number_unsigned() || cid.get<std::uint64_t>() > 0xffffffffULL) {
-          throw FieldError(vsock_fields.path_of("allowed_cids") + "[" + std::to_string(i) + "]",
-                           "expected a CID (an unsigned 32-bit integer)");
-        }
-        vsock.allowed_cids.push_back(cid.get<std::uint32_t>());
-      }
-    }
+    vsock.allowed_cids = parse_cids(vsock_fields, "allowed_cids", vsock.allowed_cids);
     vsock.required = vsock_fields.boolean("required", false);
     vsock_fields.reject_unknown();
     server.vsock = vsock;
   }
 
   // tcp: off unless configured, and then only with a token.
-  if (listen.has("tcp")) {
+  // null is the documented default (off).
+  if (const auto* tcp_value = listen.raw("tcp"); tcp_value != nullptr && !tcp_value->is_null()) {
     auto tcp_fields = listen.object("tcp", true);
     api::TcpListener tcp;
     tcp.address = tcp_fields.string("address", tcp.address);
-    tcp.port = static_cast<std::uint16_t>(tcp_fields.integer("port", std::nullopt, 0, 65535));
+    in6_addr scratch{};
+    if (::inet_pton(AF_INET, tcp.address.c_str(), &scratch) != 1 &&
+        ::inet_pton(AF_INET6, tcp.address.c_str(), &scratch) != 1) {
+      throw FieldError(tcp_fields.path_of("address"),
+                       "'" + tcp.address + "' is not an IPv4 or IPv6 address (host names are not resolved)");
+    }
+    // Port 0 would bind a random port no host could be told about.
+    tcp.port = static_cast<std::uint16_t>(tcp_fields.integer("port", std::nullopt, 1, 65535));
     const auto token_file = tcp_fields.string("token_file");
     tcp.token = read_token_file(token_file, tcp_fields.path_of("token_file"));
     tcp_fields.reject_unknown();
@@ -176,27 +207,6 @@ std::string parse_socket_path(JsonFields& fields, const std::string& key) {
   return path;
 }
 
-std::vector<std::uint32_t> parse_cids(JsonFields& fields, const std::string& key,
-                                      std::vector<std::uint32_t> fallback) {
-  const auto* cids = fields.raw(key);
-  if (cids == nullptr) {
-    return fallback;
-  }
-  if (!cids->is_array() || cids->empty()) {
-    throw FieldError(fields.path_of(key), "expected a non-empty array of CIDs (2 is the host)");
-  }
-  std::vector<std::uint32_t> out;
-  for (std::size_t i = 0; i < cids->size(); ++i) {
-    const auto& cid = (*cids)[i];
-    if (!cid.is_number_unsigned() || cid.get<std::uint64_t>() > 0xffffffffULL) {
-      throw FieldError(fields.path_of(key) + "[" + std::to_string(i) + "]",
-                       "expected a CID (an unsigned 32-bit integer)");
-    }
-    out.push_back(cid.get<std::uint32_t>());
-  }
-  return out;
-}
-
 // Read after the session section: the qga window must fit its limits.
 void parse_qga(JsonFields fields, QgaConfig& qga, const SessionLimits& session) {
   qga.enabled = fields.boolean("enabled", true);
@@ -215,7 +225,7 @@ void parse_qga(JsonFields fields, QgaConfig& qga, const SessionLimits& session) 
       }
     }
   }
-  if (fields.has("unix_socket")) {
+  if (const auto* unix_value = fields.raw("unix_socket"); unix_value != nullptr && !unix_value->is_null()) {
     auto unix_fields = fields.object("unix_socket", true);
     qga::QgaUnixSocket unix_socket;
     unix_socket.path = parse_socket_path(unix_fields, "path");
@@ -223,14 +233,14 @@ void parse_qga(JsonFields fields, QgaConfig& qga, const SessionLimits& session) 
     unix_fields.reject_unknown();
     qga.channels.unix_socket = unix_socket;
   }
-  if (fields.has("vsock_port")) {
-    qga::QgaVsock vsock;
+  // allowed_cids is checked even while vsock_port is off (null, the
+  // documented default), so turning the port on cannot reveal a bad list.
+  qga::QgaVsock vsock;
+  vsock.allowed_cids = parse_cids(fields, "allowed_cids", vsock.allowed_cids);
+  if (const auto* port = fields.raw("vsock_port"); port != nullptr && !port->is_null()) {
     vsock.port = static_cast<std::uint32_t>(
         fields.integer("vsock_port", std::nullopt, 1, 0xfffffffeLL));
-    vsock.allowed_cids = parse_cids(fields, "allowed_cids", vsock.allowed_cids);
     qga.channels.vsock = vsock;
-  } else if (fields.has("allowed_cids")) {
-    throw FieldError(fields.path_of("allowed_cids"), "only valid with vsock_port");
   }
   // Unset, the default follows a smaller session.max_freeze_window_ms, so a
   // config that only narrows the session limits stays valid.
@@ -358,6 +368,85 @@ std::vector<WriterEntry> parse_writers(const nlohmann::json* value,
   return entries;
 }
 
+// A NUL inside a string would be cut off silently wherever the string
+// becomes a C string (paths, names): refuse it. The document's depth was
+// bounded before parsing, so this recursion is too.
+void refuse_nul(const nlohmann::json& value, const std::string& path) {
+  if (value.is_string()) {
+    if (value.get_ref<const std::string&>().find('\0') != std::string::npos) {
+      throw FieldError(path, "contains a NUL character");
+    }
+  } else if (value.is_object()) {
+    for (const auto& [key, item] : value.items()) {
+      const auto item_path = path.empty() ? key : path + "." + key;
+      if (key.find('\0') != std::string::npos) {
+        throw FieldError(path, "a key contains a NUL character");
+      }
+      refuse_nul(item, item_path);
+    }
+  } else if (value.is_array()) {
+    for (std::size_t i = 0; i < value.size(); ++i) {
+      refuse_nul(value[i], path + "[" + std::to_string(i) + "]");
+    }
+  }
+}
+
+// nlohmann keeps the last of two equal keys without a word; this parser
+// callback notices the second one and remembers its path.
+struct DuplicateKeyCheck {
+  struct Frame {
+    bool object = false;
+    std::set<std::string> keys;
+    std::string path;      // of this container
+    std::size_t next = 0;  // arrays: index of the next element
+  };
+  std::vector<Frame> frames;
+  std::string pending_key;
+  std::optional<std::string> found;
+
+  std::string child_path() {
+    if (frames.empty()) {
+      return "";
+    }
+    auto& top = frames.back();
+    if (top.object) {
+      return top.path.empty() ? pending_key : top.path + "." + pending_key;
+    }
+    return top.path + "[" + std::to_string(top.next) + "]";
+  }
+  void value_done() {
+    if (!frames.empty() && !frames.back().object) {
+      ++frames.back().next;
+    }
+  }
+  bool operator()(int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    (void)depth;
+    using Event = nlohmann::json::parse_event_t;
+    switch (event) {
+      case Event::object_start:
+      case Event::array_start:
+        frames.push_back(Frame{event == Event::object_start, {}, child_path(), 0});
+        break;
+      case Event::object_end:
+      case Event::array_end:
+        frames.pop_back();
+        value_done();
+        break;
+      case Event::key: {
+        pending_key = parsed.get<std::string>();
+        if (!frames.back().keys.insert(pending_key).second && !found) {
+          found = child_path();
+        }
+        break;
+      }
+      case Event::value:
+        value_done();
+        break;
+    }
+    return true;
+  }
+};
+
 }  // namespace
 
 AgentConfig parse_config(const nlohmann::json& document, const WriterRegistry& registry) {
@@ -378,6 +467,25 @@ AgentConfig parse_config(const nlohmann::json& document, const WriterRegistry& r
     if (dir.empty() || dir.front() != '/') {
       throw FieldError(key, "must be an absolute path");
     }
+    // Missing is fine (the agent creates it on first use); anything but a
+    // directory in the way, or below it, would only fail at freeze time.
+    std::error_code ec;
+    std::filesystem::path probe(dir);
+    while (!probe.empty() && !std::filesystem::exists(std::filesystem::symlink_status(probe, ec))) {
+      if (probe == probe.parent_path()) {
+        break;
+      }
+      probe = probe.parent_path();
+    }
+    if (!std::filesystem::is_directory(probe, ec)) {
+      throw FieldError(key, probe.string() == dir ? "'" + dir + "' exists and is not a directory"
+                                                  : "'" + probe.string() + "' (on the way to '" + dir +
+                                                        "') is not a directory");
+    }
+    if (probe.string() != dir) {
+      config.warnings.push_back(std::string(key) + ": '" + dir +
+                                "' does not exist yet; the agent creates it on first use");
+    }
   }
   config.writers = parse_writers(root.raw("writers"), registry);
   root.reject_unknown();
@@ -391,12 +499,29 @@ AgentConfig load_config(const std::string& path, const WriterRegistry& registry)
   }
   std::stringstream buffer;
   buffer << in.rdbuf();
+  return parse_config_text(buffer.str(), registry, path);
+}
+
+AgentConfig parse_config_text(const std::string& text, const WriterRegistry& registry,
+                              const std::string& source) {
+  // Before parsing: nlohmann's parser recurses per bracket.
+  if (!json_nesting_within(text, default_max_json_nesting)) {
+    throw std::runtime_error("config file " + source + " nests deeper than " +
+                             std::to_string(default_max_json_nesting) + " levels");
+  }
+  DuplicateKeyCheck duplicates;
   nlohmann::json document;
   try {
-    document = nlohmann::json::parse(buffer.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    throw std::runtime_error("config file " + path + " is not valid JSON: " + e.what());
+    document = nlohmann::json::parse(text, std::ref(duplicates));
+  } catch (const nlohmann::json::exception& e) {
+    // Not only parse_error: a number too large for a double is out_of_range
+    // (found by tests/fuzz/fuzz_config).
+    throw std::runtime_error("config file " + source + " is not valid JSON: " + e.what());
   }
+  if (duplicates.found) {
+    throw FieldError(*duplicates.found, "given more than once (the config must say each thing once)");
+  }
+  refuse_nul(document, "");
   return parse_config(document, registry);
 }
 

@@ -63,12 +63,19 @@ struct AgentConfig {
   std::string state_dir = "/var/lib/quiesce";
   std::string run_dir = "/run/quiesce";
   std::vector<WriterEntry> writers;
+  // What is allowed but worth telling the admin (printed by --check-config,
+  // logged at start).
+  std::vector<std::string> warnings;
 };
 
 // Throws FieldError (field path + message) on anything wrong.
 AgentConfig parse_config(const nlohmann::json& document, const WriterRegistry& registry);
 // Throws FieldError, or std::runtime_error when the file cannot be read/parsed.
 AgentConfig load_config(const std::string& path, const WriterRegistry& registry);
+// The text of a config file: nesting bounded before parsing, duplicate keys
+// and NUL characters refused. `source` names it in errors.
+AgentConfig parse_config_text(const std::string& text, const WriterRegistry& registry,
+                              const std::string& source);
 
 // Creates every configured writer. Throws FieldError naming
 // "writers[i].options.<field>" when a writer refuses its options.

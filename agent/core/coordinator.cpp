@@ -812,11 +812,14 @@ Expected<nlohmann::json> Coordinator::complete(const std::string& id,
              failed;
   }
   std::optional<wire::ApiError> error;
-  if (failed) {
-    error = writer_error(*session, "writer_failed", "post-snapshot failed");
-  } else if (session->interrupt.stop_requested()) {
+  // An abort (DELETE, or the agent stopping on SIGTERM) cuts the writers'
+  // calls short, so they fail: report the abort, as every other phase does,
+  // not the failures it caused.
+  if (session->interrupt.stop_requested()) {
     error = wire::ApiError{409, "session_aborted",
-                           "session " + id + " was deleted while completing", std::nullopt, false};
+                           "session " + id + " was aborted while completing", std::nullopt, false};
+  } else if (failed) {
+    error = writer_error(*session, "writer_failed", "post-snapshot failed");
   }
   std::lock_guard lock(state_mutex_);
   session->timings_ms["complete"] = millis_between(began, Clock::now());

@@ -13,6 +13,8 @@
 #include <string>
 #include <thread>
 
+#include <spdlog/sinks/stdout_color_sinks.h>
+
 #include "agent/api/http_server.hpp"
 #include "agent/core/agent_logging.hpp"
 #include "agent/core/api_routes.hpp"
@@ -131,13 +133,27 @@ int main(int argc, char** argv) {
   const auto window_clamp = clamp_freeze_window_to_watchdog(config.session, notifier);
 
   quiesce::agent::AgentLogger logging;
-  try {
-    logging = quiesce::agent::make_agent_logger(config.log);
-  } catch (const std::exception& e) {
-    std::cerr << "quiesce-agent: cannot open the log: " << e.what() << "\n";
-    return kExitConfig;
+  std::shared_ptr<spdlog::logger> logger;
+  if (check_only) {
+    // --check-config writes nothing: no log file or directory is created,
+    // the writers' factories log to stderr.
+    logger = std::make_shared<spdlog::logger>(
+        "check-config", std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+    for (const auto& warning : config.warnings) {
+      std::cerr << "quiesce-agent: warning: " << warning << "\n";
+    }
+  } else {
+    try {
+      logging = quiesce::agent::make_agent_logger(config.log);
+    } catch (const std::exception& e) {
+      std::cerr << "quiesce-agent: cannot open the log: " << e.what() << "\n";
+      return kExitConfig;
+    }
+    logger = logging.logger;
+    for (const auto& warning : config.warnings) {
+      logger->warn("config: {}", warning);
+    }
   }
-  auto& logger = logging.logger;
 
   quiesce::WriterEnvironment environment{logger, config.run_dir, config.state_dir};
   std::vector<quiesce::agent::ConfiguredWriter> writers;

@@ -2,6 +2,8 @@
 
 #include <cstdio>
 
+#include "quiesce/json_nesting.hpp"
+
 namespace quiesce::agent::qga {
 
 namespace {
@@ -326,24 +328,16 @@ void JsonStreamSplitter::limit_error(const std::string& message, std::vector<Fra
 }
 
 void JsonStreamSplitter::step_skipping(unsigned char byte) {
-  if (skip_in_string_) {
-    if (skip_escape_) {
-      skip_escape_ = false;
-    } else if (byte == '\\') {
-      skip_escape_ = true;
-    } else if (byte == '"') {
-      skip_in_string_ = false;
-    }
-    return;
-  }
-  if (byte == '"') {
-    skip_in_string_ = true;
-  } else if (byte == '{' || byte == '[') {
-    ++skip_depth_;
-  } else if (byte == '}' || byte == ']') {
-    if (skip_depth_ > 0 && --skip_depth_ == 0) {
-      mode_ = Mode::between;
-    }
+  // The same bracket-and-string tracking every JSON depth check uses
+  // (quiesce/json_nesting.hpp), resumed from where the skipped value stood.
+  JsonNestingTracker tracker(skip_depth_, skip_in_string_, skip_escape_);
+  const std::size_t depth_before = skip_depth_;
+  tracker.step(byte);
+  skip_depth_ = tracker.depth();
+  skip_in_string_ = tracker.in_string();
+  skip_escape_ = tracker.after_escape();
+  if (depth_before == 1 && skip_depth_ == 0) {
+    mode_ = Mode::between;
   }
 }
 

@@ -14,6 +14,7 @@
 #include "tests/support/processes.hpp"
 #include "tests/support/temp_dir.hpp"
 #include "tests/support/running_agent.hpp"
+#include "tests/unit/http_test_helpers.hpp"
 
 using namespace quiesce;
 using namespace std::chrono_literals;
@@ -187,4 +188,50 @@ TEST_CASE("agent binary: command line and config errors, with documented exit co
   CHECK(test::run_command({agent, "--config", (dir / "good.json").string(), "--check-config"},
                           &out) == 0);
   CHECK(out.find("2 writer(s)") != std::string::npos);
+}
+
+TEST_CASE("agent binary: --check-config writes nothing, not even the log directory") {
+  // Issue #15 item 7: it opened the log, creating its directory and file.
+  test::TempDir dir;
+  const auto agent = test::built_binary("quiesce-agent").string();
+  auto config = delay_config(dir);
+  const auto log_dir = dir / "logs" / "quiesce";
+  config["log"] = {{"target", "file"}, {"file", (log_dir / "agent.log").string()}};
+  config["state_dir"] = (dir / "state").string();
+  config["run_dir"] = (dir / "run").string();
+  std::ofstream(dir / "check.json") << config.dump();
+  std::string out;
+  CHECK(test::run_command({agent, "--config", (dir / "check.json").string(), "--check-config"}, &out) == 0);
+  CAPTURE(out);
+  CHECK(out.find("is valid") != std::string::npos);
+  std::vector<std::string> created;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(dir.path())) {
+    created.push_back(entry.path().filename().string());
+  }
+  CAPTURE(created);
+  CHECK(created == std::vector<std::string>{"check.json"});
+  // The missing state and run dirs are reported, not created.
+  CHECK(out.find("state_dir: '" + (dir / "state").string() + "' does not exist yet") != std::string::npos);
+}
+
+TEST_CASE("agent binary: a 70000-deep JSON body with max_body_bytes raised gets 400 and the agent lives") {
+  // Issue #15 item 1: with max_body_bytes above ~140 KB such a body crashed
+  // the agent (SIGSEGV, stack overflow in the recursive JSON parser).
+  test::TempDir dir;
+  auto config = delay_config(dir);
+  config["limits"] = {{"max_body_bytes", 1 << 20}};
+  RunningAgent agent(dir, config);
+  const std::string body = "{\"writers\":" + std::string(70'000, '[') + std::string(70'000, ']') + "}";
+  auto raw = test::RawSocket::unix_socket(agent.socket.string());
+  REQUIRE(raw.send("POST /v1/sessions HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
+                   "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body));
+  auto response = raw.read_response(10s);
+  REQUIRE(response);
+  CHECK(response->status == 400);
+  CHECK(response->body.find("deeper than 64") != std::string::npos);
+  // Still alive and idle: nothing was created.
+  auto health = agent.client().health();
+  REQUIRE(health.ok());
+  CHECK(health.body["state"] == "idle");
+  CHECK_FALSE(agent.process->wait_for(0ms).has_value());
 }

@@ -138,3 +138,42 @@ TEST_CASE("the routes list sessions and refuse mount points no fsfreeze writer c
   CHECK(listed["sessions"][0]["state"] == "prepared");
   CHECK(listed["sessions"][0]["origin"] == "api");
 }
+
+TEST_CASE("a body nested deeper than the limit is refused before parsing, at any depth") {
+  // Issue #15 item 1: nlohmann's parser recurses per bracket, so ~70,000
+  // levels overflowed the handler thread's stack (SIGSEGV). 1,000,000 levels
+  // here so the test crashes on any thread stack without the check.
+  RouteRig rig;
+  const auto journal_before = rig.journal->entries().size();
+  const auto nested = [](std::size_t depth) {
+    return "{\"writers\":" + std::string(depth - 1, '[') + std::string(depth - 1, ']') + "}";
+  };
+  for (std::size_t depth : {std::size_t{65}, std::size_t{70'000}, std::size_t{1'000'000}}) {
+    CAPTURE(depth);
+    auto response = rig.call("POST", "/v1/sessions", nested(depth));
+    check_error(response, 400, "bad_request");
+    CHECK(response.second["error"]["message"].get<std::string>().find("deeper than 64") != std::string::npos);
+  }
+  // Brackets inside strings do not count.
+  auto in_string = rig.call("POST", "/v1/sessions", R"({"checkpoint_id":")" + std::string(100, '[') + "\"}");
+  check_error(in_string, 400, "invalid_field");
+  // At the limit the body is parsed (and then refused for its content).
+  check_error(rig.call("POST", "/v1/sessions", nested(64)), 400, "invalid_field");
+  CHECK(rig.journal->entries().size() == journal_before);  // nothing ran
+}
+
+TEST_CASE("a request target that is not UTF-8 gets 400 invalid_target, not 500") {
+  // Issue #15 item 2: the error message quoted the path, and dumping it as
+  // JSON threw a type error that ended as 500 internal.
+  RouteRig rig;
+  const auto journal_before = rig.journal->entries().size();
+  for (const std::string& target : {std::string("/v1/sessions/\xff\xfe"), std::string("/v1/\xc3"),
+                                   std::string("/v1/health?x=\xed\xa0\x80"), std::string("/\xc0\xaf")}) {
+    CAPTURE(target);
+    auto response = rig.call("GET", target);
+    check_error(response, 400, "invalid_target");
+  }
+  // Valid multi-byte UTF-8 is a normal unknown route.
+  check_error(rig.call("GET", "/v1/caf\xc3\xa9"), 404, "not_found");
+  CHECK(rig.journal->entries().size() == journal_before);  // nothing ran
+}

@@ -5,7 +5,9 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <fstream>
+#include <sstream>
 
 #include "agent/core/config.hpp"
 #include "tests/support/temp_dir.hpp"
@@ -169,12 +171,95 @@ TEST_CASE("qga: defaults, a full section, and every mistake refused with its fie
             .find("qga.unix_socket.owner") != std::string::npos);
   CHECK(error_of(nlohmann::json::parse(R"({"qga": {"unix_socket": {"mode": "0600"}}})"))
             .find("qga.unix_socket.path") != std::string::npos);
-  CHECK(error_of(nlohmann::json::parse(R"({"qga": {"allowed_cids": [2]}})"))
-            .find("only valid with vsock_port") != std::string::npos);
+  // Checked even while vsock_port is off (the documented defaults list it).
+  CHECK(error_of(nlohmann::json::parse(R"({"qga": {"allowed_cids": [2]}})")).empty());
+  CHECK(error_of(nlohmann::json::parse(R"({"qga": {"allowed_cids": [0]}})"))
+            .find("qga.allowed_cids[0]") != std::string::npos);
   CHECK(error_of(nlohmann::json::parse(R"({"qga": {"vsock_port": 0}})")).find("qga.vsock_port") !=
         std::string::npos);
   CHECK(error_of(nlohmann::json::parse(R"({"qga": {"freeze_window_ms": 120000}})"))
             .find("max_freeze_window_ms") != std::string::npos);
   CHECK(error_of(nlohmann::json::parse(R"({"qga": {"max_object_bytes": 10}})"))
             .find("qga.max_object_bytes") != std::string::npos);
+}
+
+namespace {
+
+std::string text_error_of(const std::string& text) {
+  auto registry = builtin_registry();
+  try {
+    (void)parse_config_text(text, registry, "test.json");
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("the defaults block printed in docs/config.md is a valid config") {
+  // Issue #15 item 6: it had null group and null tcp, which were refused.
+  std::ifstream in(std::string(QUIESCE_SOURCE_DIR) + "/docs/config.md");
+  REQUIRE(in);
+  std::stringstream doc;
+  doc << in.rdbuf();
+  const std::string text = doc.str();
+  const auto marker = text.find("these are the defaults:");
+  REQUIRE(marker != std::string::npos);
+  const auto begin = text.find("```json\n", marker);
+  REQUIRE(begin != std::string::npos);
+  const auto end = text.find("```", begin + 8);
+  REQUIRE(end != std::string::npos);
+  const auto block = text.substr(begin + 8, end - begin - 8);
+  auto registry = builtin_registry();
+  AgentConfig parsed;
+  REQUIRE_NOTHROW(parsed = parse_config_text(block, registry, "docs/config.md"));
+  // And they are the defaults: the same as an empty config.
+  const auto empty = parse_config(nlohmann::json::object(), registry);
+  CHECK(parsed.server.limits.max_body_bytes == empty.server.limits.max_body_bytes);
+  CHECK(parsed.server.vsock->allowed_cids == empty.server.vsock->allowed_cids);
+  CHECK_FALSE(parsed.server.tcp);
+  CHECK_FALSE(parsed.server.unix_socket->group);
+  CHECK(parsed.session.max_freeze_window == empty.session.max_freeze_window);
+  CHECK(parsed.qga.options.freeze_window == empty.qga.options.freeze_window);
+  CHECK_FALSE(parsed.qga.channels.vsock);
+  CHECK(parsed.state_dir == empty.state_dir);
+}
+
+TEST_CASE("config: every value issue #15 found accepted is refused, naming the field") {
+  // tcp.address is an IP literal; port 0 and CIDs 0 / any are refused.
+  CHECK(error_of(nlohmann::json::parse(R"({"listen": {"tcp": {"address": "not an address", "port": 7701, "token_file": "/x"}}})"))
+            .find("listen.tcp.address") == 0);
+  CHECK(error_of(nlohmann::json::parse(R"({"listen": {"tcp": {"address": "::1", "port": 0, "token_file": "/x"}}})"))
+            .find("listen.tcp.port") == 0);
+  CHECK(error_of(nlohmann::json::parse(R"({"listen": {"vsock": {"allowed_cids": [2, 0]}}})"))
+            .find("listen.vsock.allowed_cids[1]") == 0);
+  CHECK(error_of(nlohmann::json::parse(R"({"listen": {"vsock": {"allowed_cids": [4294967295]}}})"))
+            .find("listen.vsock.allowed_cids[0]") == 0);
+  // A NUL would silently cut a path short.
+  CHECK(text_error_of(R"({"state_dir": "/var/lib/quiesce\u0000/evil"})").find("state_dir: contains a NUL") == 0);
+  CHECK(text_error_of(R"({"writers": [{"type": "delay", "name": "a\u0000b"}]})").find("writers[0].name: contains a NUL") == 0);
+  // Duplicate keys: the last one no longer wins silently.
+  CHECK(text_error_of(R"({"run_dir": "/run/a", "run_dir": "/run/b"})") == "run_dir: given more than once (the config must say each thing once)");
+  CHECK(text_error_of(R"({"writers": [{"type": "delay"}, {"type": "delay", "name": "x", "name": "y"}]})").find("writers[1].name: given more than once") == 0);
+  CHECK(text_error_of(R"({"limits": {"max_connections": 2}, "session": {}, "limits": {}})").find("limits: given more than once") == 0);
+  // The same key in different objects is fine.
+  CHECK(text_error_of(R"({"listen": {"unix": {"mode": "0600"}}, "qga": {"unix_socket": {"path": "/run/q.sock", "mode": "0600"}}})").empty());
+  // A number too large for a double is a JSON error too, not an escaping
+  // out_of_range (tests/fuzz/corpus/config/number_overflow).
+  CHECK(text_error_of(R"({"limits": {"max_connections": 770044e444444444}})").find("is not valid JSON") != std::string::npos);
+  // Nesting is bounded before parsing (the parser recurses).
+  CHECK(text_error_of("{\"writers\": " + std::string(100'000, '[') + std::string(100'000, ']') + "}").find("nests deeper than 64") != std::string::npos);
+
+  // state_dir / run_dir: a regular file, or a file on the way, is refused;
+  // missing is allowed with a warning (the agent creates it).
+  test::TempDir dir;
+  std::ofstream((dir / "file").string()) << "x";
+  const auto file = (dir / "file").string();
+  CHECK(error_of({{"state_dir", file}}) == "state_dir: '" + file + "' exists and is not a directory");
+  CHECK(error_of({{"run_dir", file + "/sub"}}).find("run_dir: '" + file + "' (on the way to") == 0);
+  auto registry = builtin_registry();
+  const auto missing = parse_config({{"state_dir", (dir / "not-yet").string()}}, registry);
+  CHECK(std::any_of(missing.warnings.begin(), missing.warnings.end(),
+                    [](const std::string& w) { return w.find("state_dir:") == 0; }));
 }

@@ -393,6 +393,28 @@ TEST_CASE("invariant 6: status and abort answer while a writer is busy") {
   CHECK(rig.releases("fs") == 1);  // prepared, so aborted
 }
 
+TEST_CASE("an agent stopping (SIGTERM) during complete answers session_aborted, as in other phases") {
+  // Issue #15 item 5: the shutdown's abort cut the post-snapshot call short
+  // and complete answered 500 writer_failed, blaming the writer.
+  auto defs = three_levels();
+  defs[1].script.phases[Phase::post_snapshot].hang = true;
+  // A real writer whose call is cut short reports the interruption as an error.
+  defs[1].script.phases[Phase::post_snapshot].fail = ErrorClass::retryable;
+  defs[1].timeouts[Phase::post_snapshot] = 20s;
+  Rig rig(defs);
+  auto id = rig.create();
+  REQUIRE(rig.coordinator->freeze(id).ok());
+  REQUIRE(rig.coordinator->thaw(id).ok());
+  auto completing = std::async(std::launch::async, [&] { return rig.coordinator->complete(id, "snap-1"); });
+  REQUIRE(rig.journal->wait_for("db:post_snapshot", 2s));
+  rig.coordinator->shutdown();  // what the daemon does on SIGTERM
+  auto result = completing.get();
+  REQUIRE_FALSE(result.ok());
+  CHECK(result.error().code == "session_aborted");
+  CHECK(result.error().http_status == 409);
+  CHECK(rig.status(id)["state"] == "aborted");
+}
+
 TEST_CASE("invariant 7: phases out of order and unknown ids are refused and change nothing") {
   Rig rig(three_levels());
   auto id = rig.create();

@@ -41,7 +41,7 @@ std::string example_writer() {
   return std::string(QUIESCE_SOURCE_DIR) + "/writers/examples/exec-python/quiesce_example_writer.py";
 }
 
-// A child that behaves until told otherwise by FAULT: bad_hello,
+// A child that behaves until told otherwise by FAULT: bad_hello, deep_hello,
 // wrong_major, garbage_freeze, hang_freeze (ignores SIGTERM too),
 // slow_freeze (writes its pid to PID_FILE, then sleeps), thaw_twice_fails.
 // Every request's phase goes to CALLS, one per line, with the pid.
@@ -60,6 +60,8 @@ print("env EXAMPLE_VAR=%s PATH=%s NAME=%s HOME=%s" % (os.environ.get("EXAMPLE_VA
       file=sys.stderr, flush=True)
 if fault == "bad_hello":
     print("hello there", flush=True)
+elif fault == "deep_hello":
+    print("[" * 500000, flush=True)
 elif fault == "wrong_major":
     send({"quiesce_exec": 2, "name": "future", "capabilities": ["freeze", "thaw"]})
 else:
@@ -308,6 +310,15 @@ TEST_CASE("exec writer: a bad hello or a wrong protocol major is refused clearly
     CHECK(status.error().error_class == ErrorClass::non_retryable);
     CHECK(status.error().message.find("protocol error: the hello is not a JSON object: 'hello there'") !=
           std::string::npos);
+  }
+  SUBCASE("nested 500000 deep (under the 1 MiB line limit)") {
+    // The recursive JSON parser overflowed the agent's stack on this; the
+    // depth is now checked before parsing.
+    auto writer = f.scripted("deep_hello");
+    quiesce::Identity identity;
+    auto status = writer->identify(context(), identity);
+    REQUIRE_FALSE(status.is_ok());
+    CHECK(status.error().message.find("protocol error: the hello is not a JSON object") != std::string::npos);
   }
   SUBCASE("wrong major") {
     auto writer = f.scripted("wrong_major");

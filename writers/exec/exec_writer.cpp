@@ -14,6 +14,7 @@
 #include <spdlog/logger.h>
 
 #include "quiesce/json_fields.hpp"
+#include "quiesce/json_nesting.hpp"
 #include "writers/exec/exec_child.hpp"
 
 namespace quiesce::writers {
@@ -384,8 +385,8 @@ class ExecWriter final : public Writer {
                                                   .count()) +
                                " ms; it was killed");
     }
-    auto hello = nlohmann::json::parse(line, nullptr, false);
-    if (hello.is_discarded() || !hello.is_object()) {
+    auto hello = parse_untrusted_json(line).value_or(nlohmann::json());
+    if (!hello.is_object()) {
       return protocol_error(phase, "the hello is not a JSON object: " + quote(line));
     }
     auto version = hello.find("quiesce_exec");
@@ -473,8 +474,8 @@ class ExecWriter final : public Writer {
     if (result != IoResult::done) {
       return cut_short(phase, result, started);
     }
-    reply = nlohmann::json::parse(line, nullptr, false);
-    if (reply.is_discarded() || !reply.is_object()) {
+    reply = parse_untrusted_json(line).value_or(nlohmann::json());
+    if (!reply.is_object()) {
       return protocol_error(phase, "reply to " + std::string(to_string(phase)) +
                                        " is not a JSON object: " + quote(line));
     }

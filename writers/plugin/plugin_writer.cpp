@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include "quiesce/json_fields.hpp"
+#include "quiesce/json_nesting.hpp"
 
 namespace quiesce::writers {
 
@@ -259,9 +260,10 @@ class PluginWriter final : public Writer {
 
   [[nodiscard]] std::optional<nlohmann::json> parse_json(std::string_view phase,
                                                          const char* text) const {
-    auto parsed = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (parsed.is_discarded()) {
-      log_->logger->warn("plugin '{}' {}: invalid JSON from the plugin: {}", name_, phase,
+    auto parsed = parse_untrusted_json(text);
+    if (!parsed) {
+      log_->logger->warn("plugin '{}' {}: invalid JSON from the plugin (or nested deeper than {}): {}",
+                         name_, phase, default_max_json_nesting,
                          std::string_view(text).substr(0, 200));
       return std::nullopt;
     }
