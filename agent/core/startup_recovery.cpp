@@ -1,6 +1,7 @@
 #include "agent/core/startup_recovery.hpp"
 
 #include "writers/fsfreeze/fsfreeze_writer.hpp"
+#include "writers/hooks/hooks_writer.hpp"
 
 namespace quiesce::agent {
 
@@ -17,6 +18,9 @@ StartupRecovery::StartupRecovery(const std::string& run_dir)
   // the run dir covers the case where the holder died too (SIGKILL of the
   // whole group, OOM). Runs even when fsfreeze is no longer configured.
   (void)writers::recover_stale_fsfreeze(run_dir, logger);
+  // Then the hooks (application level, so released after the filesystems,
+  // as a thaw would): a thaw hook may write, so filesystems come first.
+  (void)writers::recover_stale_hooks(run_dir, logger);
 }
 
 void StartupRecovery::replay_to(spdlog::logger& logger) const {

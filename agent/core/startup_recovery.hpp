@@ -1,6 +1,7 @@
 #pragma once
 // What a starting agent cleans up after a previous instance that died:
-// filesystems its freeze holder record says are still frozen.
+// filesystems its freeze holder record says are still frozen, then hooks
+// its hooks writers' records say froze and were never released.
 //
 // It runs first, before the agent opens its log or touches its state dir:
 // the filesystem they live on may be one of those still frozen (a restart
