@@ -73,7 +73,7 @@ struct FifoLockRig {
         << "  freeze)\n"
         << "    mkfifo \"$FIFO\" || exit 1\n"
         << "    rm -f \"$OUT\"\n"
-        << "    flush_and_wait | " << mysql << " -N > \"$OUT\" &\n"
+        << "    flush_and_wait | " << mysql << " -N --unbuffered > \"$OUT\" &\n"
         << "    i=0\n"
         << "    until grep -q held \"$OUT\" 2>/dev/null; do\n"
         << "      i=$((i+1)); [ $i -gt 200 ] && { echo 'lock not taken' >&2; exit 2; }\n"

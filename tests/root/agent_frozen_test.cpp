@@ -135,26 +135,12 @@ TEST_CASE("agent: kill -9 of the freeze holder while frozen - writable at once, 
   REQUIRE(created.ok());
   const std::string id = created.body["id"];
   REQUIRE(client.freeze(id).ok());
-  std::string error;
   WriteProbe probe(rig.data.mount_point());
   CHECK_FALSE(probe.finished_within(200ms));
-  // The holder is the agent's child running quiesce-freeze-holder.
-  pid_t holder = -1;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
-    std::ifstream stat(entry.path() / "stat");
-    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-    const auto close = text.rfind(')');
-    if (close == std::string::npos || close + 4 >= text.size() ||
-        text.find("(quiesce-freeze") == std::string::npos) {
-      continue;
-    }
-    if (std::atol(text.c_str() + close + 4) == rig.process->pid()) {
-      holder = static_cast<pid_t>(std::stol(entry.path().filename().string()));
-    }
-  }
-  REQUIRE(holder > 0);
+  const auto holder = test::child_named(rig.process->pid(), "quiesce-freeze");
+  REQUIRE(holder);
   const auto killed = std::chrono::steady_clock::now();
-  REQUIRE(::kill(holder, SIGKILL) == 0);
+  REQUIRE(::kill(*holder, SIGKILL) == 0);
   // A window of 30 s: anything near a second means the agent noticed the exit.
   CHECK(probe.finished_within(2s));
   CHECK(writable_within(rig.logs.mount_point(), 1s));

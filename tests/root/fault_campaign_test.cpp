@@ -15,13 +15,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
-#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -43,30 +43,6 @@ constexpr int ci_rounds = 20;
 int env_int(const char* name, int fallback) {
   const char* text = std::getenv(name);
   return text != nullptr && *text != '\0' ? std::atoi(text) : fallback;
-}
-
-// The freeze holder: the agent's child named quiesce-freeze-holder (the
-// kernel keeps 15 characters of a command name).
-std::optional<pid_t> holder_of(pid_t agent) {
-  for (const auto& entry : fs::directory_iterator("/proc")) {
-    const auto name = entry.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) {
-      continue;
-    }
-    std::ifstream in(entry.path() / "stat");
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    const auto open = text.find('(');
-    const auto close = text.rfind(')');
-    if (open == std::string::npos || close == std::string::npos || close + 4 >= text.size()) {
-      continue;
-    }
-    const auto comm = text.substr(open + 1, close - open - 1);
-    const auto ppid = std::atol(text.c_str() + close + 4);
-    if (comm.starts_with("quiesce-freeze") && ppid == agent) {
-      return static_cast<pid_t>(std::stol(name));
-    }
-  }
-  return std::nullopt;
 }
 
 // True when a write transaction can begin on the database within 5 s: no
@@ -216,7 +192,7 @@ TEST_CASE("fault campaign: agent, holder or both killed at random points - nothi
     }
     std::this_thread::sleep_for(delay);
     const pid_t agent_pid = c.agent->pid();
-    const auto holder = holder_of(agent_pid);
+    const auto holder = quiesce::test::child_named(agent_pid, "quiesce-freeze");
     const auto signalled = Clock::now();
     if (target != Target::holder) {
       c.agent->signal(signo);
