@@ -15,6 +15,8 @@
 #include <spdlog/logger.h>
 #include <spdlog/sinks/ringbuffer_sink.h>
 
+#include "platform/linux/lingering_output.hpp"
+
 namespace quiesce::agent {
 
 class StartupRecovery {
@@ -29,6 +31,11 @@ class StartupRecovery {
 
  private:
   std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> memory_;
+  std::shared_ptr<spdlog::logger> logger_;
+  // Reads the pipes of hook helpers a dead instance left running, for as
+  // long as this object lives (the agent's): what they write after the
+  // log was replayed stays in memory, but they are not killed by it.
+  platform::LingeringOutput helper_output_;
 };
 
 }  // namespace quiesce::agent

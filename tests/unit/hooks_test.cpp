@@ -103,7 +103,7 @@ class HookFixture {
   void clear_calls() const { fs::remove(log_path_); }
 
   [[nodiscard]] std::string agent_log() const { return agent_log_.str(); }
-  [[nodiscard]] spdlog::logger& logger() const { return *logger_; }
+  [[nodiscard]] const std::shared_ptr<spdlog::logger>& logger() const { return logger_; }
   [[nodiscard]] const fs::path& dir() const { return hooks_dir_; }
   [[nodiscard]] fs::path temp(const std::string& name) const { return tmp_ / name; }
 

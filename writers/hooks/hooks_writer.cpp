@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -325,6 +326,13 @@ class HooksWriter final : public Writer {
       write_record();
       auto result = run_hook(hook, Phase::freeze, ctx);
       session_.freezing.reset();
+      if (result.outcome == Outcome::timed_out || result.outcome == Outcome::stopped) {
+        // Killed half-way, it may well have taken its lock already (found
+        // by the fault campaign: SIGTERM of the agent during a freeze left
+        // the hook's lock behind). A hook that failed on its own said it
+        // holds nothing; one we cut short could not say.
+        add_unique(session_.frozen, hook);
+      }
       if (!result.success()) {
         write_record();
         auto status = failure_status(hook, Phase::freeze, result);
@@ -421,6 +429,9 @@ class HooksWriter final : public Writer {
                              "freeze", Phase::freeze, ctx);
       session_.freezing.reset();
       if (!result.success()) {
+        if (result.outcome == Outcome::timed_out || result.outcome == Outcome::stopped) {
+          add_unique(session_.frozen, slot);  // as for a directory hook cut short
+        }
         write_record();
         return failure_status(slot, "freeze", result);
       }
@@ -470,6 +481,7 @@ class HooksWriter final : public Writer {
     }
     std::error_code ec;
     if (held.empty()) {
+      helper_pipes_.clear();
       std::filesystem::remove(path, ec);
       return;
     }
@@ -480,6 +492,7 @@ class HooksWriter final : public Writer {
                         {"agent_pid", static_cast<std::int64_t>(::getpid())},
                         {"timeout_ms", options_.timeout.count()},
                         {"allow_non_root_owner", options_.allow_non_root_owner},
+                        {"helper_pipes", helper_pipes_},
                         {"hooks", nlohmann::json::array()}};
     for (const auto& hook : held) {
       if (auto target = release_target(hook)) {
@@ -597,6 +610,11 @@ class HooksWriter final : public Writer {
                      hook_name, dropped);
       }
     };
+    struct stat st {};
+    if (::fstat(fd, &st) == 0) {
+      // For a restart after a crash: it finds the pipe again by its inode.
+      helper_pipes_.push_back(static_cast<std::uint64_t>(st.st_ino));
+    }
     if (!lingering_.adopt(fd, stream, on_line, on_closed, max_output_bytes)) {
       log().warn("hooks '{}': too many hook helpers hold output pipes; closing the {} of {} "
                  "(its next write there fails)",
@@ -689,12 +707,63 @@ class HooksWriter final : public Writer {
   WriterEnvironment env_;
   SessionHooks session_;
   // Last, so it stops (and stops calling into the logger) before the rest goes.
+  // Inodes of the pipes handed to lingering_ (recorded, see recover_stale_hooks).
+  std::vector<std::uint64_t> helper_pipes_;
   platform::LingeringOutput lingering_;
 };
 
+// The helpers a dead agent's hooks left running write to pipes nobody reads
+// any more; the first write after the release (mysql-flush.sh's) would kill
+// them with SIGPIPE before their unlock and cleanup. A pipe can be opened
+// again through /proc/<pid>/fd of a process that holds it: that makes the
+// restarted agent a reader before it runs the releases.
+std::size_t reattach_helper_pipes(const nlohmann::json& inodes,
+                                  platform::LingeringOutput& reader,
+                                  const std::shared_ptr<spdlog::logger>& logger,
+                                  const std::string& writer) {
+  std::vector<std::string> wanted;
+  for (const auto& inode : inodes) {
+    if (inode.is_number_unsigned()) {
+      wanted.push_back("pipe:[" + std::to_string(inode.get<std::uint64_t>()) + "]");
+    }
+  }
+  std::size_t attached = 0;
+  std::error_code ec;
+  for (const auto& process : std::filesystem::directory_iterator("/proc", ec)) {
+    const auto pid = process.path().filename().string();
+    if (wanted.empty() || pid.find_first_not_of("0123456789") != std::string::npos) {
+      continue;
+    }
+    std::error_code fd_ec;
+    for (const auto& fd : std::filesystem::directory_iterator(process.path() / "fd", fd_ec)) {
+      std::error_code link_ec;
+      const auto target = std::filesystem::read_symlink(fd.path(), link_ec).string();
+      auto it = std::find(wanted.begin(), wanted.end(), target);
+      if (link_ec || it == wanted.end()) {
+        continue;
+      }
+      const int read_end = ::open(fd.path().c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+      if (read_end < 0) {
+        continue;
+      }
+      wanted.erase(it);
+      auto on_line = [logger, writer](OutputStream, std::string_view line) {
+        logger->warn("hooks recovery: '{}' helper (background): {}", writer, line);
+      };
+      if (reader.adopt(read_end, OutputStream::err, on_line, {}, max_output_bytes)) {
+        ++attached;
+      }
+    }
+  }
+  return attached;
+}
+
 }  // namespace
 
-StaleHooksReport recover_stale_hooks(const std::string& run_dir, spdlog::logger& logger) {
+StaleHooksReport recover_stale_hooks(const std::string& run_dir,
+                                     const std::shared_ptr<spdlog::logger>& logger_ptr,
+                                     platform::LingeringOutput* helper_output) {
+  spdlog::logger& logger = *logger_ptr;
   namespace fs = std::filesystem;
   StaleHooksReport report;
   std::error_code ec;
@@ -740,6 +809,15 @@ StaleHooksReport recover_stale_hooks(const std::string& run_dir, spdlog::logger&
     const hooks::ScanRules rules{json.value("allow_non_root_owner", false)};
     const std::chrono::milliseconds timeout{json.value("timeout_ms", default_timeout.count())};
     const auto& hooks = json.at("hooks");
+    if (helper_output != nullptr && json.contains("helper_pipes")) {
+      const auto attached =
+          reattach_helper_pipes(json["helper_pipes"], *helper_output, logger_ptr, writer);
+      if (attached > 0) {
+        logger.info("hooks recovery: reading the output pipes of {} helper(s) its hooks left "
+                    "running, so their writes do not kill them",
+                    attached);
+      }
+    }
     logger.warn("hooks recovery: writer '{}' (agent pid {}, session {}) left {} hook(s) frozen; "
                 "running them with '{}' in reverse order",
                 writer, json.value("agent_pid", 0LL), session_id, hooks.size(), argument);

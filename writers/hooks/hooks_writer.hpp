@@ -13,11 +13,13 @@
 //   "legacy_thaw_script":   "/usr/sbin/post-thaw-script"    vmware style only
 
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <spdlog/logger.h>
 
+#include "platform/linux/lingering_output.hpp"
 #include "quiesce/writer_registry.hpp"
 
 namespace quiesce::writers {
@@ -36,7 +38,11 @@ struct StaleHooksReport {
 // `abort`, qemu: `thaw`, vmware: `freezeFail`), in reverse freeze order,
 // then removes the record. A hook helper holding a database lock (qemu's
 // mysql-flush.sh) is released here instead of holding on until it gives up.
-[[nodiscard]] StaleHooksReport recover_stale_hooks(const std::string& run_dir,
-                                                   spdlog::logger& logger);
+// With `helper_output`, the output pipes those hooks' helpers still hold are
+// opened again (through /proc) and read there first, so a helper that writes
+// as it releases does not die of SIGPIPE half-way; it must outlive them.
+[[nodiscard]] StaleHooksReport recover_stale_hooks(
+    const std::string& run_dir, const std::shared_ptr<spdlog::logger>& logger,
+    platform::LingeringOutput* helper_output = nullptr);
 
 }  // namespace quiesce::writers
