@@ -1,6 +1,7 @@
 #pragma once
 // What a starting agent cleans up after a previous instance that died:
-// filesystems its freeze holder record says are still frozen.
+// filesystems its freeze holder record says are still frozen, then hooks
+// its hooks writers' records say froze and were never released.
 //
 // It runs first, before the agent opens its log or touches its state dir:
 // the filesystem they live on may be one of those still frozen (a restart
@@ -13,6 +14,8 @@
 
 #include <spdlog/logger.h>
 #include <spdlog/sinks/ringbuffer_sink.h>
+
+#include "platform/linux/lingering_output.hpp"
 
 namespace quiesce::agent {
 
@@ -28,6 +31,11 @@ class StartupRecovery {
 
  private:
   std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> memory_;
+  std::shared_ptr<spdlog::logger> logger_;
+  // Reads the pipes of hook helpers a dead instance left running, for as
+  // long as this object lives (the agent's): what they write after the
+  // log was replayed stays in memory, but they are not killed by it.
+  platform::LingeringOutput helper_output_;
 };
 
 }  // namespace quiesce::agent

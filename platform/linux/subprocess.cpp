@@ -496,6 +496,16 @@ SubprocessResult run_subprocess(const SubprocessSpec& spec) {
   }
   out.finish();
   err.finish();
+  if (spec.hand_over && !killed_for) {
+    // Only a program that ended on its own may leave a helper whose output
+    // matters; after a kill its whole group is gone.
+    if (out_fd.valid()) {
+      spec.hand_over(OutputStream::out, out_fd.release());
+    }
+    if (err_fd.valid()) {
+      spec.hand_over(OutputStream::err, err_fd.release());
+    }
+  }
 
   result.elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
   if (WIFEXITED(*status)) {

@@ -11,8 +11,11 @@
 // What it deliberately does not do: kill what the program left running
 // after a normal exit. A freeze script may start a helper that holds a lock
 // until the thaw script ends it (qemu's mysql-flush.sh does); killing the
-// group on success would break such scripts. Its output is no longer read
-// once the program has exited and a short drain has passed.
+// group on success would break such scripts. Its output is read by this
+// call until the program has exited and a short drain has passed; a pipe
+// such a helper still holds after that is closed, or handed to
+// `SubprocessSpec::hand_over` to be read on (LingeringOutput) so the
+// helper's next write does not die of SIGPIPE.
 
 #include <sys/types.h>
 
@@ -49,6 +52,10 @@ struct SubprocessSpec {
   // Called on the caller's thread for each complete line (without its
   // newline), as it arrives.
   std::function<void(OutputStream, std::string_view)> on_line;
+  // When set, called after the drain with each pipe read end that something
+  // the program left running still holds open, instead of closing it; it
+  // takes ownership of the (non-blocking) descriptor.
+  std::function<void(OutputStream, int fd)> hand_over;
 };
 
 enum class Outcome {

@@ -124,3 +124,33 @@ TEST_CASE("agent: the host never thaws - writable again at the deadline, the ver
   REQUIRE(late.ok());
   CHECK(late.body["verdict"]["continuous"] == false);
 }
+
+// Issue #15 item 11: the holder dying on its own (OOM killer, kill -9) while
+// the agent lives: the agent thaws from its record at once, long before the
+// freeze window ends, and the thaw's verdict says the hold broke.
+TEST_CASE("agent: kill -9 of the freeze holder while frozen - writable at once, not at the window") {
+  AgentOnLoopMounts rig;
+  auto client = rig.client();
+  auto created = client.create_session({{"freeze_window_ms", 30000}});
+  REQUIRE(created.ok());
+  const std::string id = created.body["id"];
+  REQUIRE(client.freeze(id).ok());
+  WriteProbe probe(rig.data.mount_point());
+  CHECK_FALSE(probe.finished_within(200ms));
+  const auto holder = test::child_named(rig.process->pid(), "quiesce-freeze");
+  REQUIRE(holder);
+  const auto killed = std::chrono::steady_clock::now();
+  REQUIRE(::kill(*holder, SIGKILL) == 0);
+  // A window of 30 s: anything near a second means the agent noticed the exit.
+  CHECK(probe.finished_within(2s));
+  CHECK(writable_within(rig.logs.mount_point(), 1s));
+  MESSAGE("writable again "
+          << std::chrono::duration_cast<std::chrono::milliseconds>(
+                 std::chrono::steady_clock::now() - killed)
+                 .count()
+          << " ms after kill -9 of the freeze holder (freeze window 30 s)");
+  auto thawed = client.thaw(id);
+  REQUIRE_MESSAGE(thawed.ok(), test::describe(thawed));
+  CHECK(thawed.body["verdict"]["continuous"] == false);
+  CHECK_MESSAGE(thawed.body.dump().find("holder") != std::string::npos, thawed.body.dump());
+}

@@ -6,6 +6,9 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <stdexcept>
 #include <thread>
 
@@ -127,6 +130,29 @@ std::filesystem::path built_binary(const std::string& name) {
     }
   }
   return std::filesystem::path(QUIESCE_BUILD_DIR) / "bin" / name;
+}
+
+std::optional<pid_t> child_named(pid_t parent, const std::string& name_prefix) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
+    const auto name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) {
+      continue;  // not a process
+    }
+    std::ifstream in(entry.path() / "stat");
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    const auto open = text.find('(');
+    const auto close = text.rfind(')');
+    if (open == std::string::npos || close == std::string::npos || close + 4 >= text.size()) {
+      continue;
+    }
+    const auto comm = text.substr(open + 1, close - open - 1);
+    if (comm.starts_with(name_prefix) && std::atol(text.c_str() + close + 4) == parent) {
+      return static_cast<pid_t>(std::atol(name.c_str()));
+    }
+  }
+  return std::nullopt;
 }
 
 }  // namespace quiesce::test

@@ -36,6 +36,10 @@ class ChildProcess {
 // Runs a command to completion; returns its exit code (-1 if it could not run).
 int run_command(const std::vector<std::string>& argv, std::string* output = nullptr);
 
+// A child of `parent` whose command name (the kernel's 15 characters)
+// starts with `name_prefix`, e.g. the agent's quiesce-freeze-holder.
+std::optional<pid_t> child_named(pid_t parent, const std::string& name_prefix);
+
 // Path of a binary built by this build tree.
 std::filesystem::path built_binary(const std::string& name);
 

@@ -71,7 +71,7 @@ class HookFixture {
                          "esac\n");
   }
 
-  std::unique_ptr<Writer> make(nlohmann::json options) {
+  std::unique_ptr<Writer> make(nlohmann::json options, const std::string& run_dir = "") {
     quiesce::WriterRegistry registry;
     quiesce::writers::register_hooks_writer(registry);
     const auto* type = registry.find("hooks");
@@ -84,7 +84,7 @@ class HookFixture {
       options["allow_non_root_owner"] = true;
     }
     quiesce::WriterSpec spec{"hooks", "app-hooks", quiesce::Level::application, options};
-    return type->create(spec, quiesce::WriterEnvironment{logger_, "", ""});
+    return type->create(spec, quiesce::WriterEnvironment{logger_, run_dir, ""});
   }
 
   [[nodiscard]] PhaseContext ctx(std::stop_token stop = {}) const {
@@ -103,6 +103,7 @@ class HookFixture {
   void clear_calls() const { fs::remove(log_path_); }
 
   [[nodiscard]] std::string agent_log() const { return agent_log_.str(); }
+  [[nodiscard]] const std::shared_ptr<spdlog::logger>& logger() const { return logger_; }
   [[nodiscard]] const fs::path& dir() const { return hooks_dir_; }
   [[nodiscard]] fs::path temp(const std::string& name) const { return tmp_ / name; }
 
@@ -467,4 +468,153 @@ TEST_CASE("hooks: scan rules on names") {
   CHECK_FALSE(skip_reason_for_name("x.rpmorig").empty());
   CHECK_FALSE(skip_reason_for_name("x.bak").empty());
   CHECK_FALSE(skip_reason_for_name(".x").empty());
+}
+
+// Issue #15 item 8: qemu's mysql-flush.sh leaves a subshell that writes to
+// the hook's stderr after the hook exited; a pipe closed then killed it with
+// SIGPIPE before it could run its unlock.
+TEST_CASE("hooks: a background child that writes after its hook exited survives, and is logged") {
+  HookFixture f;
+  const auto fifo = f.temp("release.fifo");
+  const auto alive = f.temp("child-finished");
+  // The child outlives the hook, waits for thaw, then writes to the
+  // stdout and stderr it inherited and reports it got past those writes.
+  f.add_script("10-holder", "case \"$1\" in\n"
+                            "  freeze) mkfifo '" + fifo.string() + "' || exit 1\n"
+                            "    ( read x < '" + fifo.string() + "'; echo 'child unlocking';\n"
+                            "      echo 'child stderr after exit' >&2; rm -f '" + fifo.string() +
+                            "'; touch '" + alive.string() + "' ) &\n"
+                            "    echo 'freeze done' ;;\n"
+                            "  thaw) echo > '" + fifo.string() + "' ;;\n"
+                            "esac\n");
+  auto writer = f.make({{"style", "qemu"}});
+  for (int round = 0; round < 2; ++round) {
+    CAPTURE(round);
+    fs::remove(alive);
+    REQUIRE(writer->freeze(f.ctx()).is_ok());
+    // Well past the 200 ms the hook's own output is drained for.
+    std::this_thread::sleep_for(400ms);
+    quiesce::HoldReport hold;
+    REQUIRE(writer->thaw(f.ctx(), hold).is_ok());
+    bool finished = false;
+    for (int i = 0; i < 200 && !finished; ++i) {
+      finished = fs::exists(alive);
+      std::this_thread::sleep_for(10ms);
+    }
+    CHECK_MESSAGE(finished, "the background child died before its unlock: " << f.agent_log());
+    // A second round needs the FIFO gone, as mysql-flush.sh does (mkfifo fails otherwise).
+    CHECK_FALSE(fs::exists(fifo));
+  }
+  std::string log;
+  for (int i = 0; i < 200; ++i) {
+    log = f.agent_log();
+    if (log.find("child stderr after exit") != std::string::npos) {
+      break;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  CHECK_MESSAGE(log.find("10-holder (background): child unlocking") != std::string::npos, log);
+  CHECK_MESSAGE(log.find("10-holder (background, stderr): child stderr after exit") !=
+                    std::string::npos,
+                log);
+}
+
+// Issue #15 item 10: open-vm-tools' legacy scripts (scriptOps.c): the freeze
+// script before backupScripts.d, the thaw script after it, for thaw and freezeFail.
+TEST_CASE("hooks: vmware style runs the legacy pre-freeze and post-thaw scripts around the directory") {
+  HookFixture f;
+  f.add_vmware_hook("10-a");
+  f.add_vmware_hook("20-b");
+  const auto pre = f.temp("pre-freeze-script");
+  const auto post = f.temp("post-thaw-script");
+  auto legacy = [&](const fs::path& path) {
+    std::ofstream(path) << "#!/bin/sh\necho \"$(basename \"$0\") $1\" >> '"
+                        << f.temp("calls.log").string() << "'\n";
+    fs::permissions(path, fs::perms(0755));
+  };
+  nlohmann::json options{{"style", "vmware"},
+                         {"legacy_freeze_script", pre.string()},
+                         {"legacy_thaw_script", post.string()}};
+
+  SUBCASE("both present: freeze first, thaw last") {
+    legacy(pre);
+    legacy(post);
+    auto writer = f.make(options);
+    REQUIRE(writer->freeze(f.ctx()).is_ok());
+    quiesce::HoldReport hold;
+    REQUIRE(writer->thaw(f.ctx(), hold).is_ok());
+    CHECK(f.calls() == Calls{"pre-freeze-script freeze", "10-a freeze", "20-b freeze",
+                             "20-b thaw", "10-a thaw", "post-thaw-script thaw"});
+  }
+  SUBCASE("a failing directory script: freezeFail goes to the legacy thaw script last") {
+    legacy(pre);
+    legacy(post);
+    f.add_vmware_hook("30-fails", "exit 4");
+    auto writer = f.make(options);
+    REQUIRE_FALSE(writer->freeze(f.ctx()).is_ok());
+    f.clear_calls();
+    REQUIRE(writer->abort(f.ctx()).is_ok());
+    CHECK(f.calls() == Calls{"20-b freezeFail", "10-a freezeFail", "post-thaw-script freezeFail"});
+  }
+  SUBCASE("only the thaw script: it still runs after the directory, as open-vm-tools does") {
+    legacy(post);
+    auto writer = f.make(options);
+    REQUIRE(writer->freeze(f.ctx()).is_ok());
+    quiesce::HoldReport hold;
+    REQUIRE(writer->thaw(f.ctx(), hold).is_ok());
+    CHECK(f.calls() ==
+          Calls{"10-a freeze", "20-b freeze", "20-b thaw", "10-a thaw", "post-thaw-script thaw"});
+  }
+  SUBCASE("a group-writable legacy script is refused before anything runs") {
+    legacy(pre);
+    legacy(post);
+    fs::permissions(post, fs::perms(0775));
+    auto writer = f.make(options);
+    auto status = writer->freeze(f.ctx());
+    REQUIRE_FALSE(status.is_ok());
+    CHECK(status.error().message.find(post.string()) != std::string::npos);
+    CHECK(status.error().message.find("writable by its group") != std::string::npos);
+    CHECK(f.calls().empty());
+  }
+  SUBCASE("the legacy options belong to the vmware style and take absolute paths") {
+    CHECK_THROWS_WITH_AS(f.make({{"style", "qemu"}, {"legacy_thaw_script", post.string()}}),
+                         doctest::Contains("options.legacy_thaw_script"), quiesce::FieldError);
+    CHECK_THROWS_WITH_AS(f.make({{"style", "vmware"}, {"legacy_freeze_script", "pre"}}),
+                         doctest::Contains("not an absolute path"), quiesce::FieldError);
+  }
+}
+
+// Issue #15 item 9: hooks that froze are in the run-dir record; a restarted
+// agent releases them. (The real agent killed with SIGKILL: tests/root.)
+TEST_CASE("hooks: frozen hooks are recorded in the run dir and released by recovery") {
+  HookFixture f;
+  f.add_qemu_hook("10-a");
+  f.add_qemu_hook("20-b");
+  const auto run_dir = f.temp("run");
+  fs::create_directory(run_dir);
+  fs::permissions(run_dir, fs::perms(0755));
+  const auto record = run_dir / "hooks-frozen-app-hooks.json";
+  {
+    auto writer = f.make({{"style", "qemu"}}, run_dir.string());
+    REQUIRE(writer->freeze(f.ctx()).is_ok());
+    REQUIRE(fs::exists(record));
+    quiesce::HoldReport hold;
+    REQUIRE(writer->thaw(f.ctx(), hold).is_ok());
+    CHECK_FALSE(fs::exists(record));  // nothing held, nothing to recover
+    REQUIRE(writer->freeze(f.ctx()).is_ok());
+    // The writer is dropped while frozen, as a killed agent would leave it.
+  }
+  f.clear_calls();
+  REQUIRE(fs::exists(record));
+  auto report = quiesce::writers::recover_stale_hooks(run_dir.string(), f.logger());
+  CHECK(report.records.size() == 1);
+  CHECK(report.released == 2);
+  CHECK(report.failed == 0);
+  CHECK(f.calls() == Calls{"20-b thaw", "10-a thaw"});
+  CHECK_FALSE(fs::exists(record));
+  f.clear_calls();
+  // Run again: nothing left, nothing run.
+  report = quiesce::writers::recover_stale_hooks(run_dir.string(), f.logger());
+  CHECK(report.records.empty());
+  CHECK(f.calls().empty());
 }

@@ -76,6 +76,22 @@ std::string skip_reason_for_name(const std::string& name) {
   return "";
 }
 
+SingleScript check_single_script(const std::string& path, const ScanRules& rules) {
+  SingleScript script;
+  struct stat st {};
+  if (path.empty() || ::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return script;
+  }
+  script.present = true;
+  if ((st.st_mode & (S_IXUSR | S_IXGRP | S_IXOTH)) == 0) {
+    // open-vm-tools would try to run it and fail; saying why is kinder.
+    script.problem = "not executable";
+  } else {
+    script.problem = ownership_problem(st, rules);
+  }
+  return script;
+}
+
 HookScan scan_hook_directory(const std::filesystem::path& directory, const ScanRules& rules) {
   HookScan scan;
   scan.directory = directory.string();

@@ -45,6 +45,15 @@ struct ScanRules {
 // Why a file name alone rules a file out ("" when it does not).
 [[nodiscard]] std::string skip_reason_for_name(const std::string& name);
 
+// One script named by a full path (open-vm-tools' legacy
+// /usr/sbin/pre-freeze-script): whether it is there to run, and why it may
+// not run when it is. The same rules as for a hook in a directory.
+struct SingleScript {
+  bool present = false;  // a regular file (after symlinks): open-vm-tools runs nothing else
+  std::string problem;   // present but refused: "not executable", "owned by uid 1000, not root"
+};
+[[nodiscard]] SingleScript check_single_script(const std::string& path, const ScanRules& rules);
+
 [[nodiscard]] HookScan scan_hook_directory(const std::filesystem::path& directory,
                                            const ScanRules& rules);
 

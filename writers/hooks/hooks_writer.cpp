@@ -1,8 +1,15 @@
 #include "writers/hooks/hooks_writer.hpp"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -10,6 +17,7 @@
 
 #include <spdlog/logger.h>
 
+#include "platform/linux/lingering_output.hpp"
 #include "platform/linux/subprocess.hpp"
 #include "quiesce/json_fields.hpp"
 #include "writers/hooks/hook_directory.hpp"
@@ -26,6 +34,16 @@ using platform::SubprocessResult;
 using platform::SubprocessSpec;
 
 constexpr const char* default_directory = "/etc/quiesce/hooks.d";
+// open-vm-tools runs these around its backupScripts.d directory (scriptOps.c:
+// the freeze script before the directory's scripts, the thaw script after
+// them at thaw and at freezeFail); the vmware style does the same.
+constexpr const char* default_legacy_freeze_script = "/usr/sbin/pre-freeze-script";
+constexpr const char* default_legacy_thaw_script = "/usr/sbin/post-thaw-script";
+// The name under which the legacy pair stands in the list of hooks that
+// froze; a '/' cannot occur in a directory entry's name, so no hook clashes.
+constexpr const char* legacy_slot_name = "/legacy-scripts";
+// The run-dir record of hooks that froze: <run_dir>/hooks-frozen-<writer>.json.
+constexpr const char* record_prefix = "hooks-frozen-";
 constexpr std::chrono::milliseconds default_timeout{30000};
 // Between SIGTERM and SIGKILL for a hook that overran: enough for a script
 // to clean up, short next to any freeze window.
@@ -65,6 +83,8 @@ struct HooksOptions {
   Style style = Style::quiesce;
   std::chrono::milliseconds timeout = default_timeout;
   bool allow_non_root_owner = false;
+  std::string legacy_freeze_script;  // vmware style only; "" when none
+  std::string legacy_thaw_script;
 };
 
 HooksOptions parse_options(const nlohmann::json& json) {
@@ -106,6 +126,21 @@ HooksOptions parse_options(const nlohmann::json& json) {
   options.timeout = std::chrono::milliseconds(
       fields.integer("timeout_ms", default_timeout.count(), 1, 24LL * 3600 * 1000));
   options.allow_non_root_owner = fields.boolean("allow_non_root_owner", false);
+  for (const auto& [key, fallback, target] :
+       {std::tuple{"legacy_freeze_script", default_legacy_freeze_script,
+                   &options.legacy_freeze_script},
+        std::tuple{"legacy_thaw_script", default_legacy_thaw_script,
+                   &options.legacy_thaw_script}}) {
+    if (fields.has(key) && options.style != Style::vmware) {
+      throw FieldError(fields.path_of(key), "only the vmware style runs legacy scripts");
+    }
+    *target = fields.string(key, options.style == Style::vmware ? fallback : "");
+    // "" turns the legacy script off; anything else is a full path, as the
+    // ones open-vm-tools has compiled in.
+    if (!target->empty() && target->front() != '/') {
+      throw FieldError(fields.path_of(key), "'" + *target + "' is not an absolute path");
+    }
+  }
   fields.reject_unknown();
   return options;
 }
@@ -152,7 +187,57 @@ struct SessionHooks {
   std::string session_id;
   std::vector<Hook> touched;  // quiesce style: called at prepare or freeze, in call order
   std::vector<Hook> frozen;   // completed freeze, in freeze order
+  std::optional<Hook> freezing;  // its freeze is running now
 };
+
+// The argument a restarted agent gives the hooks a dead one left frozen:
+// the session is gone, so what the style does at abort.
+std::string_view recovery_argument(Style style) {
+  switch (style) {
+    case Style::quiesce: return "abort";
+    case Style::qemu: return "thaw";
+    case Style::vmware: return "freezeFail";
+  }
+  return "abort";
+}
+
+std::optional<Style> style_from_name(std::string_view name) {
+  for (auto style : {Style::quiesce, Style::qemu, Style::vmware}) {
+    if (style_name(style) == name) {
+      return style;
+    }
+  }
+  return std::nullopt;
+}
+
+std::string sanitize_file_name(const std::string& name) {
+  std::string result;
+  for (char c : name) {
+    bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '-' || c == '_' || c == '.';
+    result.push_back(plain ? c : '_');
+  }
+  return result;
+}
+
+// What every hook run shares, in the writer and in recovery alike: argv
+// only, the fixed PATH, the session's identity in the environment.
+SubprocessSpec hook_spec(const std::string& path, std::string_view argument, Phase phase,
+                         const std::string& session_id, const std::string& writer, Style style) {
+  SubprocessSpec spec;
+  spec.argv = {path, std::string(argument)};
+  spec.env = {
+      hook_path,
+      "QUIESCE_SESSION_ID=" + session_id,
+      "QUIESCE_PHASE=" + std::string(hook_phase_name(phase)),
+      "QUIESCE_WRITER=" + writer,
+      "QUIESCE_HOOK_STYLE=" + std::string(style_name(style)),
+      "LANG=C",
+  };
+  spec.max_output_bytes = max_output_bytes;
+  spec.kill_grace = kill_grace;
+  return spec;
+}
 
 void add_unique(std::vector<Hook>& hooks, const Hook& hook) {
   if (std::none_of(hooks.begin(), hooks.end(),
@@ -228,12 +313,28 @@ class HooksWriter final : public Writer {
     if (!found.usable()) {
       return Status::non_retryable(found.problem());
     }
+    if (auto status = freeze_legacy_script(ctx); !status.is_ok()) {
+      return status;
+    }
     for (const auto& hook : found.hooks) {
       if (options_.style == Style::quiesce) {
         add_unique(session_.touched, hook);
       }
+      // Recorded before it runs: if the agent dies now, the hook may yet
+      // finish its freeze and hold something that only its release undoes.
+      session_.freezing = hook;
+      write_record();
       auto result = run_hook(hook, Phase::freeze, ctx);
+      session_.freezing.reset();
+      if (result.outcome == Outcome::timed_out || result.outcome == Outcome::stopped) {
+        // Killed half-way, it may well have taken its lock already (found
+        // by the fault campaign: SIGTERM of the agent during a freeze left
+        // the hook's lock behind). A hook that failed on its own said it
+        // holds nothing; one we cut short could not say.
+        add_unique(session_.frozen, hook);
+      }
       if (!result.success()) {
+        write_record();
         auto status = failure_status(hook, Phase::freeze, result);
         if (!session_.frozen.empty()) {
           log().warn("hooks '{}': {} hook(s) froze before this failure; they are released "
@@ -243,6 +344,7 @@ class HooksWriter final : public Writer {
         return status;
       }
       add_unique(session_.frozen, hook);
+      write_record();
     }
     return Status::ok();
   }
@@ -295,7 +397,124 @@ class HooksWriter final : public Writer {
                  "thaw or abort",
                  spec_.name, session_id, session_.frozen.size(), session_.session_id);
     }
-    session_ = SessionHooks{session_id, {}, {}};
+    session_ = SessionHooks{session_id, {}, {}, std::nullopt};
+  }
+
+  // vmware style: open-vm-tools' legacy pre-freeze-script runs before the
+  // directory's scripts; when either legacy script exists, a slot is kept
+  // first in the freeze order so post-thaw-script runs after them all.
+  Status freeze_legacy_script(const PhaseContext& ctx) {
+    if (options_.style != Style::vmware) {
+      return Status::ok();
+    }
+    const hooks::ScanRules rules{options_.allow_non_root_owner};
+    auto freeze_script = hooks::check_single_script(options_.legacy_freeze_script, rules);
+    auto thaw_script = hooks::check_single_script(options_.legacy_thaw_script, rules);
+    if (!freeze_script.present && !thaw_script.present) {
+      return Status::ok();
+    }
+    // Checked before anything runs: a thaw script that may not run must
+    // not be found out only after the freeze script has held something.
+    for (const auto& [path, check] : {std::pair{options_.legacy_freeze_script, freeze_script},
+                                      std::pair{options_.legacy_thaw_script, thaw_script}}) {
+      if (check.present && !check.problem.empty()) {
+        return Status::non_retryable("refusing legacy script " + path + ": " + check.problem);
+      }
+    }
+    const Hook slot{legacy_slot_name, options_.legacy_freeze_script};
+    if (freeze_script.present) {
+      session_.freezing = slot;
+      write_record();
+      auto result = run_hook(Hook{"pre-freeze-script", options_.legacy_freeze_script},
+                             "freeze", Phase::freeze, ctx);
+      session_.freezing.reset();
+      if (!result.success()) {
+        if (result.outcome == Outcome::timed_out || result.outcome == Outcome::stopped) {
+          add_unique(session_.frozen, slot);  // as for a directory hook cut short
+        }
+        write_record();
+        return failure_status(slot, "freeze", result);
+      }
+    }
+    add_unique(session_.frozen, slot);
+    write_record();
+    return Status::ok();
+  }
+
+  // What releasing `hook` runs: the hook itself, or for the legacy slot the
+  // legacy thaw script (nothing when there is none).
+  std::optional<Hook> release_target(const Hook& hook) const {
+    if (hook.name != legacy_slot_name) {
+      return hook;
+    }
+    if (!hooks::check_single_script(options_.legacy_thaw_script,
+                                    hooks::ScanRules{options_.allow_non_root_owner})
+             .present) {
+      return std::nullopt;
+    }
+    return Hook{"post-thaw-script", options_.legacy_thaw_script};
+  }
+
+  std::string record_file() const {
+    if (env_.run_dir.empty()) {
+      return "";
+    }
+    return (std::filesystem::path(env_.run_dir) /
+            (std::string(record_prefix) + sanitize_file_name(spec_.name) + ".json"))
+        .string();
+  }
+
+  // The hooks a restart must release if the agent dies now, in the run dir
+  // (a tmpfs: writing there never meets a frozen filesystem). Removed when
+  // nothing is held. A failure to write is logged, not fatal: the hold
+  // itself is fine, only its recovery after a crash would be missing.
+  void write_record() {
+    const auto path = record_file();
+    if (path.empty()) {
+      return;
+    }
+    // Frozen ones only (in every style): a restart releases holds, it does
+    // not finish a session, so hooks only prepared need nothing from it.
+    std::vector<Hook> held = session_.frozen;
+    if (session_.freezing) {
+      add_unique(held, *session_.freezing);
+    }
+    std::error_code ec;
+    if (held.empty()) {
+      helper_pipes_.clear();
+      std::filesystem::remove(path, ec);
+      return;
+    }
+    nlohmann::json json{{"version", 1},
+                        {"writer", spec_.name},
+                        {"session_id", session_.session_id},
+                        {"style", style_name(options_.style)},
+                        {"agent_pid", static_cast<std::int64_t>(::getpid())},
+                        {"timeout_ms", options_.timeout.count()},
+                        {"allow_non_root_owner", options_.allow_non_root_owner},
+                        {"helper_pipes", helper_pipes_},
+                        {"hooks", nlohmann::json::array()}};
+    for (const auto& hook : held) {
+      if (auto target = release_target(hook)) {
+        json["hooks"].push_back({{"name", target->name}, {"path", target->path}});
+      }
+    }
+    std::filesystem::create_directories(env_.run_dir, ec);
+    const auto temp = path + ".tmp";
+    {
+      std::ofstream out(temp, std::ios::trunc);
+      out << json.dump(2) << "\n";
+      if (!out) {
+        log().error("hooks '{}': cannot write {}: a restart after a crash would not release "
+                    "the hooks now frozen",
+                    spec_.name, temp);
+        return;
+      }
+    }
+    std::filesystem::rename(temp, path, ec);
+    if (ec) {
+      log().error("hooks '{}': cannot rename {}: {}", spec_.name, temp, ec.message());
+    }
   }
 
   // Runs `hooks` in reverse with `argument`, all of them whatever fails,
@@ -310,12 +529,17 @@ class HooksWriter final : public Writer {
     Failures failures;
     std::vector<Hook> still_held;
     for (auto it = hooks.rbegin(); it != hooks.rend(); ++it) {
-      auto result = run_hook(*it, argument, phase, ctx);
+      auto target = release_target(*it);
+      if (!target) {
+        continue;  // the legacy slot with no thaw script: nothing to run
+      }
+      auto result = run_hook(*target, argument, phase, ctx);
       if (!result.success()) {
         auto status = failure_status(*it, argument, result);
         failures.add(status.error().error_class, status.error().message);
       }
-      if (result.outcome == Outcome::timed_out || result.outcome == Outcome::stopped) {
+      if (result.outcome == Outcome::timed_out || result.outcome == Outcome::stopped ||
+          result.outcome == Outcome::spawn_failed) {
         still_held.insert(still_held.begin(), *it);
       }
     }
@@ -327,6 +551,7 @@ class HooksWriter final : public Writer {
                             [&](const Hook& h) { return h.name == frozen.name; });
       });
     }
+    write_record();
     const std::size_t failed = failures.messages.size();
     return failures.status(std::to_string(failed) + " hook(s) failed at " +
                            std::string(argument) + ": ");
@@ -359,27 +584,54 @@ class HooksWriter final : public Writer {
                            std::string(hook_phase_name(phase)) + ": ");
   }
 
+  // A helper the hook left running still holds this pipe: read on, so its
+  // next write does not die of SIGPIPE (and take its cleanup with it), and
+  // its lines still reach the log. See lingering_output.hpp for why not a file.
+  void keep_reading(const std::string& hook_name, const std::string& argument,
+                    OutputStream stream, int fd) {
+    auto logger = env_.logger;
+    const auto writer = spec_.name;
+    const auto* stream_name = stream == OutputStream::out ? "stdout" : "stderr";
+    log().info("hooks '{}': {} {} exited; something it left running still holds its {}, "
+               "read on until it closes",
+               writer, hook_name, argument, stream_name);
+    auto on_line = [logger, writer, hook_name](OutputStream s, std::string_view line) {
+      if (s == OutputStream::out) {
+        logger->info("hooks '{}': {} (background): {}", writer, hook_name, line);
+      } else {
+        logger->warn("hooks '{}': {} (background, stderr): {}", writer, hook_name, line);
+      }
+    };
+    auto on_closed = [logger, writer, hook_name, stream_name](std::size_t dropped) {
+      logger->info("hooks '{}': {}: every background writer of its {} has closed it", writer,
+                   hook_name, stream_name);
+      if (dropped > 0) {
+        logger->warn("hooks '{}': {}: {} byte(s) of background output not logged", writer,
+                     hook_name, dropped);
+      }
+    };
+    struct stat st {};
+    if (::fstat(fd, &st) == 0) {
+      // For a restart after a crash: it finds the pipe again by its inode.
+      helper_pipes_.push_back(static_cast<std::uint64_t>(st.st_ino));
+    }
+    if (!lingering_.adopt(fd, stream, on_line, on_closed, max_output_bytes)) {
+      log().warn("hooks '{}': too many hook helpers hold output pipes; closing the {} of {} "
+                 "(its next write there fails)",
+                 writer, stream_name, hook_name);
+    }
+  }
+
   SubprocessResult run_hook(const Hook& hook, Phase phase, const PhaseContext& ctx) {
     return run_hook(hook, hook_phase_name(phase), phase, ctx);
   }
 
   SubprocessResult run_hook(const Hook& hook, std::string_view argument, Phase phase,
                             const PhaseContext& ctx) {
-    SubprocessSpec spec;
-    spec.argv = {hook.path, std::string(argument)};
-    spec.env = {
-        hook_path,
-        "QUIESCE_SESSION_ID=" + ctx.session_id,
-        "QUIESCE_PHASE=" + std::string(hook_phase_name(phase)),
-        "QUIESCE_WRITER=" + spec_.name,
-        "QUIESCE_HOOK_STYLE=" + std::string(style_name(options_.style)),
-        "LANG=C",
-    };
+    auto spec = hook_spec(hook.path, argument, phase, ctx.session_id, spec_.name, options_.style);
     spec.stop = ctx.stop;
-    spec.max_output_bytes = max_output_bytes;
     const auto now = Clock::now();
     spec.deadline = now + options_.timeout;
-    spec.kill_grace = kill_grace;
     const bool call_has_deadline =
         ctx.deadline != Clock::time_point{} && ctx.deadline != Clock::time_point::max();
     if (call_has_deadline && ctx.deadline - now < options_.timeout + kill_grace) {
@@ -397,6 +649,10 @@ class HooksWriter final : public Writer {
       } else {
         log().warn("hooks '{}': {} (stderr): {}", writer, hook.name, line);
       }
+    };
+    spec.hand_over = [this, hook_name = hook.name, argument = std::string(argument)](
+                         OutputStream stream, int fd) {
+      keep_reading(hook_name, argument, stream, fd);
     };
 
     log().info("hooks '{}': running {} {}", writer, hook.path, argument);
@@ -450,9 +706,152 @@ class HooksWriter final : public Writer {
   HooksOptions options_;
   WriterEnvironment env_;
   SessionHooks session_;
+  // Last, so it stops (and stops calling into the logger) before the rest goes.
+  // Inodes of the pipes handed to lingering_ (recorded, see recover_stale_hooks).
+  std::vector<std::uint64_t> helper_pipes_;
+  platform::LingeringOutput lingering_;
 };
 
+// The helpers a dead agent's hooks left running write to pipes nobody reads
+// any more; the first write after the release (mysql-flush.sh's) would kill
+// them with SIGPIPE before their unlock and cleanup. A pipe can be opened
+// again through /proc/<pid>/fd of a process that holds it: that makes the
+// restarted agent a reader before it runs the releases.
+std::size_t reattach_helper_pipes(const nlohmann::json& inodes,
+                                  platform::LingeringOutput& reader,
+                                  const std::shared_ptr<spdlog::logger>& logger,
+                                  const std::string& writer) {
+  std::vector<std::string> wanted;
+  for (const auto& inode : inodes) {
+    if (inode.is_number_unsigned()) {
+      wanted.push_back("pipe:[" + std::to_string(inode.get<std::uint64_t>()) + "]");
+    }
+  }
+  std::size_t attached = 0;
+  std::error_code ec;
+  for (const auto& process : std::filesystem::directory_iterator("/proc", ec)) {
+    const auto pid = process.path().filename().string();
+    if (wanted.empty() || pid.find_first_not_of("0123456789") != std::string::npos) {
+      continue;
+    }
+    std::error_code fd_ec;
+    for (const auto& fd : std::filesystem::directory_iterator(process.path() / "fd", fd_ec)) {
+      std::error_code link_ec;
+      const auto target = std::filesystem::read_symlink(fd.path(), link_ec).string();
+      auto it = std::find(wanted.begin(), wanted.end(), target);
+      if (link_ec || it == wanted.end()) {
+        continue;
+      }
+      const int read_end = ::open(fd.path().c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+      if (read_end < 0) {
+        continue;
+      }
+      wanted.erase(it);
+      auto on_line = [logger, writer](OutputStream, std::string_view line) {
+        logger->warn("hooks recovery: '{}' helper (background): {}", writer, line);
+      };
+      if (reader.adopt(read_end, OutputStream::err, on_line, {}, max_output_bytes)) {
+        ++attached;
+      }
+    }
+  }
+  return attached;
+}
+
 }  // namespace
+
+StaleHooksReport recover_stale_hooks(const std::string& run_dir,
+                                     const std::shared_ptr<spdlog::logger>& logger_ptr,
+                                     platform::LingeringOutput* helper_output) {
+  spdlog::logger& logger = *logger_ptr;
+  namespace fs = std::filesystem;
+  StaleHooksReport report;
+  std::error_code ec;
+  std::vector<fs::path> records;
+  for (const auto& item : fs::directory_iterator(run_dir, ec)) {
+    auto name = item.path().filename().string();
+    if (name.starts_with(record_prefix) && name.ends_with(".json")) {
+      records.push_back(item.path());
+    }
+  }
+  std::sort(records.begin(), records.end());
+  for (const auto& path : records) {
+    report.records.push_back(path.string());
+    // The record says what runs as root: only one that nobody but the
+    // agent's own user could have written is trusted.
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0 || st.st_uid != ::geteuid() ||
+        (st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+      logger.error("hooks recovery: {} is not owned by the agent's user or is writable by "
+                   "others; not running what it lists, removing it",
+                   path.string());
+      fs::remove(path, ec);
+      continue;
+    }
+    nlohmann::json json;
+    std::optional<Style> style;
+    try {
+      std::ifstream in(path);
+      json = nlohmann::json::parse(in);
+      style = style_from_name(json.at("style").get<std::string>());
+      if (!style || !json.at("hooks").is_array()) {
+        throw std::runtime_error("unknown style or no hook list");
+      }
+    } catch (const std::exception& e) {
+      logger.error("hooks recovery: {} cannot be read ({}); removing it", path.string(),
+                   e.what());
+      fs::remove(path, ec);
+      continue;
+    }
+    const auto writer = json.value("writer", std::string("hooks"));
+    const auto session_id = json.value("session_id", std::string());
+    const auto argument = recovery_argument(*style);
+    const hooks::ScanRules rules{json.value("allow_non_root_owner", false)};
+    const std::chrono::milliseconds timeout{json.value("timeout_ms", default_timeout.count())};
+    const auto& hooks = json.at("hooks");
+    if (helper_output != nullptr && json.contains("helper_pipes")) {
+      const auto attached =
+          reattach_helper_pipes(json["helper_pipes"], *helper_output, logger_ptr, writer);
+      if (attached > 0) {
+        logger.info("hooks recovery: reading the output pipes of {} helper(s) its hooks left "
+                    "running, so their writes do not kill them",
+                    attached);
+      }
+    }
+    logger.warn("hooks recovery: writer '{}' (agent pid {}, session {}) left {} hook(s) frozen; "
+                "running them with '{}' in reverse order",
+                writer, json.value("agent_pid", 0LL), session_id, hooks.size(), argument);
+    for (auto it = hooks.rbegin(); it != hooks.rend(); ++it) {
+      const auto hook_path_text = it->value("path", std::string());
+      const auto hook_name = it->value("name", hook_path_text);
+      auto check = hooks::check_single_script(hook_path_text, rules);
+      if (!check.present || !check.problem.empty()) {
+        logger.error("hooks recovery: not running {}: {}", hook_path_text,
+                     check.present ? check.problem : "no longer there");
+        ++report.failed;
+        continue;
+      }
+      auto spec = hook_spec(hook_path_text, argument, Phase::abort, session_id, writer, *style);
+      spec.deadline = Clock::now() + timeout;
+      spec.on_line = [&](OutputStream stream, std::string_view line) {
+        logger.log(stream == OutputStream::out ? spdlog::level::info : spdlog::level::warn,
+                   "hooks recovery: {}{}: {}", hook_name,
+                   stream == OutputStream::out ? "" : " (stderr)", line);
+      };
+      auto result = platform::run_subprocess(spec);
+      if (result.success()) {
+        logger.info("hooks recovery: {} {} done in {} ms", hook_path_text, argument,
+                    result.elapsed.count());
+        ++report.released;
+      } else {
+        logger.error("hooks recovery: {} {}: {}", hook_path_text, argument, result.describe());
+        ++report.failed;
+      }
+    }
+    fs::remove(path, ec);
+  }
+  return report;
+}
 
 void register_hooks_writer(WriterRegistry& registry) {
   registry.add(WriterType{
