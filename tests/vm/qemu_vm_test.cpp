@@ -1,0 +1,179 @@
+// Issue #13: a VM of kind qemu that quiesce-host runs itself. One boot of
+// the initramfs guest (tests/vm/initramfs_guest.*: Debian's kernel, busybox,
+// the agent from this build serving the qga protocol on
+// org.qemu.guest_agent.0) described by a vm.json, driven only through the
+// real quiesce-host binary: vm up, status, a production checkpoint through
+// the agent in the guest with QMP's snapshot transaction, vm down.
+// The guest's control channel (org.quiesce.test.0) is one of the vm.json's
+// channels; the test reads the guest's files through it.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "host-bridge/qemu/qemu_vm.hpp"
+#include "tests/support/processes.hpp"
+#include "tests/support/temp_dir.hpp"
+#include "tests/vm/control_channel.hpp"
+#include "tests/vm/initramfs_guest.hpp"
+
+namespace {
+
+using nlohmann::json;
+using quiesce::test::ControlChannel;
+using quiesce::test::TempDir;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+std::string agent_config() {
+  return json{{"listen", {{"unix", {{"path", "/run/quiesce/agent.sock"}, {"mode", "0660"}}}}},
+              {"session", {{"freeze_window_ms", 20000}, {"max_freeze_window_ms", 60000}}},
+              {"log", {{"target", "stderr"}, {"level", "info"}}},
+              {"writers", {{{"type", "fsfreeze"}, {"name", "fs"}, {"options", {{"mounts", {"/mnt/data"}}}}}}},
+              {"qga",
+               {{"virtio_serial_path", "/dev/virtio-ports/org.qemu.guest_agent.0"},
+                {"freeze_window_ms", 20000}}}}
+      .dump(2);
+}
+
+struct HostRun {
+  int exit_code = -1;
+  std::string output;
+  json result;  // the last line of --json output, when it is JSON
+};
+
+HostRun quiesce_host(const std::filesystem::path& vm, std::vector<std::string> args) {
+  std::vector<std::string> argv = {quiesce::test::built_binary("quiesce-host").string(), "--vm", vm.string(),
+                                   "--json"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  HostRun run;
+  run.exit_code = quiesce::test::run_command(argv, &run.output);
+  const auto end = run.output.find_last_not_of('\n');
+  const auto start = run.output.rfind('\n', end);
+  const auto last = run.output.substr(start == std::string::npos ? 0 : start + 1,
+                                      end == std::string::npos ? 0 : end - (start == std::string::npos ? 0 : start + 1) + 1);
+  run.result = json::parse(last, nullptr, false);
+  return run;
+}
+
+// QEMU daemonizes, so it is not our child and may stay a zombie until
+// whoever adopted it reaps it: a process is alive while it has a cmdline.
+bool process_alive(int pid) {
+  std::ifstream cmdline("/proc/" + std::to_string(pid) + "/cmdline");
+  std::string text;
+  std::getline(cmdline, text);
+  return !text.empty();
+}
+
+// The VM directory, made once: the guest's kernel and initrd with this
+// build's agent, a qcow2 data disk, vm.json.
+struct QemuVmFixture {
+  TempDir dir{"quiesce-qemu-vm"};
+  std::filesystem::path vm;
+  std::filesystem::path control_socket;
+
+  QemuVmFixture() {
+    vm = dir.path() / "vm";
+    std::filesystem::create_directories(vm / "disks");
+    quiesce::test::InitramfsPayload payload;
+    payload.build_dir = QUIESCE_BUILD_DIR;
+    payload.agent_config = agent_config();
+    const auto boot = quiesce::test::prepare_initramfs_boot(payload, vm);
+    quiesce::test::make_data_disk(vm / "disks/data.qcow2", 64);
+    control_socket = vm / "run/control.sock";
+    const json config = {
+        {"kind", "qemu"},
+        {"name", "initramfs-guest"},
+        {"memory_mib", 256},
+        {"kernel", boot.kernel.string()},
+        {"initrd", "initrd.img"},
+        {"cmdline", boot.cmdline},
+        {"disks", {{{"name", "data"}, {"image", "disks/data.qcow2"}}}},
+        {"agent", {{"channel", "virtio-serial"}}},
+        {"channels", {{{"name", "org.quiesce.test.0"}, {"socket", "run/control.sock"}}}},
+        // The busybox guest has no acpid: the power button does nothing, so
+        // a short deadline keeps the hard stop quick.
+        {"shutdown_timeout_s", 5},
+        {"boot_timeout_s", 240}};
+    std::ofstream(vm / "vm.json") << config.dump(2);
+  }
+  ~QemuVmFixture() {
+    // A failed case must not leave QEMU running.
+    (void)quiesce_host(vm, {"vm", "down"});
+  }
+};
+
+}  // namespace
+
+TEST_SUITE("qemu vm") {
+TEST_CASE("qemu vm: up, status, a production checkpoint through the agent in the guest, down") {
+  QemuVmFixture f;
+  const auto started = Clock::now();
+  auto up = quiesce_host(f.vm, {"vm", "up"});
+  const double up_s = std::chrono::duration<double>(Clock::now() - started).count();
+  INFO(up.output);
+  REQUIRE(up.exit_code == 0);
+  std::cout << "qemu vm: up (QEMU start to the agent's health over virtio-serial) " << up_s << " s\n";
+  CHECK(up.result["power"] == "on");
+  CHECK(up.result["kind"] == "qemu");
+  CHECK(up.result["health"]["version"].is_string());
+  const int pid = up.result["qemu_pid"].get<int>();
+  CHECK(pid > 0);
+
+  // The exact command line is kept; it says which accelerator ran.
+  std::ifstream command_file(f.vm / "qemu-command.json");
+  const auto command = json::parse(command_file);
+  REQUIRE(command.is_array());
+  const auto accel = std::find(command.begin(), command.end(), "-accel");
+  REQUIRE(accel != command.end());
+  CHECK(*(accel + 1) == up.result["accel"]);
+  CHECK(up.result["accel"] == (quiesce::host::kvm_usable() ? "kvm" : "tcg"));
+
+  // A second up is refused and changes nothing.
+  auto again = quiesce_host(f.vm, {"vm", "up"});
+  CHECK(again.exit_code == 5);
+  CHECK(again.output.find("already on") != std::string::npos);
+  CHECK(quiesce_host(f.vm, {"vm", "status"}).result["qemu_pid"] == pid);
+
+  ControlChannel control;
+  control.connect(f.control_socket, Clock::now() + 60s, [&] { return process_alive(pid); });
+  REQUIRE(control.run("echo before > /mnt/data/marker && sync").ok());
+
+  // Production: the agent in the guest freezes /mnt/data, QMP's transaction
+  // puts an overlay over the data disk, thaw, complete.
+  auto created = quiesce_host(f.vm, {"checkpoint", "create", "--label", "first"});
+  INFO(created.output);
+  REQUIRE(created.exit_code == 0);
+  CHECK(created.result["type"] == "production");
+  CHECK(created.result["consistency"] == "application");
+  REQUIRE(created.result["disks"].size() == 1);
+  CHECK(created.result["disks"][0]["method"] == "qmp");
+  // The guest writes on after the thaw (the overlay takes it).
+  CHECK(control.run("echo after > /mnt/data/marker && sync && cat /mnt/data/marker").output.find("after") !=
+        std::string::npos);
+
+  auto status = quiesce_host(f.vm, {"vm", "status"});
+  CHECK(status.result["run_state"] == "running");
+
+  control.close();
+  auto down = quiesce_host(f.vm, {"vm", "down"});
+  INFO(down.output);
+  REQUIRE(down.exit_code == 0);
+  CHECK(down.result["power"] == "off");
+  // Whichever way it went, it says so, and QEMU is gone.
+  const auto method = down.result["method"].get<std::string>();
+  CHECK((method == "acpi" || method == "quit" || method == "kill"));
+  std::cout << "qemu vm: down by " << down.result["how"].get<std::string>() << " in "
+            << down.result["ms"].get<double>() << " ms\n";
+  CHECK_FALSE(process_alive(pid));
+  CHECK(quiesce_host(f.vm, {"vm", "status"}).result["power"] == "off");
+  CHECK(quiesce_host(f.vm, {"vm", "down"}).result["method"] == "already_off");
+}
+}
