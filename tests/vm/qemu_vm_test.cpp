@@ -3,7 +3,8 @@
 // the agent from this build serving the qga protocol on
 // org.qemu.guest_agent.0) described by a vm.json, driven only through the
 // real quiesce-host binary: vm up, status, a production checkpoint through
-// the agent in the guest with QMP's snapshot transaction, vm down.
+// the agent in the guest with QMP's snapshot transaction, its apply (a
+// second boot), vm down.
 // The guest's control channel (org.quiesce.test.0) is one of the vm.json's
 // channels; the test reads the guest's files through it.
 #include <doctest/doctest.h>
@@ -33,7 +34,11 @@ using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 std::string agent_config() {
+  // The state directory on the data disk: the restore marker the agent
+  // writes at freeze time is inside the snapshot, so the guest booted from
+  // it runs post-restore.
   return json{{"listen", {{"unix", {{"path", "/run/quiesce/agent.sock"}, {"mode", "0660"}}}}},
+              {"state_dir", "/mnt/data/quiesce-state"},
               {"session", {{"freeze_window_ms", 20000}, {"max_freeze_window_ms", 60000}}},
               {"log", {{"target", "stderr"}, {"level", "info"}}},
               {"writers", {{{"type", "fsfreeze"}, {"name", "fs"}, {"options", {{"mounts", {"/mnt/data"}}}}}}},
@@ -113,7 +118,7 @@ struct QemuVmFixture {
 }  // namespace
 
 TEST_SUITE("qemu vm") {
-TEST_CASE("qemu vm: up, status, a production checkpoint through the agent in the guest, down") {
+TEST_CASE("qemu vm: up, status, a production checkpoint through the agent in the guest, its apply, down") {
   QemuVmFixture f;
   const auto started = Clock::now();
   auto up = quiesce_host(f.vm, {"vm", "up"});
@@ -162,7 +167,26 @@ TEST_CASE("qemu vm: up, status, a production checkpoint through the agent in the
   auto status = quiesce_host(f.vm, {"vm", "status"});
   CHECK(status.result["run_state"] == "running");
 
+  // Apply: power off, the disk back as it was at the checkpoint, boot; the
+  // agent in the guest finds the restore marker and runs post-restore.
   control.close();
+  const auto id = created.result["id"].get<std::string>();
+  const auto apply_started = Clock::now();
+  auto applied = quiesce_host(f.vm, {"checkpoint", "apply", id});
+  INFO(applied.output);
+  REQUIRE(applied.exit_code == 0);
+  std::cout << "qemu vm: apply of a production checkpoint (off, restore, boot to the agent) "
+            << std::chrono::duration<double>(Clock::now() - apply_started).count() << " s\n";
+  auto restored = quiesce_host(f.vm, {"vm", "status"});
+  REQUIRE(restored.result["power"] == "on");
+  CHECK(restored.result["qemu_pid"] != pid);
+  REQUIRE(restored.result["health"]["last_restore"].is_object());
+  CHECK(restored.result["health"]["last_restore"]["checkpoint_id"] == id);
+  const int restored_pid = restored.result["qemu_pid"].get<int>();
+  ControlChannel after_apply;
+  after_apply.connect(f.control_socket, Clock::now() + 60s, [&] { return process_alive(restored_pid); });
+  CHECK(after_apply.run("cat /mnt/data/marker").output.find("before") != std::string::npos);
+  after_apply.close();
   auto down = quiesce_host(f.vm, {"vm", "down"});
   INFO(down.output);
   REQUIRE(down.exit_code == 0);
@@ -172,7 +196,7 @@ TEST_CASE("qemu vm: up, status, a production checkpoint through the agent in the
   CHECK((method == "acpi" || method == "quit" || method == "kill"));
   std::cout << "qemu vm: down by " << down.result["how"].get<std::string>() << " in "
             << down.result["ms"].get<double>() << " ms\n";
-  CHECK_FALSE(process_alive(pid));
+  CHECK_FALSE(process_alive(restored_pid));
   CHECK(quiesce_host(f.vm, {"vm", "status"}).result["power"] == "off");
   CHECK(quiesce_host(f.vm, {"vm", "down"}).result["method"] == "already_off");
 }
