@@ -15,7 +15,7 @@
 #include "host-bridge/checkpoint/checkpointer.hpp"
 #include "host-bridge/qemu/qemu_vm.hpp"
 #include "host-bridge/sim/sim_vm.hpp"
-#include "platform/linux/files.hpp"
+#include "host-bridge/checkpoint/vm_directory.hpp"
 
 namespace {
 
@@ -304,10 +304,11 @@ struct OpenedVm {
 // The kind decides which vm.json schema applies; an unreadable or
 // malformed file gets the simulated host's error, which names the file.
 Expected<OpenedVm> open_vm(const std::string& dir) {
-  std::string text;
-  const auto j = quiesce::platform::read_whole_file((std::filesystem::path(dir) / "vm.json").string(), text)
-                     ? json::parse(text, nullptr, false)
-                     : json();
+  auto vm_json = read_vm_json(dir);
+  if (!vm_json) {
+    return vm_json.error();
+  }
+  const auto& j = vm_json->json;
   OpenedVm opened;
   if (j.is_object() && j.value("kind", std::string()) == "qemu") {
     auto vm = QemuVm::open(dir);

@@ -10,6 +10,7 @@
 #include "host-bridge/checkpoint/checkpoint_store.hpp"
 #include "host-bridge/checkpoint/process.hpp"
 #include "host-bridge/checkpoint/qmp_client.hpp"
+#include "host-bridge/checkpoint/vm_directory.hpp"
 #include "platform/linux/files.hpp"
 
 namespace quiesce::host {
@@ -288,28 +289,96 @@ std::vector<std::string> qemu_command_line(const QemuVmConfig& c, const std::vec
   return argv;
 }
 
-Expected<std::unique_ptr<QemuVm>> QemuVm::open(const std::filesystem::path& dir_in) {
-  std::error_code ec;
-  const auto dir = std::filesystem::absolute(dir_in, ec);
-  const auto config_path = dir / "vm.json";
-  std::string text;
-  if (!platform::read_whole_file(config_path.string(), text)) {
-    return Error{ErrorKind::not_found, config_path.string() + ": no such file (is " + dir.string() + " a VM directory?)"};
+Expected<std::unique_ptr<QemuVm>> QemuVm::open(const std::filesystem::path& dir) {
+  auto vm_json = read_vm_json(dir);
+  if (!vm_json) {
+    return vm_json.error();
   }
-  const auto j = json::parse(text, nullptr, false);
-  auto config = QemuVmConfig::from_json(j, dir, kvm_usable());
+  auto config = QemuVmConfig::from_json(vm_json->json, vm_json->dir, kvm_usable());
   if (!config) {
     return config.error();
   }
   std::unique_ptr<QemuVm> vm(new QemuVm());
   vm->config_ = std::move(*config);
+  vm->load_active_disks();
   return vm;
 }
 
+void QemuVm::load_active_disks() {
+  std::string text;
+  if (!platform::read_whole_file((config_.dir / "active-disks.json").string(), text)) {
+    return;
+  }
+  const auto j = json::parse(text, nullptr, false);
+  if (!j.is_object()) {
+    return;
+  }
+  for (auto& d : config_.disks) {
+    if (j.contains(d.name) && j[d.name].is_string()) {
+      d.image = j[d.name].get<std::string>();
+    }
+  }
+}
+
+std::optional<std::map<std::string, std::string>> QemuVm::query_top_layers() const {
+  auto qmp = QmpClient::connect(config_.qmp_socket().string(), 10s);
+  if (!qmp) {
+    return std::nullopt;
+  }
+  auto blocks = qmp->execute("query-block");
+  if (!blocks || !blocks->is_array()) {
+    return std::nullopt;
+  }
+  std::map<std::string, std::string> tops;
+  for (const auto& b : *blocks) {
+    const auto device = b.value("device", std::string());
+    if (device.rfind("disk-", 0) == 0 && b.contains("inserted") && b["inserted"].contains("file")) {
+      tops[device.substr(5)] = b["inserted"]["file"].get<std::string>();
+    }
+  }
+  return tops;
+}
+
+Status QemuVm::settle_top_layers(const std::map<std::string, std::string>& tops) {
+  const auto checkpoints = checkpoints_dir().string() + "/";
+  json record = json::object();
+  for (auto& d : config_.disks) {
+    const auto it = tops.find(d.name);
+    if (it != tops.end()) {
+      d.image = it->second;
+    }
+    if (d.image.string().rfind(checkpoints, 0) == 0) {
+      // A checkpoint's overlay: the checkpoint's file, not the VM's. A fresh
+      // top layer over it keeps the checkpoint as it was.
+      const auto top = config_.dir / "disks" /
+                       (d.name + ".top-" + std::to_string(std::chrono::system_clock::now().time_since_epoch().count()) +
+                        ".qcow2");
+      std::error_code ec;
+      std::filesystem::create_directories(top.parent_path(), ec);
+      const std::vector<std::string> argv{"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
+                                          "-b", d.image.string(), top.string()};
+      if (auto made = run_command(argv, 2min); made.exit_code != 0) {
+        return Error{ErrorKind::system, "disk " + d.name + ": `" + render_argv(argv) + "` failed: " + made.output};
+      }
+      d.image = top;
+    }
+    record[d.name] = d.image.string();
+  }
+  std::string error;
+  if (!platform::write_file_atomically((config_.dir / "active-disks.json").string(), record.dump(2) + "\n",
+                                       &error)) {
+    return Error{ErrorKind::system, error};
+  }
+  return ok_status();
+}
+
 std::vector<DiskSpec> QemuVm::disks() const {
+  // While on, QEMU knows best: a checkpoint moved the disks to overlays.
+  const auto tops = running() ? query_top_layers() : std::nullopt;
   std::vector<DiskSpec> out;
   for (const auto& d : config_.disks) {
-    out.push_back({d.name, d.image.string()});
+    const auto it = tops ? tops->find(d.name) : decltype(tops->end()){};
+    out.push_back({d.name, tops && it != tops->end() ? it->second : d.image.string()});
   }
   return out;
 }
@@ -426,6 +495,8 @@ Status QemuVm::power_off() {
     last_power_off_ = PowerOffMethod::already_off;
     return ok_status();
   }
+  // Where each disk runs from now, asked before QEMU goes away.
+  const auto tops = query_top_layers();
   const auto start = std::chrono::steady_clock::now();
   report("ACPI power-down", "deadline " + std::to_string(config_.shutdown_timeout.count()) + " s");
   bool asked = false;
@@ -454,7 +525,7 @@ Status QemuVm::power_off() {
   report("power off", to_string(last_power_off_), ms_since(start));
   std::error_code ec;
   std::filesystem::remove_all(config_.run_dir(), ec);
-  return ok_status();
+  return settle_top_layers(tops.value_or(std::map<std::string, std::string>{}));
 }
 
 client::ClientOptions QemuVm::agent_client_options() const {

@@ -5,6 +5,9 @@
 //   <vm>/qemu-command.json      the exact argv of the last start, kept after
 //                               power-off: restoring memory state needs the
 //                               same machine
+//   <vm>/active-disks.json      the file each disk runs from (its top layer),
+//                               when that is not the configured image
+//   <vm>/disks/<name>.top-*.qcow2  top layers made at power-off (below)
 //   <vm>/run/                   while on: qmp.sock, qga.sock (the agent's
 //                               channel), qemu.pid, the channels' sockets
 //   <vm>/logs/console.log       the serial console
@@ -30,9 +33,20 @@
 //
 // Paths are relative to the VM directory unless absolute. Each disk is
 // attached as -drive id=disk-<name>, which is how QMP names it.
+//
+// Why the top layer moves: a checkpoint (qmp backend) switches each disk to
+// an overlay in the checkpoint, and the image it wrote to until then becomes
+// the checkpoint's frozen state. The VM must keep running from that overlay
+// after a restart, and nothing may ever write into a file a checkpoint
+// depends on. So at power-off, a disk whose top layer belongs to a
+// checkpoint gets a fresh, empty top layer of its own (backed by it), which
+// the next start and an apply (flattening the checkpoint into it) write to.
+// Applying one checkpoint and taking new ones then leaves every older one
+// intact.
 
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -130,6 +144,13 @@ class QemuVm final : public VirtualMachine {
   void report(const std::string& step, const std::string& detail = {}, std::optional<double> ms = {},
               bool failed = false) const;
   [[nodiscard]] bool wait_gone(int pid, std::chrono::milliseconds limit) const;
+  // The top layer of each disk as QEMU reports it (query-block), or nothing
+  // when QMP does not answer.
+  [[nodiscard]] std::optional<std::map<std::string, std::string>> query_top_layers() const;
+  // Records the top layers of a stopped VM, giving a fresh one to each
+  // disk whose top layer belongs to a checkpoint.
+  [[nodiscard]] Status settle_top_layers(const std::map<std::string, std::string>& tops);
+  void load_active_disks();
 
   QemuVmConfig config_;
   PowerOffMethod last_power_off_ = PowerOffMethod::already_off;

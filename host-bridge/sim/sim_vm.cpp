@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "host-bridge/checkpoint/process.hpp"
+#include "host-bridge/checkpoint/vm_directory.hpp"
 #include "platform/linux/files.hpp"
 
 extern char** environ;
@@ -231,14 +232,13 @@ std::filesystem::path default_agent_binary() {
 }
 
 Expected<std::unique_ptr<SimVm>> SimVm::open(const std::filesystem::path& dir_in) {
-  std::error_code ec;
-  const auto dir = std::filesystem::absolute(dir_in, ec);
-  const auto config_path = dir / "vm.json";
-  std::string text;
-  if (!platform::read_whole_file(config_path.string(), text)) {
-    return Error{ErrorKind::not_found, config_path.string() + ": no such file (is " + dir.string() + " a VM directory?)"};
+  auto vm_json = read_vm_json(dir_in);
+  if (!vm_json) {
+    return vm_json.error();
   }
-  const auto j = json::parse(text, nullptr, false);
+  const auto& dir = vm_json->dir;
+  const auto& config_path = vm_json->path;
+  const auto& j = vm_json->json;
   const std::string where = config_path.string() + ": ";
   if (!j.is_object()) {
     return Error{ErrorKind::invalid_input, where + "not a JSON object"};

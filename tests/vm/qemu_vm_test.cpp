@@ -77,6 +77,20 @@ bool process_alive(int pid) {
   return !text.empty();
 }
 
+std::string sha256_of(const std::filesystem::path& file) {
+  std::string output;
+  REQUIRE(quiesce::test::run_command({"sha256sum", file.string()}, &output) == 0);
+  return output.substr(0, 64);
+}
+
+// qemu-img's view of an image and everything under it.
+json backing_chain(const std::filesystem::path& image) {
+  std::string output;
+  REQUIRE(quiesce::test::run_command({"qemu-img", "info", "-U", "--backing-chain", "--output=json", image.string()},
+                                     &output) == 0);
+  return json::parse(output);
+}
+
 // The VM directory, made once: the guest's kernel and initrd with this
 // build's agent, a qcow2 data disk, vm.json.
 struct QemuVmFixture {
@@ -160,6 +174,9 @@ TEST_CASE("qemu vm: up, status, a production checkpoint through the agent in the
   CHECK(created.result["consistency"] == "application");
   REQUIRE(created.result["disks"].size() == 1);
   CHECK(created.result["disks"][0]["method"] == "qmp");
+  // From here on nothing may write into the image the checkpoint froze.
+  const auto data_image = f.vm / "disks/data.qcow2";
+  const auto frozen_hash = sha256_of(data_image);
   // The guest writes on after the thaw (the overlay takes it).
   CHECK(control.run("echo after > /mnt/data/marker && sync && cat /mnt/data/marker").output.find("after") !=
         std::string::npos);
@@ -186,6 +203,12 @@ TEST_CASE("qemu vm: up, status, a production checkpoint through the agent in the
   ControlChannel after_apply;
   after_apply.connect(f.control_socket, Clock::now() + 60s, [&] { return process_alive(restored_pid); });
   CHECK(after_apply.run("cat /mnt/data/marker").output.find("before") != std::string::npos);
+  // A new checkpoint after the apply: the tree grows, the older one stays.
+  auto second = quiesce_host(f.vm, {"checkpoint", "create", "--label", "second"});
+  INFO(second.output);
+  REQUIRE(second.exit_code == 0);
+  CHECK(second.result["consistency"] == "application");
+  CHECK(after_apply.run("echo third > /mnt/data/marker && sync").ok());
   after_apply.close();
   auto down = quiesce_host(f.vm, {"vm", "down"});
   INFO(down.output);
@@ -198,6 +221,28 @@ TEST_CASE("qemu vm: up, status, a production checkpoint through the agent in the
             << down.result["ms"].get<double>() << " ms\n";
   CHECK_FALSE(process_alive(restored_pid));
   CHECK(quiesce_host(f.vm, {"vm", "status"}).result["power"] == "off");
+
+  // The tree never broke: the first checkpoint's frozen image is byte for
+  // byte what it was, its overlay still stands on it, and the VM's next
+  // start runs from a top layer of its own over the second checkpoint's
+  // overlay (so the writes since are kept and no checkpoint file is written).
+  CHECK(sha256_of(data_image) == frozen_hash);
+  const auto first_chain = backing_chain(created.result["disks"][0]["snapshot"].get<std::string>());
+  REQUIRE(first_chain.size() == 2);
+  CHECK(first_chain[1]["filename"] == data_image.string());
+  std::ifstream active_file(f.vm / "active-disks.json");
+  const auto active = json::parse(active_file);
+  const auto top = active["data"].get<std::string>();
+  CHECK(top.find(f.vm.string() + "/disks/data.top-") == 0);
+  const auto chain = backing_chain(top);
+  REQUIRE(chain.size() >= 2);
+  CHECK(chain[1]["filename"] == second.result["disks"][0]["snapshot"]);
+  // So the second checkpoint cannot be deleted from under the VM's disk.
+  const auto second_id = second.result["id"].get<std::string>();
+  auto refused = quiesce_host(f.vm, {"checkpoint", "delete", second_id});
+  CHECK(refused.exit_code == 5);
+  CHECK(refused.output.find("is built on overlay") != std::string::npos);
+  CHECK(std::filesystem::exists(second.result["disks"][0]["snapshot"].get<std::string>()));
   CHECK(quiesce_host(f.vm, {"vm", "down"}).result["method"] == "already_off");
 }
 }
