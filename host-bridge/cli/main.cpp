@@ -44,6 +44,9 @@ The VM (vm.json "kind": "sim" (default) or "qemu"):
 Checkpoints:
   checkpoint create [--type production|standard] [--fallback-standard]
                     [--label L] [--freeze-window-ms N]
+                               without --type: a qemu VM's vm.json "checkpoint_type"
+                               (production: falls back to standard; production-only;
+                               standard; disabled), else production
                                production (default): quiesce through the agent,
                                snapshot every disk while frozen; application-consistent
                                only when the hold was continuous. standard: no guest help.
@@ -98,7 +101,7 @@ struct Args {
   std::string vm_dir;
   bool json_output = false;
   std::vector<std::string> positional;
-  std::string type = "production";
+  std::string type;  // empty: the VM's checkpoint type (qemu), else production
   bool fallback_standard = false;
   std::string label;
   std::optional<unsigned> freeze_window_ms;
@@ -412,8 +415,14 @@ int run(const Args& args, const Output& out) {
   if (command == "create") {
     need_args(2);
     CreateOptions options;
-    options.type = args.type == "standard" ? CheckpointType::standard : CheckpointType::production;
-    options.fallback_standard = args.fallback_standard;
+    // Hyper-V's checkpoint type setting: what create does without --type.
+    const std::string setting = vm->qemu ? vm->qemu->config().checkpoint_type : "production-only";
+    if (args.type.empty() && setting == "disabled") {
+      return out.fail(Error{ErrorKind::conflict, "checkpoints are disabled for this VM (vm.json checkpoint_type)"});
+    }
+    const std::string type = !args.type.empty() ? args.type : setting == "standard" ? "standard" : "production";
+    options.type = type == "standard" ? CheckpointType::standard : CheckpointType::production;
+    options.fallback_standard = args.fallback_standard || (args.type.empty() && setting == "production");
     options.label = args.label;
     options.freeze_window_ms = args.freeze_window_ms;
     auto created = checkpointer.create(options);

@@ -95,7 +95,7 @@ Expected<QemuVmConfig> QemuVmConfig::from_json(const json& j, const std::filesys
                                        "accel",     "machine",  "kernel",     "initrd",
                                        "cmdline",   "boot_disk", "disks",     "agent",
                                        "channels",  "shutdown_timeout_s", "boot_timeout_s", "qemu",
-                                       "backend"};
+                                       "backend",   "checkpoint_type"};
   for (const auto& [key, value] : j.items()) {
     if (known.count(key) == 0) {
       return bad(key, "unknown field");
@@ -144,6 +144,13 @@ Expected<QemuVmConfig> QemuVmConfig::from_json(const json& j, const std::filesys
     if (error) {
       return *error;
     }
+  }
+  if (auto error = string_field("checkpoint_type", c.checkpoint_type)) {
+    return *error;
+  }
+  if (c.checkpoint_type != "production" && c.checkpoint_type != "production-only" &&
+      c.checkpoint_type != "standard" && c.checkpoint_type != "disabled") {
+    return bad("checkpoint_type", "expected production, production-only, standard or disabled");
   }
   c.shutdown_timeout = std::chrono::seconds(shutdown_s);
   c.boot_timeout = std::chrono::seconds(boot_s);

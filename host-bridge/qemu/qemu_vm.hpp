@@ -29,6 +29,9 @@
 //    "shutdown_timeout_s"?: 60,       ACPI power-down deadline before the hard stop
 //    "boot_timeout_s"?: 300,          how long `up` waits for the agent to answer
 //    "qemu"?: "/usr/bin/qemu-system-x86_64",
+//    "checkpoint_type"?: "production" (falls back to standard) | "production-only" |
+//                       "standard" | "disabled": what `checkpoint create` takes
+//                       without --type, as Hyper-V's setting; default production
 //    "backend"?: {...}}               default: {"type": "qmp"} over run/qmp.sock
 //
 // Paths are relative to the VM directory unless absolute. Each disk is
@@ -87,6 +90,7 @@ struct QemuVmConfig {
   std::chrono::seconds boot_timeout{300};
   std::filesystem::path qemu = "/usr/bin/qemu-system-x86_64";
   nlohmann::json backend;  // as given, or the qmp default
+  std::string checkpoint_type = "production";
 
   // Every error names the field; `kvm_usable` decides the default accel.
   [[nodiscard]] static Expected<QemuVmConfig> from_json(const nlohmann::json& json,

@@ -101,6 +101,10 @@ TEST_CASE("qemu vm.json: each mistake is refused naming its field") {
   CHECK(error_of(with("channels", {{{"name", "org.qemu.guest_agent.0"}, {"socket", "run/x.sock"}}}))
             .find("is already a port of this VM") != std::string::npos);
   CHECK(error_of(with("shutdown_timeout_s", 0)).find("shutdown_timeout_s") != std::string::npos);
+  CHECK(error_of(with("checkpoint_type", "vss")).find("checkpoint_type: expected production") !=
+        std::string::npos);
+  CHECK(QemuVmConfig::from_json(with("checkpoint_type", "standard"), "/vms/demo", false)->checkpoint_type ==
+        "standard");
   CHECK(error_of(json::array()).find("not a JSON object") != std::string::npos);
 }
 
