@@ -9,6 +9,8 @@
 #include <random>
 #include <sstream>
 
+#include "platform/linux/files.hpp"
+
 namespace quiesce::agent {
 
 namespace {
@@ -53,28 +55,6 @@ wire::ApiError operation_in_progress() {
 
 wire::ApiError unknown_session(const std::string& id) {
   return wire::ApiError{404, "unknown_session", "no session " + id, std::nullopt, false};
-}
-
-// Writes a small file durably: temp file, fsync, rename, fsync the folder.
-bool write_file_durably(const std::filesystem::path& path, const std::string& content) {
-  auto temp = path;
-  temp += ".tmp";
-  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    return false;
-  }
-  bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size()) &&
-            ::fsync(fd) == 0;
-  ::close(fd);
-  if (!ok || ::rename(temp.c_str(), path.c_str()) != 0) {
-    return false;
-  }
-  int dir = ::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir >= 0) {
-    ::fsync(dir);
-    ::close(dir);
-  }
-  return true;
 }
 
 std::string read_file(const std::filesystem::path& path) {
@@ -1313,12 +1293,12 @@ void Coordinator::write_restore_marker(const Session& session) {
   // The volatile companion first: a crash between the two then leaves a
   // companion without a marker, which is harmless.
   const auto live = std::filesystem::path(marker_paths_.run_dir) / kLiveMarkerFile;
-  if (!write_file_durably(live, session.id)) {
+  if (!platform::write_file_atomically(live.string(), session.id, nullptr, 0600)) {
     logger_->warn("cannot write {}: post-restore will not run for this checkpoint", live.string());
     return;
   }
   const auto path = std::filesystem::path(marker_paths_.state_dir) / kMarkerFile;
-  if (!write_file_durably(path, marker.dump())) {
+  if (!platform::write_file_atomically(path.string(), marker.dump(), nullptr, 0600)) {
     logger_->warn("cannot write restore marker {}: post-restore will not run for this checkpoint",
                   path.string());
   }

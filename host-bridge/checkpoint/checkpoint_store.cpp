@@ -7,6 +7,7 @@
 #include <random>
 
 #include "host-bridge/checkpoint/process.hpp"
+#include "platform/linux/files.hpp"
 
 namespace quiesce::host {
 
@@ -311,7 +312,7 @@ Status CheckpointStore::create_dir(const std::string& id) const {
 
 Status CheckpointStore::save(const Manifest& manifest) const {
   std::string error;
-  if (!write_file_atomically(manifest_path(manifest.id).string(), manifest.to_json().dump(2) + "\n",
+  if (!platform::write_file_atomically(manifest_path(manifest.id).string(), manifest.to_json().dump(2) + "\n",
                              &error)) {
     return Error{ErrorKind::system, error};
   }
@@ -329,7 +330,7 @@ Expected<Manifest> CheckpointStore::load(const std::string& id) const {
     return Error{ErrorKind::not_found, "no checkpoint '" + id + "' in " + root_.string()};
   }
   std::string text;
-  if (!read_whole_file(path.string(), text)) {
+  if (!platform::read_whole_file(path.string(), text)) {
     return Error{ErrorKind::invalid_input, path.string() + ": missing or unreadable"};
   }
   const auto parsed = json::parse(text, nullptr, false);
@@ -381,7 +382,7 @@ Expected<std::optional<std::string>> CheckpointStore::current() const {
     return std::optional<std::string>();
   }
   std::string text;
-  if (!read_whole_file(path.string(), text)) {
+  if (!platform::read_whole_file(path.string(), text)) {
     return Error{ErrorKind::invalid_input, path.string() + ": unreadable"};
   }
   const auto parsed = json::parse(text, nullptr, false);
@@ -400,7 +401,7 @@ Status CheckpointStore::set_current(const std::optional<std::string>& id) const 
   std::error_code ec;
   std::filesystem::create_directories(root_, ec);
   std::string error;
-  if (!write_file_atomically((root_ / "current.json").string(),
+  if (!platform::write_file_atomically((root_ / "current.json").string(),
                              json{{"current", optional_string(id)}}.dump() + "\n", &error)) {
     return Error{ErrorKind::system, error};
   }

@@ -377,6 +377,11 @@ Expected<ApplyOutcome> Checkpointer::apply(const std::string& id, bool save_curr
     outcome.saved = *saved;
     outcome.timings_ms["save_current"] = ms_since(step_start);
   }
+  // A VM whose disks are layered images (qemu) may move to a fresh top
+  // layer when it stops; the restore goes into the files it will boot from.
+  for (const auto& d : vm_.disks()) {
+    vm_disks[d.name] = d;
+  }
   for (const auto& snap : manifest->disks) {
     step_start = Clock::now();
     report("restore " + snap.name, snap.snapshot);

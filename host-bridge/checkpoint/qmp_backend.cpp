@@ -289,6 +289,19 @@ Status QmpBackend::remove(const DiskSnapshot& snapshot, const std::string& /*che
       }
     }
   }
+  // The VM's own top layer built on it (<vm>/disks/*.qcow2 beside the store
+  // <vm>/checkpoints: a qemu VM's disk after a power-off, see
+  // host-bridge/qemu/qemu_vm.hpp): deleting it would lose the VM's disk.
+  for (const auto& file : std::filesystem::directory_iterator(root.parent_path() / "disks", ec)) {
+    if (file.path().extension() != ".qcow2") {
+      continue;
+    }
+    if (auto base = backing_of(file.path().string()); base && *base == overlay.string()) {
+      return Error{ErrorKind::conflict, "disk '" + snapshot.name + "': the VM's disk " + file.path().string() +
+                                            " is built on overlay " + overlay.string() +
+                                            "; apply a checkpoint first (merging on delete is not done yet)"};
+    }
+  }
   std::filesystem::remove(overlay, ec);
   if (ec) {
     return Error{ErrorKind::system, "cannot remove " + overlay.string() + ": " + ec.message()};

@@ -13,7 +13,9 @@
 #include <nlohmann/json.hpp>
 
 #include "host-bridge/checkpoint/checkpointer.hpp"
+#include "host-bridge/qemu/qemu_vm.hpp"
 #include "host-bridge/sim/sim_vm.hpp"
+#include "host-bridge/checkpoint/vm_directory.hpp"
 
 namespace {
 
@@ -25,15 +27,26 @@ constexpr int exit_usage = 2;
 
 constexpr const char* usage_text = R"(Usage: quiesce-host [--vm DIR] [--json] <command> [options]
 
-Simulated host (needs root: loop devices and mounts):
-  sim up                       power the VM on: attach and mount its disks (made on
-                               first use), start quiesce-agent, then the services
-  sim down                     power it off: stop services and agent, unmount, detach
-  sim status                   power state, disks, agent pid and health, services
+The VM (vm.json "kind": "sim" (default) or "qemu"):
+  vm up                        power the VM on. sim (needs root: loop devices and
+                               mounts): attach and mount its disks (made on first
+                               use), start quiesce-agent, then the services. qemu:
+                               start QEMU (kvm when usable, else tcg; QMP on
+                               run/qmp.sock, the exact command line kept in
+                               qemu-command.json), wait for the agent in the guest
+  vm down                      power it off. sim: stop services and agent, unmount,
+                               detach. qemu: ACPI power-down with a deadline, then a
+                               hard stop (QMP quit, then SIGKILL); says which happened
+  vm status                    power state, disks, the agent's health (sim: pids and
+                               services; qemu: QEMU's pid and run state)
+  sim up|down|status           the same as vm (the older name)
 
 Checkpoints:
   checkpoint create [--type production|standard] [--fallback-standard]
                     [--label L] [--freeze-window-ms N]
+                               without --type: a qemu VM's vm.json "checkpoint_type"
+                               (production: falls back to standard; production-only;
+                               standard; disabled), else production
                                production (default): quiesce through the agent,
                                snapshot every disk while frozen; application-consistent
                                only when the hold was continuous. standard: no guest help.
@@ -88,7 +101,7 @@ struct Args {
   std::string vm_dir;
   bool json_output = false;
   std::vector<std::string> positional;
-  std::string type = "production";
+  std::string type;  // empty: the VM's checkpoint type (qemu), else production
   bool fallback_standard = false;
   std::string label;
   std::optional<unsigned> freeze_window_ms;
@@ -269,25 +282,72 @@ void print_tree(const json& nodes, const std::string& indent) {
   }
 }
 
+// A VM of either kind, as the commands below need it.
+struct OpenedVm {
+  std::unique_ptr<SimVm> sim;
+  std::unique_ptr<QemuVm> qemu;
+
+  [[nodiscard]] VirtualMachine& machine() const {
+    return sim ? static_cast<VirtualMachine&>(*sim) : static_cast<VirtualMachine&>(*qemu);
+  }
+  [[nodiscard]] std::filesystem::path checkpoints_dir() const {
+    return sim ? sim->checkpoints_dir() : qemu->checkpoints_dir();
+  }
+  [[nodiscard]] const json& backend_config() const { return sim ? sim->backend_config() : qemu->backend_config(); }
+  [[nodiscard]] json status() const { return sim ? sim->status() : qemu->status(); }
+  void set_progress(const ProgressFn& progress) const {
+    if (sim) {
+      sim->set_progress(progress);
+    } else {
+      qemu->set_progress(progress);
+    }
+  }
+};
+
+// The kind decides which vm.json schema applies; an unreadable or
+// malformed file gets the simulated host's error, which names the file.
+Expected<OpenedVm> open_vm(const std::string& dir) {
+  auto vm_json = read_vm_json(dir);
+  if (!vm_json) {
+    return vm_json.error();
+  }
+  const auto& j = vm_json->json;
+  OpenedVm opened;
+  if (j.is_object() && j.value("kind", std::string()) == "qemu") {
+    auto vm = QemuVm::open(dir);
+    if (!vm) {
+      return vm.error();
+    }
+    opened.qemu = std::move(*vm);
+  } else {
+    auto vm = SimVm::open(dir);
+    if (!vm) {
+      return vm.error();
+    }
+    opened.sim = std::move(*vm);
+  }
+  return opened;
+}
+
 int run(const Args& args, const Output& out) {
   const auto& p = args.positional;
   if (p.empty()) {
     throw UsageError{"a command is needed"};
   }
-  auto vm = SimVm::open(args.vm_dir);
+  auto vm = open_vm(args.vm_dir);
   if (!vm) {
     return out.fail(vm.error());
   }
-  (*vm)->set_progress([&](const ProgressEvent& e) { out.progress_line(e); });
-  CheckpointStore store((*vm)->checkpoints_dir());
-  auto backend = make_backend((*vm)->backend_config(), "backend");
+  vm->set_progress([&](const ProgressEvent& e) { out.progress_line(e); });
+  CheckpointStore store(vm->checkpoints_dir());
+  auto backend = make_backend(vm->backend_config(), "backend");
   if (!backend) {
     return out.fail(backend.error());
   }
   std::optional<AgentEndpointOverride> agent_override;
-  VirtualMachine* machine = vm->get();
+  VirtualMachine* machine = &vm->machine();
   if (args.agent) {
-    machine = &agent_override.emplace(**vm, *args.agent);
+    machine = &agent_override.emplace(vm->machine(), *args.agent);
   }
   Checkpointer checkpointer(store, **backend, *machine,
                             [&](const ProgressEvent& e) { out.progress_line(e); });
@@ -300,16 +360,16 @@ int run(const Args& args, const Output& out) {
     }
   };
 
-  if (group == "sim") {
+  if (group == "vm" || group == "sim") {
     need_args(2);
     if (command == "up") {
       const auto start = std::chrono::steady_clock::now();
-      if (auto status = (*vm)->power_on(); !status) {
+      if (auto status = vm->machine().power_on(); !status) {
         return out.fail(status.error());
       }
       const auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
       if (out.json_mode()) {
-        auto status = (*vm)->status();
+        auto status = vm->status();
         status["ms"] = ms;
         std::cout << status.dump() << "\n";
       } else {
@@ -319,19 +379,26 @@ int run(const Args& args, const Output& out) {
     }
     if (command == "down") {
       const auto start = std::chrono::steady_clock::now();
-      if (auto status = (*vm)->power_off(); !status) {
+      if (auto status = vm->machine().power_off(); !status) {
         return out.fail(status.error());
       }
       const auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+      const std::string how = vm->qemu ? to_string(vm->qemu->last_power_off()) : "";
       if (out.json_mode()) {
-        std::cout << json{{"power", "off"}, {"ms", ms}}.dump() << "\n";
+        json result = {{"power", "off"}, {"ms", ms}};
+        if (vm->qemu) {
+          result["method"] = key_of(vm->qemu->last_power_off());
+          result["how"] = how;
+        }
+        std::cout << result.dump() << "\n";
       } else {
-        std::cout << "VM off in " << std::fixed << std::setprecision(1) << ms << " ms\n";
+        std::cout << "VM off in " << std::fixed << std::setprecision(1) << ms << " ms"
+                  << (how.empty() ? "" : ": " + how) << "\n";
       }
       return exit_ok;
     }
     if (command == "status") {
-      const auto status = (*vm)->status();
+      const auto status = vm->status();
       if (out.json_mode()) {
         std::cout << status.dump() << "\n";
       } else {
@@ -339,7 +406,7 @@ int run(const Args& args, const Output& out) {
       }
       return exit_ok;
     }
-    throw UsageError{"sim: expected up, down or status"};
+    throw UsageError{group + ": expected up, down or status"};
   }
 
   if (group != "checkpoint") {
@@ -348,8 +415,14 @@ int run(const Args& args, const Output& out) {
   if (command == "create") {
     need_args(2);
     CreateOptions options;
-    options.type = args.type == "standard" ? CheckpointType::standard : CheckpointType::production;
-    options.fallback_standard = args.fallback_standard;
+    // Hyper-V's checkpoint type setting: what create does without --type.
+    const std::string setting = vm->qemu ? vm->qemu->config().checkpoint_type : "production-only";
+    if (args.type.empty() && setting == "disabled") {
+      return out.fail(Error{ErrorKind::conflict, "checkpoints are disabled for this VM (vm.json checkpoint_type)"});
+    }
+    const std::string type = !args.type.empty() ? args.type : setting == "standard" ? "standard" : "production";
+    options.type = type == "standard" ? CheckpointType::standard : CheckpointType::production;
+    options.fallback_standard = args.fallback_standard || (args.type.empty() && setting == "production");
     options.label = args.label;
     options.freeze_window_ms = args.freeze_window_ms;
     auto created = checkpointer.create(options);

@@ -16,6 +16,8 @@
 #include <thread>
 
 #include "host-bridge/checkpoint/process.hpp"
+#include "host-bridge/checkpoint/vm_directory.hpp"
+#include "platform/linux/files.hpp"
 
 extern char** environ;
 
@@ -33,7 +35,7 @@ std::string errno_text() { return std::strerror(errno); }
 // the pid it names one process, so a reused pid is never signalled.
 unsigned long long process_start_time(int pid, char* state = nullptr) {
   std::string text;
-  if (!read_whole_file("/proc/" + std::to_string(pid) + "/stat", text)) {
+  if (!platform::read_whole_file("/proc/" + std::to_string(pid) + "/stat", text)) {
     return 0;
   }
   const auto close = text.rfind(')');
@@ -163,7 +165,7 @@ Status must_run(const std::vector<std::string>& argv, const std::string& what) {
 
 bool is_mount_point(const std::filesystem::path& path) {
   std::string text;
-  if (!read_whole_file("/proc/self/mountinfo", text)) {
+  if (!platform::read_whole_file("/proc/self/mountinfo", text)) {
     return false;
   }
   std::error_code ec;
@@ -209,7 +211,7 @@ Status unmount(const std::filesystem::path& mount_point) {
 std::string loop_backing_file(const std::string& device) {
   const auto name = std::filesystem::path(device).filename().string();
   std::string text;
-  if (!read_whole_file("/sys/block/" + name + "/loop/backing_file", text)) {
+  if (!platform::read_whole_file("/sys/block/" + name + "/loop/backing_file", text)) {
     return {};
   }
   while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) {
@@ -230,14 +232,13 @@ std::filesystem::path default_agent_binary() {
 }
 
 Expected<std::unique_ptr<SimVm>> SimVm::open(const std::filesystem::path& dir_in) {
-  std::error_code ec;
-  const auto dir = std::filesystem::absolute(dir_in, ec);
-  const auto config_path = dir / "vm.json";
-  std::string text;
-  if (!read_whole_file(config_path.string(), text)) {
-    return Error{ErrorKind::not_found, config_path.string() + ": no such file (is " + dir.string() + " a VM directory?)"};
+  auto vm_json = read_vm_json(dir_in);
+  if (!vm_json) {
+    return vm_json.error();
   }
-  const auto j = json::parse(text, nullptr, false);
+  const auto& dir = vm_json->dir;
+  const auto& config_path = vm_json->path;
+  const auto& j = vm_json->json;
   const std::string where = config_path.string() + ": ";
   if (!j.is_object()) {
     return Error{ErrorKind::invalid_input, where + "not a JSON object"};
@@ -245,11 +246,14 @@ Expected<std::unique_ptr<SimVm>> SimVm::open(const std::filesystem::path& dir_in
   auto bad = [&](const std::string& field, const std::string& what) {
     return Error{ErrorKind::invalid_input, where + field + ": " + what};
   };
-  const std::set<std::string> known = {"name", "disks", "state_disk", "agent", "services", "backend"};
+  const std::set<std::string> known = {"kind", "name", "disks", "state_disk", "agent", "services", "backend"};
   for (const auto& [key, value] : j.items()) {
     if (known.count(key) == 0) {
       return bad(key, "unknown field");
     }
+  }
+  if (j.contains("kind") && j["kind"] != "sim") {
+    return bad("kind", "expected \"sim\" (a VM of another kind is not a simulated one)");
   }
   std::unique_ptr<SimVm> vm(new SimVm());
   vm->dir_ = dir;
@@ -369,7 +373,7 @@ client::ClientOptions SimVm::agent_client_options() const {
 
 int SimVm::agent_pid() const {
   std::string text;
-  if (!read_whole_file(state_file().string(), text)) {
+  if (!platform::read_whole_file(state_file().string(), text)) {
     return 0;
   }
   const auto state = json::parse(text, nullptr, false);
@@ -429,7 +433,7 @@ json SimVm::agent_config() const {
 }
 
 void SimVm::save_state(const json& state) const {
-  (void)write_file_atomically(state_file().string(), state.dump(2) + "\n");
+  (void)platform::write_file_atomically(state_file().string(), state.dump(2) + "\n");
 }
 
 void SimVm::report(const std::string& step, const std::string& detail, std::optional<double> ms,
@@ -508,7 +512,7 @@ Status SimVm::power_on_steps(json& state) {
   auto config = agent_config();
   std::filesystem::create_directories(config["state_dir"].get<std::string>(), ec);
   const auto config_path = dir_ / "run" / "agent.json";
-  if (!write_file_atomically(config_path.string(), config.dump(2) + "\n")) {
+  if (!platform::write_file_atomically(config_path.string(), config.dump(2) + "\n")) {
     return Error{ErrorKind::system, "cannot write " + config_path.string()};
   }
   auto start = Clock::now();
@@ -527,7 +531,7 @@ Status SimVm::power_on_steps(json& state) {
     }
     if (!process_alive(*pid, start_time)) {
       std::string out;
-      (void)read_whole_file((dir_ / "logs" / "agent.out").string(), out);
+      (void)platform::read_whole_file((dir_ / "logs" / "agent.out").string(), out);
       return Error{ErrorKind::system, "the agent exited at start: " + out.substr(out.size() > 2000 ? out.size() - 2000 : 0)};
     }
     if (Clock::now() > deadline) {
@@ -559,7 +563,7 @@ Status SimVm::power_on_steps(json& state) {
 Status SimVm::power_off() {
   std::string text;
   json state;
-  if (read_whole_file(state_file().string(), text)) {
+  if (platform::read_whole_file(state_file().string(), text)) {
     state = json::parse(text, nullptr, false);
   }
   if (!state.is_object()) {
@@ -618,7 +622,7 @@ json SimVm::status() const {
   }
   out["disks"] = disks;
   std::string text;
-  if (running() && read_whole_file(state_file().string(), text)) {
+  if (running() && platform::read_whole_file(state_file().string(), text)) {
     const auto state = json::parse(text, nullptr, false);
     if (state.is_object()) {
       out["powered_on_at"] = state.value("powered_on_at", std::string());

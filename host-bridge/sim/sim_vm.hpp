@@ -12,7 +12,7 @@
 //   <vm>/checkpoints/     the checkpoint store
 //
 // vm.json:
-//   {"name": "demo",
+//   {"kind"?: "sim", "name": "demo",
 //    "disks": [{"name": "data", "size_mb": 128, "image"?: "disks/data.img",
 //               "mount"?: "guest/data", "fstype"?: "ext4"}],
 //    "state_disk"?: "data",        the disk holding the agent's state_dir (so
