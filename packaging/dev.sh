@@ -124,7 +124,7 @@ fuzz() {
     -DQUIESCE_WERROR="${QUIESCE_WERROR:-OFF}" >/dev/null
   cmake --build "$dir" -j "$jobs" --target quiesce_fuzzers
   local name
-  for name in qga_framing config untrusted_json api_routes; do
+  for name in qga_framing config untrusted_json api_routes http_server; do
     local work="$dir/corpus/$name" crashes="$dir/crashes/$name"
     mkdir -p "$work" "$crashes"
     cp -n "$repo/tests/fuzz/corpus/$name/"* "$work/"

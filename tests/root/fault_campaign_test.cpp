@@ -145,6 +145,7 @@ TEST_CASE("fault campaign: agent, holder or both killed at random points - nothi
   Campaign c;
   std::vector<double> writable_ms;
   std::map<std::string, int> counts;
+  std::map<std::string, int> slow;  // rounds writable only after more than 1 s
   const auto started = Clock::now();
 
   for (int round = 0; round < rounds; ++round) {
@@ -231,6 +232,11 @@ TEST_CASE("fault campaign: agent, holder or both killed at random points - nothi
                     "still frozen 30 s after the signal");
     writable_ms.push_back(
         std::chrono::duration<double, std::milli>(Clock::now() - signalled).count());
+    // The slow rounds by name, so a tail in the distribution can be traced
+    // to the phase, target and signal that made it.
+    if (writable_ms.back() > 1000) {
+      ++slow[what];
+    }
     if (target == Target::holder && !id.empty()) {
       // The agent lives on; end its session the way a host that gave up would.
       try {
@@ -258,4 +264,9 @@ TEST_CASE("fault campaign: agent, holder or both killed at random points - nothi
     mix += " " + name + "=" + std::to_string(count);
   }
   MESSAGE("rounds by phase/target/signal:" << mix);
+  std::string slow_mix;
+  for (const auto& [name, count] : slow) {
+    slow_mix += " " + name + "=" + std::to_string(count);
+  }
+  MESSAGE("rounds writable only after more than 1 s:" << (slow_mix.empty() ? " none" : slow_mix));
 }
