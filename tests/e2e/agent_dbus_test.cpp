@@ -8,7 +8,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <csignal>
 #include <fstream>
+#include <sstream>
 #include <functional>
 #include <string>
 #include <thread>
@@ -355,4 +357,264 @@ TEST_CASE("agent dbus: the Python example in docs/dbus.md hears the thaw and its
   CHECK(WEXITSTATUS(*status) == 0);
   auto output = test::read_text(dir / "example.out");
   CHECK_MESSAGE(output.find(id + " thawed: continuous") != std::string::npos, output);
+}
+
+// ---------------------------------------------------------------------------
+// Writers registered at run time: org.quiesce.Writer1 objects exported by a
+// separate process (quiesce-test-dbus-writer, built on the SDK's BusWriter).
+
+namespace {
+
+// One run of the test writer program. Its log has one line per Writer1 call
+// ("<path> <Method> <session>") and per registration attempt.
+struct TestWriter {
+  TestWriter(const test::TempDir& dir, const PrivateBus& bus, const std::string& tag,
+             std::vector<std::string> arguments, const std::filesystem::path& shared_log = {})
+      : log(shared_log.empty() ? dir / (tag + ".calls") : shared_log),
+        process(argv_of(bus, log, std::move(arguments)), dir / (tag + ".out")) {
+    REQUIRE_MESSAGE(test::eventually(10s,
+                                     [&] {
+                                       return test::read_text(log).find("ready") !=
+                                              std::string::npos;
+                                     }),
+                    test::read_text(dir / (tag + ".out")), test::read_text(log));
+  }
+  static std::vector<std::string> argv_of(const PrivateBus& bus, const std::filesystem::path& log,
+                                          std::vector<std::string> arguments) {
+    std::vector<std::string> argv{test::built_binary("quiesce-test-dbus-writer").string(),
+                                  "--address", bus.address(), "--log", log.string()};
+    argv.insert(argv.end(), arguments.begin(), arguments.end());
+    return argv;
+  }
+  // The Writer1 methods called so far, in order, as "<path-suffix> <Method>".
+  [[nodiscard]] std::vector<std::string> calls() const { return calls_in(log); }
+  static std::vector<std::string> calls_in(const std::filesystem::path& log) {
+    std::vector<std::string> out;
+    std::istringstream lines(test::read_text(log));
+    for (std::string line; std::getline(lines, line);) {
+      if (line.rfind("register", 0) == 0 || line.rfind("unregister", 0) == 0 ||
+          line == "ready") {
+        continue;
+      }
+      auto method_end = line.rfind(' ');
+      out.push_back(line.substr(0, method_end));
+    }
+    return out;
+  }
+  [[nodiscard]] std::size_t log_count(const std::string& needle) const {
+    auto text = test::read_text(log);
+    std::size_t count = 0;
+    for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) {
+      ++count;
+    }
+    return count;
+  }
+
+  std::filesystem::path log;
+  test::ChildProcess process;
+};
+
+bool has_writer(BusClient& client, const std::string& name) {
+  auto writers = client.writers_property();
+  return std::any_of(writers.begin(), writers.end(),
+                     [&](const auto& writer) { return writer[0] == name; });
+}
+
+nlohmann::json writer_in(const nlohmann::json& status, const std::string& name) {
+  for (const auto& writer : status["writers"]) {
+    if (writer["name"] == name) {
+      return writer;
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+TEST_CASE("agent dbus writers: a registered writer is called through every phase in order") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  TestWriter writer(dir, bus, "probe", {"--path", "/com/example/Probe", "--level", "database",
+                                        "--options", R"({"name": "probe"})"});
+  CHECK(writer.log_count("register /com/example/Probe ok probe") == 1);
+  REQUIRE(has_writer(client, "probe"));
+  auto writers = client.writers_property();
+  CHECK(writers.back() == std::vector<std::string>{"probe", "database", "stable"});
+
+  auto created = client.call("CreateSession", {"{}"});
+  REQUIRE_MESSAGE(created.ok, created.error_message);
+  const auto id = id_of(created);
+  REQUIRE(client.call("Freeze", {id}).ok);
+  auto thawed = client.call("Thaw", {id});
+  REQUIRE_MESSAGE(thawed.ok, thawed.error_message);
+  REQUIRE(client.call("Complete", {id, "snap-1"}).ok);
+
+  const std::string p = "/com/example/Probe";
+  CHECK(writer.calls() == std::vector<std::string>{p + " Identify", p + " Prepare", p + " Freeze",
+                                                    p + " Thaw", p + " PostSnapshot"});
+  auto status = nlohmann::json::parse(client.call("GetSession", {id}).value);
+  auto probe = writer_in(status, "probe");
+  REQUIRE(probe.is_object());
+  CHECK(probe["type"] == "dbus");
+  CHECK(probe["level"] == "database");
+  CHECK(probe["hold"]["continuous"] == true);
+  CHECK(probe["identity"]["metadata"]["object_path"] == p);
+  CHECK(status["artifacts"]["probe"]["snapshot_seen"] == "snap-1");
+  CHECK(status["verdict"]["continuous"] == true);
+  CHECK(nlohmann::json::parse(thawed.value)["verdict"]["continuous"] == true);
+}
+
+TEST_CASE("agent dbus writers: a writer that reports a lost hold makes the verdict not continuous") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  TestWriter writer(dir, bus, "loser", {"--options", R"({"name": "loser"})", "--lose-hold"});
+  auto id = id_of(client.call("CreateSession", {"{}"}));
+  REQUIRE(client.call("Freeze", {id}).ok);
+  auto thawed = nlohmann::json::parse(client.call("Thaw", {id}).value);
+  CHECK(thawed["verdict"]["continuous"] == false);
+  CHECK_MESSAGE(thawed["verdict"]["reasons"].dump().find("told to lose its hold") !=
+                    std::string::npos,
+                thawed.dump());
+}
+
+TEST_CASE("agent dbus writers: writers at different levels freeze in level order and thaw in reverse") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  const auto shared = dir / "both.calls";
+  TestWriter fs(dir, bus, "fs", {"--path", "/w/fs", "--level", "filesystem"}, shared);
+  TestWriter app(dir, bus, "app", {"--path", "/w/app", "--level", "application"}, shared);
+  REQUIRE(has_writer(client, "dbus.w.fs"));
+  REQUIRE(has_writer(client, "dbus.w.app"));
+  auto id = id_of(client.call("CreateSession", {"{}"}));
+  REQUIRE(!id.empty());
+  REQUIRE(client.call("Freeze", {id}).ok);
+  REQUIRE(client.call("Thaw", {id}).ok);
+  std::vector<std::string> holds;
+  for (const auto& call : TestWriter::calls_in(shared)) {
+    if (call.find("Freeze") != std::string::npos || call.find("Thaw") != std::string::npos) {
+      holds.push_back(call);
+    }
+  }
+  CHECK(holds == std::vector<std::string>{"/w/app Freeze", "/w/fs Freeze", "/w/fs Thaw",
+                                          "/w/app Thaw"});
+}
+
+TEST_CASE("agent dbus writers: a writer that hangs past its deadline is timed out and aborted") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  TestWriter writer(dir, bus, "hang",
+                    {"--options", R"({"name": "sleepy", "timeouts_ms": {"freeze": 300, "abort": 300}})",
+                     "--hang", "Freeze"});
+  auto id = id_of(client.call("CreateSession", {"{}"}));
+  REQUIRE(!id.empty());
+  const auto began = std::chrono::steady_clock::now();
+  auto frozen = client.call("Freeze", {id});
+  CHECK_FALSE(frozen.ok);
+  CHECK(std::chrono::steady_clock::now() - began < 5s);
+  auto status = nlohmann::json::parse(client.call("GetSession", {id}).value);
+  auto sleepy = writer_in(status, "sleepy");
+  CHECK(sleepy["state"] == "failed_at_freeze");
+  CHECK(sleepy["error"]["class"] == "timeout");
+  CHECK(status["state"] == "failed");
+  CHECK(client.string_property("State") == "idle");
+}
+
+TEST_CASE("agent dbus writers: a reply of the wrong type fails the writer with a clear error") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  TestWriter writer(dir, bus, "garbage",
+                    {"--path", "/w/garbage", "--options", R"({"name": "garbage"})", "--garbage"});
+  REQUIRE(has_writer(client, "garbage"));
+  auto created = client.call("CreateSession", {"{}"});
+  REQUIRE_FALSE(created.ok);
+  CHECK_MESSAGE(created.error_message.find("wrong type") != std::string::npos,
+                created.error_name, ": ", created.error_message);
+  auto sessions = nlohmann::json::parse(client.call("Health").value);
+  CHECK(sessions["session"].is_null());
+}
+
+TEST_CASE("agent dbus writers: a writer that disconnects while frozen is dropped and the hold marked broken") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  client.watch_signals();
+  auto writer = std::make_unique<TestWriter>(
+      dir, bus, "quitter", std::vector<std::string>{"--options", R"({"name": "quitter"})"});
+  auto id = id_of(client.call("CreateSession", {"{}"}));
+  REQUIRE(client.call("Freeze", {id}).ok);
+  writer->process.signal(SIGKILL);
+  REQUIRE(writer->process.wait_for(5s).has_value());
+  // Dropped from the agent's writers as soon as the bus says its name left.
+  CHECK(test::eventually(5s, [&] { return !has_writer(client, "quitter"); }));
+  auto thawed = client.call("Thaw", {id});
+  REQUIRE_MESSAGE(thawed.ok, thawed.error_message);
+  auto verdict = nlohmann::json::parse(thawed.value)["verdict"];
+  CHECK(verdict["continuous"] == false);
+  CHECK_MESSAGE(verdict["reasons"].dump().find("vanished while it held a freeze") !=
+                    std::string::npos,
+                verdict.dump());
+  auto signals = client.signals(3, 5s);
+  REQUIRE(signals.size() >= 3);
+  CHECK(signals[2].member == "Thawed");
+  CHECK(nlohmann::json::parse(signals[2].detail)["continuous"] == false);
+  // The next session no longer has it.
+  auto next = client.call("CreateSession", {"{}"});
+  REQUIRE(next.ok);
+  CHECK(writer_in(nlohmann::json::parse(next.value), "quitter").is_null());
+  REQUIRE(client.call("Abort", {id_of(next)}).ok);
+}
+
+TEST_CASE("agent dbus writers: the same path twice and more than the limits are refused") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  TestWriter first(dir, bus, "many", {"--path", "/m", "--objects", "17", "--twice"});
+  CHECK(first.log_count(" ok dbus.m.w") == 16);
+  CHECK(first.log_count("register /m/w16 refused RegisterWriter failed: "
+                        "org.freedesktop.DBus.Error.LimitsExceeded") == 1);
+  CHECK(first.log_count("register /m/w0 refused RegisterWriter failed: "
+                        "org.quiesce.Error.writer_exists") == 1);
+  // A name already taken by a configured writer is refused too.
+  TestWriter clash(dir, bus, "clash", {"--path", "/clash", "--options", R"({"name": "app"})"});
+  CHECK(clash.log_count("refused RegisterWriter failed: org.quiesce.Error.writer_exists") == 1);
+  // Bad input is refused with InvalidArgs and changes nothing.
+  TestWriter bad(dir, bus, "bad", {"--path", "/bad", "--level", "kernel"});
+  CHECK(bad.log_count("org.freedesktop.DBus.Error.InvalidArgs") == 1);
+  CHECK(client.writers_property().size() == 2 + 16);
+  // 16 per connection, 64 in all.
+  std::vector<std::unique_ptr<TestWriter>> more;
+  for (const char* tag : {"a", "b", "c"}) {
+    more.push_back(std::make_unique<TestWriter>(
+        dir, bus, tag,
+        std::vector<std::string>{"--path", std::string("/") + tag, "--objects", "16"}));
+    CHECK(more.back()->log_count(" ok dbus.") == 16);
+  }
+  TestWriter over(dir, bus, "over", {"--path", "/over"});
+  CHECK(over.log_count("refused RegisterWriter failed: org.freedesktop.DBus.Error.LimitsExceeded") ==
+        1);
+  CHECK(client.writers_property().size() == 2 + 64);
+  CHECK(client.writers_property().size() == 2 + 64);
+}
+
+TEST_CASE("agent dbus writers: an unregistered writer is no longer called") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  TestWriter writer(dir, bus, "gone", {"--path", "/w/gone", "--then-unregister"});
+  CHECK(writer.log_count("unregister /w/gone ok") == 1);
+  CHECK(writer.log_count("unregister /w/gone refused UnregisterWriter failed: "
+                         "org.quiesce.Error.unknown_writer") == 1);
+  CHECK_FALSE(has_writer(client, "dbus.w.gone"));
+  auto id = id_of(client.call("CreateSession", {"{}"}));
+  REQUIRE(client.call("Abort", {id}).ok);
+  CHECK(writer.calls().empty());
+}
+
+TEST_CASE("agent dbus writers: an unprivileged caller may not register a writer") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  std::string output;
+  CHECK(call_as_nobody(bus, {"org.quiesce.Agent1.RegisterWriter", "/w/nobody", "application", "{}"},
+                       output) != 0);
+  CHECK_MESSAGE(output.find("AccessDenied") != std::string::npos, output);
+  CHECK(client.writers_property().size() == 2);
+  CHECK(call_as_nobody(bus, {"org.quiesce.Agent1.UnregisterWriter", "/w/nobody"}, output) != 0);
+  CHECK_MESSAGE(output.find("AccessDenied") != std::string::npos, output);
 }

@@ -13,6 +13,8 @@
 // --hang M     method M sleeps 30 s before answering
 // --garbage    exports a raw object whose every method answers an int32
 // --lose-hold  Thaw answers continuous=false
+// --then-unregister  unregisters the first path after registering, twice
+//              (the second to be refused), logging "unregister <path> ..."
 // Runs until SIGTERM; "ready" goes to the log once every registration ran.
 
 #include <systemd/sd-bus.h>
@@ -45,6 +47,7 @@ struct Options {
   std::string hang;
   bool garbage = false;
   bool lose_hold = false;
+  bool then_unregister = false;
 };
 
 void log_line(const Options& options, const std::string& line) {
@@ -147,6 +150,8 @@ int main(int argc, char** argv) {
       options.hang = next();
     } else if (arg == "--garbage") {
       options.garbage = true;
+    } else if (arg == "--then-unregister") {
+      options.then_unregister = true;
     } else if (arg == "--lose-hold") {
       options.lose_hold = true;
     } else {
@@ -216,6 +221,14 @@ int main(int argc, char** argv) {
       log_line(options, "register " + paths.front() + " ok (twice)");
     } catch (const std::exception& e) {
       log_line(options, "register " + paths.front() + " refused " + e.what());
+    }
+  }
+  for (int attempt = 0; options.then_unregister && attempt < 2; ++attempt) {
+    try {
+      writers.front()->unregister_from_agent();
+      log_line(options, "unregister " + paths.front() + " ok");
+    } catch (const std::exception& e) {
+      log_line(options, "unregister " + paths.front() + " refused " + e.what());
     }
   }
   log_line(options, "ready");
