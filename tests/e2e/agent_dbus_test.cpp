@@ -12,6 +12,7 @@
 #include <fstream>
 #include <sstream>
 #include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -88,6 +89,33 @@ void check_nobody_reads_state(const PrivateBus& bus, const std::string& expected
   CHECK(call_as_nobody(bus, {"org.freedesktop.DBus.Properties.Get", "org.quiesce.Agent1", "State"},
                        output) == 0);
   CHECK_MESSAGE(output.find(expected) != std::string::npos, output);
+}
+
+// Runs the first Python example after `heading` in docs/dbus.md as written,
+// on the test's bus instead of the system's, with the system's python3
+// (where Debian's python3-dbus and python3-gi live). Output: dir/<tag>.out.
+std::unique_ptr<test::ChildProcess> run_docs_python_example(const test::TempDir& dir,
+                                                            const PrivateBus& bus,
+                                                            const std::string& heading,
+                                                            const std::string& tag) {
+  auto doc = test::read_text(std::filesystem::path(QUIESCE_SOURCE_DIR) / "docs/dbus.md");
+  const auto section = doc.find(heading);
+  REQUIRE(section != std::string::npos);
+  const auto begin = doc.find("```python\n", section);
+  REQUIRE(begin != std::string::npos);
+  const auto end = doc.find("```", begin + 10);
+  std::string script = doc.substr(begin + 10, end - begin - 10);
+  const std::string system_bus = "dbus.SystemBus()";
+  const auto at = script.find(system_bus);
+  REQUIRE(at != std::string::npos);
+  script.replace(at, system_bus.size(), "dbus.bus.BusConnection(\"" + bus.address() + "\")");
+  {
+    std::ofstream out(dir / (tag + ".py"));
+    out << script;
+  }
+  return std::make_unique<test::ChildProcess>(
+      std::vector<std::string>{"/usr/bin/python3", "-u", (dir / (tag + ".py")).string()},
+      dir / (tag + ".out"));
 }
 
 }  // namespace
@@ -321,25 +349,7 @@ TEST_CASE("agent dbus: the Python example in docs/dbus.md hears the thaw and its
   AgentOnBus on;
   auto& [dir, bus, agent, client] = on;
 
-  // The example as the docs give it, on the test's bus instead of the system's.
-  auto doc = test::read_text(std::filesystem::path(QUIESCE_SOURCE_DIR) / "docs/dbus.md");
-  const auto section = doc.find("## From Python");
-  REQUIRE(section != std::string::npos);
-  const auto begin = doc.find("```python\n", section);
-  REQUIRE(begin != std::string::npos);
-  const auto end = doc.find("```", begin + 10);
-  std::string script = doc.substr(begin + 10, end - begin - 10);
-  const std::string system_bus = "dbus.SystemBus()";
-  const auto at = script.find(system_bus);
-  REQUIRE(at != std::string::npos);
-  script.replace(at, system_bus.size(), "dbus.bus.BusConnection(\"" + bus.address() + "\")");
-  {
-    std::ofstream out(dir / "example.py");
-    out << script;
-  }
-  // The system's python3, where Debian's python3-dbus and python3-gi live.
-  test::ChildProcess example({"/usr/bin/python3", "-u", (dir / "example.py").string()},
-                             dir / "example.out");
+  auto example = run_docs_python_example(dir, bus, "## From Python", "example");
   // It prints the state once its signal receiver is in place.
   REQUIRE_MESSAGE(test::eventually(10s, [&] {
                     return test::read_text(dir / "example.out").find("agent is idle") !=
@@ -351,7 +361,7 @@ TEST_CASE("agent dbus: the Python example in docs/dbus.md hears the thaw and its
   const auto id = id_of(created);
   REQUIRE(client.call("Freeze", {id}).ok);
   REQUIRE(client.call("Thaw", {id}).ok);
-  auto status = example.wait_for(10s);
+  auto status = example->wait_for(10s);
   REQUIRE(status.has_value());
   CHECK(WIFEXITED(*status));
   CHECK(WEXITSTATUS(*status) == 0);
@@ -617,4 +627,31 @@ TEST_CASE("agent dbus writers: an unprivileged caller may not register a writer"
   CHECK(client.writers_property().size() == 2);
   CHECK(call_as_nobody(bus, {"org.quiesce.Agent1.UnregisterWriter", "/w/nobody"}, output) != 0);
   CHECK_MESSAGE(output.find("AccessDenied") != std::string::npos, output);
+}
+
+TEST_CASE("agent dbus writers: the Python writer in docs/dbus.md registers and is called") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  auto example = run_docs_python_example(dir, bus, "### In Python", "writer");
+  REQUIRE_MESSAGE(test::eventually(10s, [&] {
+                    return test::read_text(dir / "writer.out").find("registered as example") !=
+                           std::string::npos;
+                  }),
+                  test::read_text(dir / "writer.out"));
+  REQUIRE(has_writer(client, "example"));
+  auto id = id_of(client.call("CreateSession", {"{}"}));
+  REQUIRE(client.call("Freeze", {id}).ok);
+  auto thawed = client.call("Thaw", {id});
+  REQUIRE_MESSAGE(thawed.ok, thawed.error_message);
+  REQUIRE(client.call("Complete", {id, "snap-py"}).ok);
+  auto output = test::read_text(dir / "writer.out");
+  CHECK_MESSAGE(output.find("prepare " + id + "\nfreeze " + id + "\nthaw " + id) !=
+                    std::string::npos,
+                output);
+  auto status = nlohmann::json::parse(client.call("GetSession", {id}).value);
+  CHECK(status["artifacts"]["example"]["snapshot"] == "snap-py");
+  CHECK(writer_in(status, "example")["identity"]["components"][0]["name"] == "example");
+  // The process exits: the agent drops its writer.
+  example->signal(SIGTERM);
+  CHECK(test::eventually(5s, [&] { return !has_writer(client, "example"); }));
 }
