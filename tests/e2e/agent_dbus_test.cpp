@@ -493,8 +493,11 @@ TEST_CASE("agent dbus writers: writers at different levels freeze in level order
   const auto shared = dir / "both.calls";
   TestWriter fs(dir, bus, "fs", {"--path", "/w/fs", "--level", "filesystem"}, shared);
   TestWriter app(dir, bus, "app", {"--path", "/w/app", "--level", "application"}, shared);
-  REQUIRE(has_writer(client, "dbus.w.fs"));
-  REQUIRE(has_writer(client, "dbus.w.app"));
+  // Both log to one file, so the second's "ready" may be the first's: wait
+  // for the agent to list both.
+  REQUIRE(test::eventually(5s, [&] {
+    return has_writer(client, "dbus.w.fs") && has_writer(client, "dbus.w.app");
+  }));
   auto id = id_of(client.call("CreateSession", {"{}"}));
   REQUIRE(!id.empty());
   REQUIRE(client.call("Freeze", {id}).ok);
@@ -567,8 +570,12 @@ TEST_CASE("agent dbus writers: a writer that disconnects while frozen is dropped
   CHECK(signals[2].member == "Thawed");
   CHECK(nlohmann::json::parse(signals[2].detail)["continuous"] == false);
   // The next session no longer has it.
+  // Its post-snapshot cannot run (the process is gone): the host drops the
+  // snapshot taken over the broken hold and ends the session.
+  auto ended = client.call("Abort", {id});
+  REQUIRE_MESSAGE(ended.ok, ended.error_name, ": ", ended.error_message);
   auto next = client.call("CreateSession", {"{}"});
-  REQUIRE(next.ok);
+  REQUIRE_MESSAGE(next.ok, next.error_name, ": ", next.error_message);
   CHECK(writer_in(nlohmann::json::parse(next.value), "quitter").is_null());
   REQUIRE(client.call("Abort", {id_of(next)}).ok);
 }
