@@ -662,3 +662,24 @@ TEST_CASE("agent dbus writers: the Python writer in docs/dbus.md registers and i
   example->signal(SIGTERM);
   CHECK(test::eventually(5s, [&] { return !has_writer(client, "example"); }));
 }
+
+TEST_CASE("agent dbus writers: a writer registered during a session takes part from the next one") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  auto id = id_of(client.call("CreateSession", {"{}"}));
+  REQUIRE(!id.empty());
+  TestWriter late(dir, bus, "late", {"--path", "/w/late"});
+  REQUIRE(has_writer(client, "dbus.w.late"));
+  REQUIRE(client.call("Freeze", {id}).ok);
+  REQUIRE(client.call("Thaw", {id}).ok);
+  REQUIRE(client.call("Complete", {id, "snap-before"}).ok);
+  CHECK(late.calls().empty());
+  CHECK(writer_in(nlohmann::json::parse(client.call("GetSession", {id}).value), "dbus.w.late")
+            .is_null());
+
+  auto next = id_of(client.call("CreateSession", {"{}"}));
+  REQUIRE(!next.empty());
+  REQUIRE(client.call("Abort", {next}).ok);
+  CHECK(late.calls() ==
+        std::vector<std::string>{"/w/late Identify", "/w/late Prepare", "/w/late Abort"});
+}
