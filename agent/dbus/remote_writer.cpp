@@ -127,16 +127,27 @@ Status RemoteWriter::call(const PhaseContext& ctx, const char* method,
   return Status::ok();
 }
 
-Status RemoteWriter::identify(const PhaseContext& ctx, Identity& out) {
+Status RemoteWriter::call_for_json(const PhaseContext& ctx, const char* method,
+                                   std::initializer_list<std::string> arguments,
+                                   nlohmann::json& out) {
   sd_bus_message* reply = nullptr;
-  auto status = call(ctx, "Identify", {ctx.session_id}, "s", &reply);
+  auto status = call(ctx, method, arguments, "s", &reply);
   if (!status.is_ok()) {
     return status;
   }
   const char* text = nullptr;
   (void)sd_bus_message_read(reply, "s", &text);
-  auto identity = nlohmann::json::parse(text != nullptr ? text : "", nullptr, false);
+  // Not JSON: a discarded value, which the caller's shape check refuses.
+  out = nlohmann::json::parse(text != nullptr ? text : "", nullptr, false);
   sd_bus_message_unref(reply);
+  return Status::ok();
+}
+
+Status RemoteWriter::identify(const PhaseContext& ctx, Identity& out) {
+  nlohmann::json identity;
+  if (auto status = call_for_json(ctx, "Identify", {ctx.session_id}, identity); !status.is_ok()) {
+    return status;
+  }
   if (!identity.is_object() ||
       (identity.contains("components") && !identity["components"].is_array()) ||
       (identity.contains("metadata") && !identity["metadata"].is_object())) {
@@ -201,15 +212,12 @@ Status RemoteWriter::thaw(const PhaseContext& ctx, HoldReport& hold) {
 
 Status RemoteWriter::post_snapshot(const PhaseContext& ctx, const SnapshotInfo& snapshot,
                                    nlohmann::json& artifacts) {
-  sd_bus_message* reply = nullptr;
-  auto status = call(ctx, "PostSnapshot", {ctx.session_id, snapshot.snapshot_id}, "s", &reply);
-  if (!status.is_ok()) {
+  nlohmann::json parsed;
+  if (auto status =
+          call_for_json(ctx, "PostSnapshot", {ctx.session_id, snapshot.snapshot_id}, parsed);
+      !status.is_ok()) {
     return status;
   }
-  const char* text = nullptr;
-  (void)sd_bus_message_read(reply, "s", &text);
-  auto parsed = nlohmann::json::parse(text != nullptr ? text : "", nullptr, false);
-  sd_bus_message_unref(reply);
   if (!parsed.is_object()) {
     return Status::non_retryable(
         "org.quiesce.Writer1.PostSnapshot answered something that is not a JSON object");

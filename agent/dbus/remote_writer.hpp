@@ -54,6 +54,9 @@ class RemoteWriter final : public Writer {
   Status call(const PhaseContext& ctx, const char* method,
               std::initializer_list<std::string> arguments, const char* expected_signature,
               sd_bus_message** reply);
+  // A call whose answer is one JSON string ("s"), parsed into `out`.
+  Status call_for_json(const PhaseContext& ctx, const char* method,
+                       std::initializer_list<std::string> arguments, nlohmann::json& out);
   Status vanished_error(const char* method) const;
 
   DbusConfig bus_config_;

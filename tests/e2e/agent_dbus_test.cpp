@@ -118,6 +118,13 @@ std::unique_ptr<test::ChildProcess> run_docs_python_example(const test::TempDir&
       dir / (tag + ".out"));
 }
 
+// Whether a docs example's output (dir/<tag>.out) shows `text` within 10 s.
+bool prints(const test::TempDir& dir, const std::string& tag, const std::string& text) {
+  return test::eventually(10s, [&] {
+    return test::read_text(dir / (tag + ".out")).find(text) != std::string::npos;
+  });
+}
+
 }  // namespace
 
 TEST_CASE("agent dbus: properties, methods and signals in order across a whole session") {
@@ -351,11 +358,7 @@ TEST_CASE("agent dbus: the Python example in docs/dbus.md hears the thaw and its
 
   auto example = run_docs_python_example(dir, bus, "## From Python", "example");
   // It prints the state once its signal receiver is in place.
-  REQUIRE_MESSAGE(test::eventually(10s, [&] {
-                    return test::read_text(dir / "example.out").find("agent is idle") !=
-                           std::string::npos;
-                  }),
-                  test::read_text(dir / "example.out"));
+  REQUIRE_MESSAGE(prints(dir, "example", "agent is idle"), test::read_text(dir / "example.out"));
   auto created = client.call("CreateSession", {"{}"});
   REQUIRE(created.ok);
   const auto id = id_of(created);
@@ -466,6 +469,7 @@ TEST_CASE("agent dbus writers: a registered writer is called through every phase
   auto probe = writer_in(status, "probe");
   REQUIRE(probe.is_object());
   CHECK(probe["type"] == "dbus");
+  CHECK(probe["state"] == "completed");
   CHECK(probe["level"] == "database");
   CHECK(probe["hold"]["continuous"] == true);
   CHECK(probe["identity"]["metadata"]["object_path"] == p);
@@ -640,10 +644,7 @@ TEST_CASE("agent dbus writers: the Python writer in docs/dbus.md registers and i
   AgentOnBus on;
   auto& [dir, bus, agent, client] = on;
   auto example = run_docs_python_example(dir, bus, "### In Python", "writer");
-  REQUIRE_MESSAGE(test::eventually(10s, [&] {
-                    return test::read_text(dir / "writer.out").find("registered as example") !=
-                           std::string::npos;
-                  }),
+  REQUIRE_MESSAGE(prints(dir, "writer", "registered as example"),
                   test::read_text(dir / "writer.out"));
   REQUIRE(has_writer(client, "example"));
   auto id = id_of(client.call("CreateSession", {"{}"}));
