@@ -187,14 +187,14 @@ int main(int argc, char** argv) {
                                          : options.path + "/w" + std::to_string(i));
   }
   std::vector<std::unique_ptr<qd::BusWriter>> writers;
-  sd_bus_slot* garbage_slot = nullptr;
+  std::vector<sd_bus_slot*> garbage_slots;
   for (const auto& path : paths) {
     if (options.garbage) {
-      // The raw object answers garbage; the BusWriter is only used to register.
-      sd_bus_add_object_vtable(bus, &garbage_slot, path.c_str(), qd::kWriterInterface,
-                               kGarbageVtable, nullptr);
-      writers.push_back(
-          std::make_unique<qd::BusWriter>(bus, path + "/unused", qd::Callbacks{}));
+      // A raw object, not a BusWriter (which always answers the right types).
+      sd_bus_slot* slot = nullptr;
+      sd_bus_add_object_vtable(bus, &slot, path.c_str(), qd::kWriterInterface, kGarbageVtable,
+                               nullptr);
+      garbage_slots.push_back(slot);
       sd_bus_error error = SD_BUS_ERROR_NULL;
       sd_bus_message* reply = nullptr;
       r = sd_bus_call_method(bus, qd::kAgentBusName, qd::kAgentPath, qd::kAgentInterface,
@@ -223,7 +223,7 @@ int main(int argc, char** argv) {
       log_line(options, "register " + paths.front() + " refused " + e.what());
     }
   }
-  for (int attempt = 0; options.then_unregister && attempt < 2; ++attempt) {
+  for (int attempt = 0; options.then_unregister && !writers.empty() && attempt < 2; ++attempt) {
     try {
       writers.front()->unregister_from_agent();
       log_line(options, "unregister " + paths.front() + " ok");
@@ -232,9 +232,11 @@ int main(int argc, char** argv) {
     }
   }
   log_line(options, "ready");
-  writers.front()->run([] { return stop_requested == 0; });
+  qd::run_bus(bus, [] { return stop_requested == 0; });
   writers.clear();
-  sd_bus_slot_unref(garbage_slot);
+  for (auto* slot : garbage_slots) {
+    sd_bus_slot_unref(slot);
+  }
   sd_bus_flush_close_unref(bus);
   return 0;
 }

@@ -18,6 +18,7 @@
 #include <systemd/sd-bus.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -79,6 +80,26 @@ struct Callbacks {
       post_restore;
 };
 
+// Processes messages on `bus` until `keep_going` says stop (checked after
+// each message or each `poll_usec` of quiet). For programs with no loop of
+// their own; one with a loop attaches the bus to it instead. Throws
+// std::runtime_error when the connection breaks.
+inline void run_bus(sd_bus* bus, const std::function<bool()>& keep_going,
+                    std::uint64_t poll_usec = 200'000) {
+  while (keep_going()) {
+    int r = sd_bus_process(bus, nullptr);
+    if (r < 0) {
+      throw std::runtime_error(std::string("sd_bus_process: ") + std::strerror(-r));
+    }
+    if (r == 0) {
+      r = sd_bus_wait(bus, poll_usec);
+      if (r < 0 && r != -EINTR) {
+        throw std::runtime_error(std::string("sd_bus_wait: ") + std::strerror(-r));
+      }
+    }
+  }
+}
+
 class BusWriter {
  public:
   // Exports org.quiesce.Writer1 at `object_path` on `bus`. Throws
@@ -108,22 +129,9 @@ class BusWriter {
 
   [[nodiscard]] const std::string& path() const { return path_; }
 
-  // Drives the connection until `keep_going` says stop (checked after each
-  // message or each `poll_usec` of quiet). For programs with no loop of
-  // their own; one with a loop attaches `bus` to it instead.
+  // Drives the connection until `keep_going` says stop (see run_bus).
   void run(const std::function<bool()>& keep_going, std::uint64_t poll_usec = 200'000) {
-    while (keep_going()) {
-      int r = sd_bus_process(bus_, nullptr);
-      if (r < 0) {
-        throw std::runtime_error(std::string("sd_bus_process: ") + std::strerror(-r));
-      }
-      if (r == 0) {
-        r = sd_bus_wait(bus_, poll_usec);
-        if (r < 0 && r != -EINTR) {
-          throw std::runtime_error(std::string("sd_bus_wait: ") + std::strerror(-r));
-        }
-      }
-    }
+    run_bus(bus_, keep_going, poll_usec);
   }
 
  private:
