@@ -574,10 +574,13 @@ TEST_CASE("agent dbus writers: a writer that disconnects while frozen is dropped
   CHECK(signals[2].member == "Thawed");
   CHECK(nlohmann::json::parse(signals[2].detail)["continuous"] == false);
   // The next session no longer has it.
-  // Its post-snapshot cannot run (the process is gone): the host drops the
-  // snapshot taken over the broken hold and ends the session.
-  auto ended = client.call("Abort", {id});
-  REQUIRE_MESSAGE(ended.ok, ended.error_name, ": ", ended.error_message);
+  // Its post-snapshot cannot run (the process is gone), so Complete fails
+  // saying why; the host drops the snapshot taken over the broken hold.
+  auto completed = client.call("Complete", {id, "snap-over-broken-hold"});
+  CHECK_FALSE(completed.ok);
+  CHECK_MESSAGE(completed.error_message.find("vanished") != std::string::npos,
+                completed.error_name, ": ", completed.error_message);
+  CHECK(nlohmann::json::parse(client.call("GetSession", {id}).value)["state"] == "failed");
   auto next = client.call("CreateSession", {"{}"});
   REQUIRE_MESSAGE(next.ok, next.error_name, ": ", next.error_message);
   CHECK(writer_in(nlohmann::json::parse(next.value), "quitter").is_null());
