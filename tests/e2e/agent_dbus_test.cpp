@@ -520,7 +520,8 @@ TEST_CASE("agent dbus writers: a writer that hangs past its deadline is timed ou
   AgentOnBus on;
   auto& [dir, bus, agent, client] = on;
   TestWriter writer(dir, bus, "hang",
-                    {"--options", R"({"name": "sleepy", "timeouts_ms": {"freeze": 300, "abort": 300}})",
+                    {"--options",
+                     R"({"name": "sleepy", "timeouts_ms": {"freeze": 300, "abort": 300}})",
                      "--hang", "Freeze"});
   auto id = id_of(client.call("CreateSession", {"{}"}));
   REQUIRE(!id.empty());
@@ -612,8 +613,8 @@ TEST_CASE("agent dbus writers: the same path twice and more than the limits are 
     CHECK(more.back()->log_count(" ok dbus.") == 16);
   }
   TestWriter over(dir, bus, "over", {"--path", "/over"});
-  CHECK(over.log_count("refused RegisterWriter failed: org.freedesktop.DBus.Error.LimitsExceeded") ==
-        1);
+  CHECK(over.log_count(
+            "refused RegisterWriter failed: org.freedesktop.DBus.Error.LimitsExceeded") == 1);
   CHECK(client.writers_property().size() == 2 + 64);
   CHECK(client.writers_property().size() == 2 + 64);
 }

@@ -165,7 +165,8 @@ class BusWriter {
 
   // Every callback's failure, thrown or returned, becomes a D-Bus error: the
   // agent sees a failed phase, never a dropped call.
-  static int answer(sd_bus_error* error, const std::function<Outcome()>& run, const std::function<int()>& reply) {
+  static int answer(sd_bus_error* error, const std::function<Outcome()>& run,
+                    const std::function<int()>& reply) {
     try {
       Outcome outcome = run();
       if (!outcome.is_ok()) {
