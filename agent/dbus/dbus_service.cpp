@@ -166,7 +166,7 @@ struct DbusService::Impl {
   int unregister_writer(sd_bus_message* message, sd_bus_error* error);
   // The client left the bus: its writers are dropped (a session that froze
   // one still thaws it, and its verdict says the hold broke).
-  void drop_registration(Registration* registration, const char* why);
+  void drop_registration(Registration* registration, bool client_left);
 
   nlohmann::json health() const { return coordinator.health(); }
   std::string current_state() const;
@@ -445,7 +445,7 @@ int DbusService::Impl::register_writer(sd_bus_message* message, sd_bus_error* er
   auto on_gone = [](sd_bus_track* /*track*/, void* userdata) -> int {
     // Null once dropped: sd-bus may look at a track again before freeing it.
     if (auto* gone = static_cast<Registration*>(userdata)) {
-      gone->impl->drop_registration(gone, "its bus name left the bus");
+      gone->impl->drop_registration(gone, true);
     }
     return 0;
   };
@@ -499,11 +499,11 @@ int DbusService::Impl::unregister_writer(sd_bus_message* message, sd_bus_error* 
     return -ENOENT;
   }
   const std::string name = (*it)->name;
-  drop_registration(it->get(), "it unregistered");
+  drop_registration(it->get(), false);
   return sd_bus_reply_method_return(message, "s", name.c_str());
 }
 
-void DbusService::Impl::drop_registration(Registration* registration, const char* why) {
+void DbusService::Impl::drop_registration(Registration* registration, bool client_left) {
   auto it = std::find_if(registrations.begin(), registrations.end(),
                          [&](const auto& entry) { return entry.get() == registration; });
   if (it == registrations.end()) {
@@ -511,9 +511,10 @@ void DbusService::Impl::drop_registration(Registration* registration, const char
   }
   auto owned = std::move(*it);
   registrations.erase(it);
-  owned->link->vanished = std::string(why) != "it unregistered";
+  // A writer that unregistered is still there for a session that holds it.
+  owned->link->vanished = client_left;
   logger->info("dbus: writer '{}' ({} at {}) dropped: {}", owned->name, owned->link->sender,
-               owned->link->path, why);
+               owned->link->path, client_left ? "its bus name left the bus" : "it unregistered");
   (void)coordinator.remove_writer(owned->name);
   // Not from inside its own handler's stack frame: sd-bus holds a reference
   // while it calls the handler, so the unref here only drops ours.
