@@ -320,7 +320,6 @@ std::vector<WriterEntry> parse_writers(const nlohmann::json* value,
   if (!value->is_array()) {
     throw FieldError("writers", "expected an array of writers, got " + describe_json(*value));
   }
-  static const std::regex name_pattern("^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$");
   std::set<std::string> names;
   for (std::size_t i = 0; i < value->size(); ++i) {
     const std::string path = "writers[" + std::to_string(i) + "]";
@@ -338,7 +337,7 @@ std::vector<WriterEntry> parse_writers(const nlohmann::json* value,
                        "unknown writer type '" + entry.spec.type + "' (known: " + known + ")");
     }
     entry.spec.name = fields.string("name", entry.spec.type);
-    if (!std::regex_match(entry.spec.name, name_pattern)) {
+    if (!valid_writer_name(entry.spec.name)) {
       throw FieldError(fields.path_of("name"),
                        "must be 1-64 characters of letters, digits, '_', '.', '-'");
     }
@@ -448,6 +447,22 @@ struct DuplicateKeyCheck {
 };
 
 }  // namespace
+
+std::map<Phase, Millis> parse_writer_timeouts(const nlohmann::json& object,
+                                              const std::string& path) {
+  if (!object.is_object()) {
+    throw FieldError(path, "expected an object");
+  }
+  JsonFields fields(object, path);
+  std::map<Phase, Millis> timeouts;
+  read_timeouts(fields, timeouts);
+  return timeouts;
+}
+
+bool valid_writer_name(const std::string& name) {
+  static const std::regex name_pattern("^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$");
+  return std::regex_match(name, name_pattern);
+}
 
 AgentConfig parse_config(const nlohmann::json& document, const WriterRegistry& registry) {
   JsonFields root(document, "");

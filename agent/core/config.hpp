@@ -68,6 +68,14 @@ struct AgentConfig {
   std::vector<std::string> warnings;
 };
 
+// Per-phase timeouts of one writer ({"freeze": 500, ...}, each 1 ms to 24 h):
+// a configured writer's "timeouts_ms", a D-Bus writer's options. Throws
+// FieldError naming `path`.
+std::map<Phase, Millis> parse_writer_timeouts(const nlohmann::json& object,
+                                              const std::string& path);
+// A writer name: 1-64 letters, digits, '_', '.', '-', not starting with a sign.
+[[nodiscard]] bool valid_writer_name(const std::string& name);
+
 // Throws FieldError (field path + message) on anything wrong.
 AgentConfig parse_config(const nlohmann::json& document, const WriterRegistry& registry);
 // Throws FieldError, or std::runtime_error when the file cannot be read/parsed.

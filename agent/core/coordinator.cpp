@@ -96,7 +96,10 @@ struct Coordinator::WriterSlot {
 };
 
 struct Coordinator::SessionWriter {
-  WriterSlot* slot = nullptr;
+  // Shared with slots_: a writer dropped from the agent mid-session (its
+  // D-Bus client vanished, UnregisterWriter) stays alive, worker and all,
+  // until every session that selected it lets go.
+  std::shared_ptr<WriterSlot> slot;
   WriterState state = WriterState::stable;
   std::optional<Phase> failed_phase;
   std::optional<WriterError> error;
@@ -141,14 +144,57 @@ Coordinator::Coordinator(std::vector<ConfiguredWriter> writers, SessionLimits li
       marker_paths_(std::move(marker_paths)),
       observer_(observer) {
   for (auto& configured : writers) {
-    auto slot = std::make_unique<WriterSlot>();
-    slot->spec = std::move(configured.spec);
-    slot->writer = std::move(configured.writer);
-    slot->timeout_overrides = std::move(configured.timeout_overrides);
-    slot->worker = std::make_unique<WriterWorker>(slot->spec.name);
-    slots_.push_back(std::move(slot));
+    slots_.push_back(make_slot(std::move(configured)));
   }
   watchdog_ = std::jthread([this](const std::stop_token& stop) { watchdog_loop(stop); });
+}
+
+std::shared_ptr<Coordinator::WriterSlot> Coordinator::make_slot(ConfiguredWriter configured) {
+  auto slot = std::make_shared<WriterSlot>();
+  slot->spec = std::move(configured.spec);
+  slot->writer = std::move(configured.writer);
+  slot->timeout_overrides = std::move(configured.timeout_overrides);
+  slot->worker = std::make_unique<WriterWorker>(slot->spec.name);
+  return slot;
+}
+
+Expected<nlohmann::json> Coordinator::add_writer(ConfiguredWriter configured) {
+  auto slot = make_slot(std::move(configured));
+  std::lock_guard lock(state_mutex_);
+  const auto& name = slot->spec.name;
+  if (std::any_of(slots_.begin(), slots_.end(),
+                  [&](const auto& other) { return other->spec.name == name; })) {
+    return wire::ApiError{409, "writer_exists", "a writer named '" + name + "' already exists",
+                          name, false};
+  }
+  slots_.push_back(slot);
+  logger_->info("writer '{}' ({}) added; it takes part from the next session", name,
+                to_string(slot->spec.level));
+  return nlohmann::json{{"name", name}, {"level", to_string(slot->spec.level)}};
+}
+
+Expected<nlohmann::json> Coordinator::remove_writer(const std::string& name) {
+  std::shared_ptr<WriterSlot> removed;
+  {
+    std::lock_guard lock(state_mutex_);
+    auto it = std::find_if(slots_.begin(), slots_.end(),
+                           [&](const auto& slot) { return slot->spec.name == name; });
+    if (it == slots_.end()) {
+      return wire::ApiError{404, "unknown_writer", "no writer named '" + name + "'", name, false};
+    }
+    removed = std::move(*it);
+    slots_.erase(it);
+  }
+  logger_->info("writer '{}' removed; a session that selected it keeps it to its end", name);
+  // Released outside the lock: when this was the last reference, the
+  // worker's join waits for a call still running (bounded by its deadline).
+  removed.reset();
+  return nlohmann::json{{"name", name}};
+}
+
+std::vector<std::shared_ptr<Coordinator::WriterSlot>> Coordinator::current_slots() const {
+  std::lock_guard lock(state_mutex_);
+  return slots_;
 }
 
 Coordinator::~Coordinator() {
@@ -191,7 +237,7 @@ std::vector<Coordinator::CallResult> Coordinator::call_writers(
   const auto start = Clock::now();
   std::vector<Clock::time_point> deadlines(count);
   for (std::size_t i = 0; i < count; ++i) {
-    auto* slot = group[i]->slot;
+    auto* slot = group[i]->slot.get();
     auto timeout = limits_.phase_timeouts.of(phase);
     if (auto it = slot->timeout_overrides.find(phase); it != slot->timeout_overrides.end()) {
       timeout = it->second;
@@ -321,29 +367,32 @@ void Coordinator::set_writer_state(Session& /*session*/, SessionWriter& writer, 
 
 Expected<nlohmann::json> Coordinator::create_session(const SessionRequest& request) {
   // Validate everything before touching anything (invariant 7).
-  std::vector<WriterSlot*> selected;
+  // The writer list is read once, here. Writers added or removed later (D-Bus
+  // RegisterWriter / UnregisterWriter, a client that vanished) change slots_
+  // only; a session keeps the writers it started with (shared ownership) and
+  // a change takes effect from the next session.
+  const auto current = current_slots();
+  std::vector<std::shared_ptr<WriterSlot>> selected;
   if (request.writers) {
     if (request.writers->empty()) {
       return wire::ApiError{400, "invalid_field", "writers: the list is empty", std::nullopt,
                             false};
     }
     for (const auto& name : *request.writers) {
-      auto it = std::find_if(slots_.begin(), slots_.end(),
+      auto it = std::find_if(current.begin(), current.end(),
                              [&](const auto& slot) { return slot->spec.name == name; });
-      if (it == slots_.end()) {
+      if (it == current.end()) {
         return wire::ApiError{400, "unknown_writer", "writers: no writer named '" + name + "'",
                               name, false};
       }
-      if (std::find(selected.begin(), selected.end(), it->get()) != selected.end()) {
+      if (std::find(selected.begin(), selected.end(), *it) != selected.end()) {
         return wire::ApiError{400, "invalid_field", "writers: '" + name + "' is listed twice",
                               name, false};
       }
-      selected.push_back(it->get());
+      selected.push_back(*it);
     }
   } else {
-    for (auto& slot : slots_) {
-      selected.push_back(slot.get());
-    }
+    selected = current;
   }
   if (selected.empty()) {
     return wire::ApiError{409, "no_writers", "the agent has no writers configured",
@@ -359,7 +408,7 @@ Expected<nlohmann::json> Coordinator::create_session(const SessionRequest& reque
     }
     // Only the fsfreeze writer knows mount points; naming some while no
     // fsfreeze writer takes part would silently freeze other filesystems.
-    const bool has_fsfreeze = std::any_of(selected.begin(), selected.end(), [](const auto* slot) {
+    const bool has_fsfreeze = std::any_of(selected.begin(), selected.end(), [](const auto& slot) {
       return slot->spec.type == "fsfreeze";
     });
     if (!has_fsfreeze) {
@@ -400,7 +449,7 @@ Expected<nlohmann::json> Coordinator::create_session(const SessionRequest& reque
     fresh->mountpoints = request.mountpoints;
     fresh->origin = request.origin;
     fresh->freeze_window = window;
-    for (auto* slot : selected) {
+    for (const auto& slot : selected) {
       SessionWriter writer;
       writer.slot = slot;
       fresh->writers.push_back(std::move(writer));
@@ -1248,9 +1297,9 @@ void Coordinator::identify_all() {
   Session probe;
   probe.id = "identify";
   std::vector<SessionWriter*> everyone;
-  for (auto& slot : slots_) {
+  for (const auto& slot : current_slots()) {
     SessionWriter writer;
-    writer.slot = slot.get();
+    writer.slot = slot;
     probe.writers.push_back(writer);
   }
   for (auto& writer : probe.writers) {
@@ -1262,7 +1311,7 @@ void Coordinator::identify_all() {
                               });
   std::lock_guard lock(state_mutex_);
   for (std::size_t i = 0; i < everyone.size(); ++i) {
-    auto* slot = everyone[i]->slot;
+    auto* slot = everyone[i]->slot.get();
     if (results[i].finished && !results[i].error) {
       slot->identity = results[i].scratch.identity;
       slot->identify_error.reset();
@@ -1343,9 +1392,9 @@ void Coordinator::detect_restore() {
 
   Session restore;
   restore.id = "restore";
-  for (auto& slot : slots_) {
+  for (const auto& slot : current_slots()) {
     SessionWriter writer;
-    writer.slot = slot.get();
+    writer.slot = slot;
     restore.writers.push_back(writer);
   }
   nlohmann::json results = nlohmann::json::array();

@@ -161,6 +161,15 @@ class Coordinator {
   [[nodiscard]] std::string metrics() const;  // Prometheus text format
   [[nodiscard]] bool frozen() const;
 
+  // Writers registered at run time (D-Bus RegisterWriter). A change applies
+  // from the next session: a session copies the writer list when it is
+  // created and keeps those writers alive to its end, so one removed
+  // meanwhile is still thawed or aborted by the session that froze it.
+  // add_writer refuses a name already taken (409 writer_exists);
+  // remove_writer an unknown one (404 unknown_writer).
+  Expected<nlohmann::json> add_writer(ConfiguredWriter configured);
+  Expected<nlohmann::json> remove_writer(const std::string& name);
+
   // Runs identify on every writer (at start, before the API opens).
   void identify_all();
   // At start: when a restore marker from another boot is found, runs
@@ -188,6 +197,9 @@ class Coordinator {
     CallScratch scratch;
   };
   using WriterCall = std::function<Status(Writer&, const PhaseContext&, CallScratch&)>;
+
+  static std::shared_ptr<WriterSlot> make_slot(ConfiguredWriter configured);
+  std::vector<std::shared_ptr<WriterSlot>> current_slots() const;
 
   std::vector<CallResult> call_writers(Session& session, const std::vector<SessionWriter*>& group,
                                        Phase phase, Clock::time_point hard_deadline,
@@ -217,7 +229,7 @@ class Coordinator {
   void remove_restore_marker();
   void wake_watchdog();
 
-  std::vector<std::unique_ptr<WriterSlot>> slots_;
+  std::vector<std::shared_ptr<WriterSlot>> slots_;  // guarded by state_mutex_
   SessionLimits limits_;
   std::shared_ptr<spdlog::logger> logger_;
   MarkerPaths marker_paths_;

@@ -16,13 +16,16 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <thread>
 #include <vector>
 
+#include "agent/dbus/bus_connection.hpp"
 #include "agent/dbus/logind_inhibitor.hpp"
+#include "agent/dbus/remote_writer.hpp"
 #include "quiesce/wire/errors.hpp"
 
 namespace quiesce::agent::dbus {
@@ -40,6 +43,13 @@ constexpr std::size_t kMaxSessionIdBytes = 128;
 constexpr std::size_t kMaxBodyBytes = 64 * 1024;
 
 constexpr const char* kErrorPrefix = "org.quiesce.Error.";
+
+// Writers registered at run time (RegisterWriter): one client may hold this
+// many, all clients together that many. Each costs the agent a worker
+// thread and a bus connection, and every one is called in every session.
+constexpr std::size_t kMaxWritersPerClient = 16;
+constexpr std::size_t kMaxWritersTotal = 64;
+constexpr std::size_t kMaxOptionsBytes = 16 * 1024;
 
 std::string errno_text(int negative_errno) { return std::strerror(-negative_errno); }
 
@@ -74,6 +84,9 @@ struct DbusService::Impl {
         logger(std::move(logger_in)) {}
 
   ~Impl() {
+    for (auto& registration : registrations) {
+      sd_bus_track_unref(registration->track);
+    }
     if (wake_fd >= 0) {
       close(wake_fd);
     }
@@ -112,7 +125,16 @@ struct DbusService::Impl {
   bool stopping = false;
   std::vector<std::thread> method_threads;
 
+  // A writer registered over D-Bus, for as long as its client is on the bus.
+  struct Registration {
+    Impl* impl = nullptr;
+    std::string name;  // as the coordinator knows it
+    std::shared_ptr<RemoteWriterLink> link;
+    sd_bus_track* track = nullptr;  // tells when link->sender leaves the bus
+  };
+
   // Bus thread only.
+  std::vector<std::unique_ptr<Registration>> registrations;
   InhibitorState inhibitor;
   int inhibit_fd = -1;
   sd_bus_slot* inhibit_call = nullptr;
@@ -140,6 +162,12 @@ struct DbusService::Impl {
                    const std::string& target, const std::string& body, bool changes,
                    sd_bus_error* error);
 
+  int register_writer(sd_bus_message* message, sd_bus_error* error);
+  int unregister_writer(sd_bus_message* message, sd_bus_error* error);
+  // The client left the bus: its writers are dropped (a session that froze
+  // one still thaws it, and its verdict says the hold broke).
+  void drop_registration(Registration* registration, bool client_left);
+
   nlohmann::json health() const { return coordinator.health(); }
   std::string current_state() const;
   std::string current_active_session() const;
@@ -156,25 +184,8 @@ struct DbusService::Impl {
 };
 
 void DbusService::Impl::connect() {
-  int r = 0;
-  if (config.bus == "system") {
-    r = sd_bus_open_system(&bus);
-  } else if (config.bus == "session") {
-    r = sd_bus_open_user(&bus);
-  } else {
-    r = sd_bus_new(&bus);
-    if (r >= 0) {
-      r = sd_bus_set_address(bus, config.address.c_str());
-    }
-    if (r >= 0) {
-      r = sd_bus_set_bus_client(bus, 1);
-    }
-    if (r >= 0) {
-      r = sd_bus_start(bus);
-    }
-  }
-  const std::string where =
-      config.bus == "address" ? "the bus at " + config.address : "the " + config.bus + " bus";
+  std::string where;
+  int r = open_bus(config, &bus, where);
   if (r < 0) {
     throw std::runtime_error("cannot connect to " + where + ": " + errno_text(r));
   }
@@ -348,6 +359,170 @@ int DbusService::Impl::route_method(sd_bus_message* message, const std::string& 
   return 1;  // answered later, from the bus thread
 }
 
+int DbusService::Impl::register_writer(sd_bus_message* message, sd_bus_error* error) {
+  const char* path = nullptr;
+  const char* level_text = nullptr;
+  const char* options_text = nullptr;
+  if (int r = sd_bus_message_read(message, "oss", &path, &level_text, &options_text); r < 0) {
+    return r;
+  }
+  std::string who;
+  if (!caller_may_change(message, who, error)) {
+    return -EACCES;
+  }
+  const std::string sender = sd_bus_message_get_sender(message) != nullptr
+                                 ? sd_bus_message_get_sender(message)
+                                 : "";
+  auto level = parse_level(level_text);
+  if (!level) {
+    sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                      "level '%.32s': expected application, database or filesystem", level_text);
+    return -EINVAL;
+  }
+  const std::string options_json = *options_text == '\0' ? "{}" : options_text;
+  auto options = nlohmann::json::parse(options_json, nullptr, false);
+  if (options_json.size() > kMaxOptionsBytes || !options.is_object()) {
+    sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                      "options: expected a JSON object of at most %zu bytes "
+                      "({\"name\": ..., \"timeouts_ms\": {...}})",
+                      kMaxOptionsBytes);
+    return -EINVAL;
+  }
+  // By default the name comes from the object path: /com/example/Db -> dbus.com.example.Db.
+  std::string name = "dbus" + std::string(path);
+  std::replace(name.begin(), name.end(), '/', '.');
+  std::map<Phase, Millis> timeouts;
+  for (const auto& [key, value] : options.items()) {
+    if (key == "name" && value.is_string()) {
+      name = value.get<std::string>();
+    } else if (key == "timeouts_ms") {
+      try {
+        timeouts = parse_writer_timeouts(value, "options.timeouts_ms");
+      } catch (const std::exception& e) {
+        sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "%s", e.what());
+        return -EINVAL;
+      }
+    } else {
+      sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                        "options.%.64s: unknown (expected name, a string, and timeouts_ms)",
+                        key.c_str());
+      return -EINVAL;
+    }
+  }
+  if (!valid_writer_name(name)) {
+    sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                      "writer name '%.80s': must be 1-64 letters, digits, '_', '.', '-' (give "
+                      "options.name when the object path is long)",
+                      name.c_str());
+    return -EINVAL;
+  }
+  std::size_t from_sender = 0;
+  for (const auto& registration : registrations) {
+    if (registration->link->sender == sender) {
+      if (registration->link->path == path) {
+        sd_bus_error_setf(error, "org.quiesce.Error.writer_exists",
+                          "%s is already registered by this connection (as '%s')", path,
+                          registration->name.c_str());
+        return -EEXIST;
+      }
+      ++from_sender;
+    }
+  }
+  if (from_sender >= kMaxWritersPerClient || registrations.size() >= kMaxWritersTotal) {
+    sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
+                      "too many writers registered: at most %zu per connection and %zu in all "
+                      "(this connection has %zu, all have %zu)",
+                      kMaxWritersPerClient, kMaxWritersTotal, from_sender, registrations.size());
+    return -EBUSY;
+  }
+
+  auto registration = std::make_unique<Registration>();
+  registration->impl = this;
+  registration->name = name;
+  registration->link = std::make_shared<RemoteWriterLink>();
+  registration->link->sender = sender;
+  registration->link->path = path;
+  auto on_gone = [](sd_bus_track* /*track*/, void* userdata) -> int {
+    // Null once dropped: sd-bus may look at a track again before freeing it.
+    if (auto* gone = static_cast<Registration*>(userdata)) {
+      gone->impl->drop_registration(gone, true);
+    }
+    return 0;
+  };
+  int r = sd_bus_track_new(bus, &registration->track, on_gone, registration.get());
+  if (r >= 0) {
+    r = sd_bus_track_add_sender(registration->track, message);
+  }
+  if (r < 0) {
+    sd_bus_track_unref(registration->track);
+    sd_bus_error_setf(error, SD_BUS_ERROR_FAILED, "cannot watch %s on the bus: %s",
+                      sender.c_str(), errno_text(r).c_str());
+    return r;
+  }
+  ConfiguredWriter configured;
+  configured.spec.type = "dbus";
+  configured.spec.name = name;
+  configured.spec.level = *level;
+  configured.spec.options = options;
+  configured.writer = std::make_unique<RemoteWriter>(config, registration->link);
+  configured.timeout_overrides = timeouts;
+  auto added = coordinator.add_writer(std::move(configured));
+  if (!added.ok()) {
+    sd_bus_track_unref(registration->track);
+    sd_bus_error_set(error, error_name(added.error().code).c_str(),
+                     added.error().message.c_str());
+    return -EEXIST;
+  }
+  logger->info("dbus: {} ({}) registered writer '{}' at {}, level {}", sender, who, name, path,
+               level_text);
+  registrations.push_back(std::move(registration));
+  emit_changed_properties();
+  return sd_bus_reply_method_return(message, "s", name.c_str());
+}
+
+int DbusService::Impl::unregister_writer(sd_bus_message* message, sd_bus_error* error) {
+  const char* path = nullptr;
+  if (int r = sd_bus_message_read(message, "o", &path); r < 0) {
+    return r;
+  }
+  std::string who;
+  if (!caller_may_change(message, who, error)) {
+    return -EACCES;
+  }
+  const char* sender = sd_bus_message_get_sender(message);
+  auto it = std::find_if(registrations.begin(), registrations.end(), [&](const auto& entry) {
+    return sender != nullptr && entry->link->sender == sender && entry->link->path == path;
+  });
+  if (it == registrations.end()) {
+    sd_bus_error_setf(error, "org.quiesce.Error.unknown_writer",
+                      "%s is not registered by this connection", path);
+    return -ENOENT;
+  }
+  const std::string name = (*it)->name;
+  drop_registration(it->get(), false);
+  return sd_bus_reply_method_return(message, "s", name.c_str());
+}
+
+void DbusService::Impl::drop_registration(Registration* registration, bool client_left) {
+  auto it = std::find_if(registrations.begin(), registrations.end(),
+                         [&](const auto& entry) { return entry.get() == registration; });
+  if (it == registrations.end()) {
+    return;
+  }
+  auto owned = std::move(*it);
+  registrations.erase(it);
+  // A writer that unregistered is still there for a session that holds it.
+  owned->link->vanished = client_left;
+  logger->info("dbus: writer '{}' ({} at {}) dropped: {}", owned->name, owned->link->sender,
+               owned->link->path, client_left ? "its bus name left the bus" : "it unregistered");
+  (void)coordinator.remove_writer(owned->name);
+  // Not from inside its own handler's stack frame: sd-bus holds a reference
+  // while it calls the handler, so the unref here only drops ours.
+  sd_bus_track_set_userdata(owned->track, nullptr);
+  sd_bus_track_unref(owned->track);
+  emit_changed_properties();
+}
+
 std::string DbusService::Impl::current_state() const {
   return coordinator.health().value("state", "idle");
 }
@@ -504,6 +679,14 @@ int method_complete(sd_bus_message* message, void* userdata, sd_bus_error* error
                                         body.dump(), true, error);
 }
 
+int method_register_writer(sd_bus_message* message, void* userdata, sd_bus_error* error) {
+  return impl_of(userdata).register_writer(message, error);
+}
+
+int method_unregister_writer(sd_bus_message* message, void* userdata, sd_bus_error* error) {
+  return impl_of(userdata).unregister_writer(message, error);
+}
+
 // Every method is UNPRIVILEGED for sd-bus's own check (which would demand
 // CAP_SYS_ADMIN and so shut out the `quiesce` group): the agent decides.
 constexpr auto kOpen = SD_BUS_VTABLE_UNPRIVILEGED;
@@ -531,6 +714,11 @@ const sd_bus_vtable kAgentVtable[] = {
                              "s", SD_BUS_PARAM(status), method_complete, kOpen),
     SD_BUS_METHOD_WITH_NAMES("Abort", "s", SD_BUS_PARAM(session), "s", SD_BUS_PARAM(status),
                              method_abort, kOpen),
+    SD_BUS_METHOD_WITH_NAMES("RegisterWriter", "oss",
+                             SD_BUS_PARAM(path) SD_BUS_PARAM(level) SD_BUS_PARAM(options), "s",
+                             SD_BUS_PARAM(name), method_register_writer, kOpen),
+    SD_BUS_METHOD_WITH_NAMES("UnregisterWriter", "o", SD_BUS_PARAM(path), "s",
+                             SD_BUS_PARAM(name), method_unregister_writer, kOpen),
     SD_BUS_SIGNAL_WITH_NAMES("SessionCreated", "s", SD_BUS_PARAM(session), 0),
     SD_BUS_SIGNAL_WITH_NAMES("Frozen", "s", SD_BUS_PARAM(session), 0),
     SD_BUS_SIGNAL_WITH_NAMES("Thawed", "sbs",

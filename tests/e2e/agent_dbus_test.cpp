@@ -8,8 +8,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <csignal>
 #include <fstream>
+#include <sstream>
 #include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -86,6 +89,40 @@ void check_nobody_reads_state(const PrivateBus& bus, const std::string& expected
   CHECK(call_as_nobody(bus, {"org.freedesktop.DBus.Properties.Get", "org.quiesce.Agent1", "State"},
                        output) == 0);
   CHECK_MESSAGE(output.find(expected) != std::string::npos, output);
+}
+
+// Runs the first Python example after `heading` in docs/dbus.md as written,
+// on the test's bus instead of the system's, with the system's python3
+// (where Debian's python3-dbus and python3-gi live). Output: dir/<tag>.out.
+std::unique_ptr<test::ChildProcess> run_docs_python_example(const test::TempDir& dir,
+                                                            const PrivateBus& bus,
+                                                            const std::string& heading,
+                                                            const std::string& tag) {
+  auto doc = test::read_text(std::filesystem::path(QUIESCE_SOURCE_DIR) / "docs/dbus.md");
+  const auto section = doc.find(heading);
+  REQUIRE(section != std::string::npos);
+  const auto begin = doc.find("```python\n", section);
+  REQUIRE(begin != std::string::npos);
+  const auto end = doc.find("```", begin + 10);
+  std::string script = doc.substr(begin + 10, end - begin - 10);
+  const std::string system_bus = "dbus.SystemBus()";
+  const auto at = script.find(system_bus);
+  REQUIRE(at != std::string::npos);
+  script.replace(at, system_bus.size(), "dbus.bus.BusConnection(\"" + bus.address() + "\")");
+  {
+    std::ofstream out(dir / (tag + ".py"));
+    out << script;
+  }
+  return std::make_unique<test::ChildProcess>(
+      std::vector<std::string>{"/usr/bin/python3", "-u", (dir / (tag + ".py")).string()},
+      dir / (tag + ".out"));
+}
+
+// Whether a docs example's output (dir/<tag>.out) shows `text` within 10 s.
+bool prints(const test::TempDir& dir, const std::string& tag, const std::string& text) {
+  return test::eventually(10s, [&] {
+    return test::read_text(dir / (tag + ".out")).find(text) != std::string::npos;
+  });
 }
 
 }  // namespace
@@ -319,40 +356,335 @@ TEST_CASE("agent dbus: the Python example in docs/dbus.md hears the thaw and its
   AgentOnBus on;
   auto& [dir, bus, agent, client] = on;
 
-  // The example as the docs give it, on the test's bus instead of the system's.
-  auto doc = test::read_text(std::filesystem::path(QUIESCE_SOURCE_DIR) / "docs/dbus.md");
-  const auto section = doc.find("## From Python");
-  REQUIRE(section != std::string::npos);
-  const auto begin = doc.find("```python\n", section);
-  REQUIRE(begin != std::string::npos);
-  const auto end = doc.find("```", begin + 10);
-  std::string script = doc.substr(begin + 10, end - begin - 10);
-  const std::string system_bus = "dbus.SystemBus()";
-  const auto at = script.find(system_bus);
-  REQUIRE(at != std::string::npos);
-  script.replace(at, system_bus.size(), "dbus.bus.BusConnection(\"" + bus.address() + "\")");
-  {
-    std::ofstream out(dir / "example.py");
-    out << script;
-  }
-  // The system's python3, where Debian's python3-dbus and python3-gi live.
-  test::ChildProcess example({"/usr/bin/python3", "-u", (dir / "example.py").string()},
-                             dir / "example.out");
+  auto example = run_docs_python_example(dir, bus, "## From Python", "example");
   // It prints the state once its signal receiver is in place.
-  REQUIRE_MESSAGE(test::eventually(10s, [&] {
-                    return test::read_text(dir / "example.out").find("agent is idle") !=
-                           std::string::npos;
-                  }),
-                  test::read_text(dir / "example.out"));
+  REQUIRE_MESSAGE(prints(dir, "example", "agent is idle"), test::read_text(dir / "example.out"));
   auto created = client.call("CreateSession", {"{}"});
   REQUIRE(created.ok);
   const auto id = id_of(created);
   REQUIRE(client.call("Freeze", {id}).ok);
   REQUIRE(client.call("Thaw", {id}).ok);
-  auto status = example.wait_for(10s);
+  auto status = example->wait_for(10s);
   REQUIRE(status.has_value());
   CHECK(WIFEXITED(*status));
   CHECK(WEXITSTATUS(*status) == 0);
   auto output = test::read_text(dir / "example.out");
   CHECK_MESSAGE(output.find(id + " thawed: continuous") != std::string::npos, output);
+}
+
+// ---------------------------------------------------------------------------
+// Writers registered at run time: org.quiesce.Writer1 objects exported by a
+// separate process (quiesce-test-dbus-writer, built on the SDK's BusWriter).
+
+namespace {
+
+// One run of the test writer program. Its log has one line per Writer1 call
+// ("<path> <Method> <session>") and per registration attempt.
+struct TestWriter {
+  TestWriter(const test::TempDir& dir, const PrivateBus& bus, const std::string& tag,
+             std::vector<std::string> arguments, const std::filesystem::path& shared_log = {})
+      : log(shared_log.empty() ? dir / (tag + ".calls") : shared_log),
+        process(argv_of(bus, log, std::move(arguments)), dir / (tag + ".out")) {
+    REQUIRE_MESSAGE(test::eventually(10s,
+                                     [&] {
+                                       return test::read_text(log).find("ready") !=
+                                              std::string::npos;
+                                     }),
+                    test::read_text(dir / (tag + ".out")), test::read_text(log));
+  }
+  static std::vector<std::string> argv_of(const PrivateBus& bus, const std::filesystem::path& log,
+                                          std::vector<std::string> arguments) {
+    std::vector<std::string> argv{test::built_binary("quiesce-test-dbus-writer").string(),
+                                  "--address", bus.address(), "--log", log.string()};
+    argv.insert(argv.end(), arguments.begin(), arguments.end());
+    return argv;
+  }
+  // The Writer1 methods called so far, in order, as "<path-suffix> <Method>".
+  [[nodiscard]] std::vector<std::string> calls() const { return calls_in(log); }
+  static std::vector<std::string> calls_in(const std::filesystem::path& log) {
+    std::vector<std::string> out;
+    std::istringstream lines(test::read_text(log));
+    for (std::string line; std::getline(lines, line);) {
+      if (line.rfind("register", 0) == 0 || line.rfind("unregister", 0) == 0 ||
+          line == "ready") {
+        continue;
+      }
+      auto method_end = line.rfind(' ');
+      out.push_back(line.substr(0, method_end));
+    }
+    return out;
+  }
+  [[nodiscard]] std::size_t log_count(const std::string& needle) const {
+    auto text = test::read_text(log);
+    std::size_t count = 0;
+    for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) {
+      ++count;
+    }
+    return count;
+  }
+
+  std::filesystem::path log;
+  test::ChildProcess process;
+};
+
+bool has_writer(BusClient& client, const std::string& name) {
+  auto writers = client.writers_property();
+  return std::any_of(writers.begin(), writers.end(),
+                     [&](const auto& writer) { return writer[0] == name; });
+}
+
+nlohmann::json writer_in(const nlohmann::json& status, const std::string& name) {
+  for (const auto& writer : status["writers"]) {
+    if (writer["name"] == name) {
+      return writer;
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+TEST_CASE("agent dbus writers: a registered writer is called through every phase in order") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  TestWriter writer(dir, bus, "probe", {"--path", "/com/example/Probe", "--level", "database",
+                                        "--options", R"({"name": "probe"})"});
+  CHECK(writer.log_count("register /com/example/Probe ok probe") == 1);
+  REQUIRE(has_writer(client, "probe"));
+  auto writers = client.writers_property();
+  CHECK(writers.back() == std::vector<std::string>{"probe", "database", "stable"});
+
+  auto created = client.call("CreateSession", {"{}"});
+  REQUIRE_MESSAGE(created.ok, created.error_message);
+  const auto id = id_of(created);
+  REQUIRE(client.call("Freeze", {id}).ok);
+  auto thawed = client.call("Thaw", {id});
+  REQUIRE_MESSAGE(thawed.ok, thawed.error_message);
+  REQUIRE(client.call("Complete", {id, "snap-1"}).ok);
+
+  const std::string p = "/com/example/Probe";
+  CHECK(writer.calls() == std::vector<std::string>{p + " Identify", p + " Prepare", p + " Freeze",
+                                                    p + " Thaw", p + " PostSnapshot"});
+  auto status = nlohmann::json::parse(client.call("GetSession", {id}).value);
+  auto probe = writer_in(status, "probe");
+  REQUIRE(probe.is_object());
+  CHECK(probe["type"] == "dbus");
+  CHECK(probe["state"] == "completed");
+  CHECK(probe["level"] == "database");
+  CHECK(probe["hold"]["continuous"] == true);
+  CHECK(probe["identity"]["metadata"]["object_path"] == p);
+  CHECK(status["artifacts"]["probe"]["snapshot_seen"] == "snap-1");
+  CHECK(status["verdict"]["continuous"] == true);
+  CHECK(nlohmann::json::parse(thawed.value)["verdict"]["continuous"] == true);
+}
+
+TEST_CASE("agent dbus writers: a writer that reports a lost hold makes the verdict not continuous") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  TestWriter writer(dir, bus, "loser", {"--options", R"({"name": "loser"})", "--lose-hold"});
+  auto id = id_of(client.call("CreateSession", {"{}"}));
+  REQUIRE(client.call("Freeze", {id}).ok);
+  auto thawed = nlohmann::json::parse(client.call("Thaw", {id}).value);
+  CHECK(thawed["verdict"]["continuous"] == false);
+  CHECK_MESSAGE(thawed["verdict"]["reasons"].dump().find("told to lose its hold") !=
+                    std::string::npos,
+                thawed.dump());
+}
+
+TEST_CASE("agent dbus writers: writers at different levels freeze in level order and thaw in reverse") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  const auto shared = dir / "both.calls";
+  TestWriter fs(dir, bus, "fs", {"--path", "/w/fs", "--level", "filesystem"}, shared);
+  TestWriter app(dir, bus, "app", {"--path", "/w/app", "--level", "application"}, shared);
+  // Both log to one file, so the second's "ready" may be the first's: wait
+  // for the agent to list both.
+  REQUIRE(test::eventually(5s, [&] {
+    return has_writer(client, "dbus.w.fs") && has_writer(client, "dbus.w.app");
+  }));
+  auto id = id_of(client.call("CreateSession", {"{}"}));
+  REQUIRE(!id.empty());
+  REQUIRE(client.call("Freeze", {id}).ok);
+  REQUIRE(client.call("Thaw", {id}).ok);
+  std::vector<std::string> holds;
+  for (const auto& call : TestWriter::calls_in(shared)) {
+    if (call.find("Freeze") != std::string::npos || call.find("Thaw") != std::string::npos) {
+      holds.push_back(call);
+    }
+  }
+  CHECK(holds == std::vector<std::string>{"/w/app Freeze", "/w/fs Freeze", "/w/fs Thaw",
+                                          "/w/app Thaw"});
+}
+
+TEST_CASE("agent dbus writers: a writer that hangs past its deadline is timed out and aborted") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  TestWriter writer(dir, bus, "hang",
+                    {"--options",
+                     R"({"name": "sleepy", "timeouts_ms": {"freeze": 300, "abort": 300}})",
+                     "--hang", "Freeze"});
+  auto id = id_of(client.call("CreateSession", {"{}"}));
+  REQUIRE(!id.empty());
+  const auto began = std::chrono::steady_clock::now();
+  auto frozen = client.call("Freeze", {id});
+  CHECK_FALSE(frozen.ok);
+  CHECK(std::chrono::steady_clock::now() - began < 5s);
+  auto status = nlohmann::json::parse(client.call("GetSession", {id}).value);
+  auto sleepy = writer_in(status, "sleepy");
+  CHECK(sleepy["state"] == "failed_at_freeze");
+  CHECK(sleepy["error"]["class"] == "timeout");
+  CHECK(status["state"] == "failed");
+  CHECK(client.string_property("State") == "idle");
+}
+
+TEST_CASE("agent dbus writers: a reply of the wrong type fails the writer with a clear error") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  TestWriter writer(dir, bus, "garbage",
+                    {"--path", "/w/garbage", "--options", R"({"name": "garbage"})", "--garbage"});
+  REQUIRE(has_writer(client, "garbage"));
+  auto created = client.call("CreateSession", {"{}"});
+  REQUIRE_FALSE(created.ok);
+  CHECK_MESSAGE(created.error_message.find("wrong type") != std::string::npos,
+                created.error_name, ": ", created.error_message);
+  auto sessions = nlohmann::json::parse(client.call("Health").value);
+  CHECK(sessions["session"].is_null());
+}
+
+TEST_CASE("agent dbus writers: a writer that disconnects while frozen is dropped and the hold marked broken") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  client.watch_signals();
+  auto writer = std::make_unique<TestWriter>(
+      dir, bus, "quitter", std::vector<std::string>{"--options", R"({"name": "quitter"})"});
+  auto id = id_of(client.call("CreateSession", {"{}"}));
+  REQUIRE(client.call("Freeze", {id}).ok);
+  writer->process.signal(SIGKILL);
+  REQUIRE(writer->process.wait_for(5s).has_value());
+  // Dropped from the agent's writers as soon as the bus says its name left.
+  CHECK(test::eventually(5s, [&] { return !has_writer(client, "quitter"); }));
+  auto thawed = client.call("Thaw", {id});
+  REQUIRE_MESSAGE(thawed.ok, thawed.error_message);
+  auto verdict = nlohmann::json::parse(thawed.value)["verdict"];
+  CHECK(verdict["continuous"] == false);
+  CHECK_MESSAGE(verdict["reasons"].dump().find("vanished while it held a freeze") !=
+                    std::string::npos,
+                verdict.dump());
+  auto signals = client.signals(3, 5s);
+  REQUIRE(signals.size() >= 3);
+  CHECK(signals[2].member == "Thawed");
+  CHECK(nlohmann::json::parse(signals[2].detail)["continuous"] == false);
+  // The next session no longer has it.
+  // Its post-snapshot cannot run (the process is gone), so Complete fails
+  // saying why; the host drops the snapshot taken over the broken hold.
+  auto completed = client.call("Complete", {id, "snap-over-broken-hold"});
+  CHECK_FALSE(completed.ok);
+  CHECK_MESSAGE(completed.error_message.find("vanished") != std::string::npos,
+                completed.error_name, ": ", completed.error_message);
+  CHECK(nlohmann::json::parse(client.call("GetSession", {id}).value)["state"] == "failed");
+  auto next = client.call("CreateSession", {"{}"});
+  REQUIRE_MESSAGE(next.ok, next.error_name, ": ", next.error_message);
+  CHECK(writer_in(nlohmann::json::parse(next.value), "quitter").is_null());
+  REQUIRE(client.call("Abort", {id_of(next)}).ok);
+}
+
+TEST_CASE("agent dbus writers: the same path twice and more than the limits are refused") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  TestWriter first(dir, bus, "many", {"--path", "/m", "--objects", "17", "--twice"});
+  CHECK(first.log_count(" ok dbus.m.w") == 16);
+  CHECK(first.log_count("register /m/w16 refused RegisterWriter failed: "
+                        "org.freedesktop.DBus.Error.LimitsExceeded") == 1);
+  CHECK(first.log_count("register /m/w0 refused RegisterWriter failed: "
+                        "org.quiesce.Error.writer_exists") == 1);
+  // A name already taken by a configured writer is refused too.
+  TestWriter clash(dir, bus, "clash", {"--path", "/clash", "--options", R"({"name": "app"})"});
+  CHECK(clash.log_count("refused RegisterWriter failed: org.quiesce.Error.writer_exists") == 1);
+  // Bad input is refused with InvalidArgs and changes nothing.
+  TestWriter bad(dir, bus, "bad", {"--path", "/bad", "--level", "kernel"});
+  CHECK(bad.log_count("org.freedesktop.DBus.Error.InvalidArgs") == 1);
+  CHECK(client.writers_property().size() == 2 + 16);
+  // 16 per connection, 64 in all.
+  std::vector<std::unique_ptr<TestWriter>> more;
+  for (const char* tag : {"a", "b", "c"}) {
+    more.push_back(std::make_unique<TestWriter>(
+        dir, bus, tag,
+        std::vector<std::string>{"--path", std::string("/") + tag, "--objects", "16"}));
+    CHECK(more.back()->log_count(" ok dbus.") == 16);
+  }
+  TestWriter over(dir, bus, "over", {"--path", "/over"});
+  CHECK(over.log_count(
+            "refused RegisterWriter failed: org.freedesktop.DBus.Error.LimitsExceeded") == 1);
+  CHECK(client.writers_property().size() == 2 + 64);
+  CHECK(client.writers_property().size() == 2 + 64);
+}
+
+TEST_CASE("agent dbus writers: an unregistered writer is no longer called") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  TestWriter writer(dir, bus, "gone", {"--path", "/w/gone", "--then-unregister"});
+  CHECK(writer.log_count("unregister /w/gone ok") == 1);
+  CHECK(writer.log_count("unregister /w/gone refused UnregisterWriter failed: "
+                         "org.quiesce.Error.unknown_writer") == 1);
+  CHECK_FALSE(has_writer(client, "dbus.w.gone"));
+  auto id = id_of(client.call("CreateSession", {"{}"}));
+  REQUIRE(client.call("Abort", {id}).ok);
+  CHECK(writer.calls().empty());
+}
+
+TEST_CASE("agent dbus writers: an unprivileged caller may not register a writer") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  std::string output;
+  CHECK(call_as_nobody(bus, {"org.quiesce.Agent1.RegisterWriter", "/w/nobody", "application", "{}"},
+                       output) != 0);
+  CHECK_MESSAGE(output.find("AccessDenied") != std::string::npos, output);
+  CHECK(client.writers_property().size() == 2);
+  CHECK(call_as_nobody(bus, {"org.quiesce.Agent1.UnregisterWriter", "/w/nobody"}, output) != 0);
+  CHECK_MESSAGE(output.find("AccessDenied") != std::string::npos, output);
+}
+
+TEST_CASE("agent dbus writers: the Python writer in docs/dbus.md registers and is called") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  auto example = run_docs_python_example(dir, bus, "### In Python", "writer");
+  REQUIRE_MESSAGE(prints(dir, "writer", "registered as example"),
+                  test::read_text(dir / "writer.out"));
+  REQUIRE(has_writer(client, "example"));
+  auto id = id_of(client.call("CreateSession", {"{}"}));
+  REQUIRE(client.call("Freeze", {id}).ok);
+  auto thawed = client.call("Thaw", {id});
+  REQUIRE_MESSAGE(thawed.ok, thawed.error_message);
+  REQUIRE(client.call("Complete", {id, "snap-py"}).ok);
+  auto output = test::read_text(dir / "writer.out");
+  CHECK_MESSAGE(output.find("prepare " + id + "\nfreeze " + id + "\nthaw " + id) !=
+                    std::string::npos,
+                output);
+  auto status = nlohmann::json::parse(client.call("GetSession", {id}).value);
+  CHECK(status["artifacts"]["example"]["snapshot"] == "snap-py");
+  CHECK(writer_in(status, "example")["identity"]["components"][0]["name"] == "example");
+  // The process exits: the agent drops its writer.
+  example->signal(SIGTERM);
+  CHECK(test::eventually(5s, [&] { return !has_writer(client, "example"); }));
+}
+
+TEST_CASE("agent dbus writers: a writer registered during a session takes part from the next one") {
+  AgentOnBus on;
+  auto& [dir, bus, agent, client] = on;
+  auto id = id_of(client.call("CreateSession", {"{}"}));
+  REQUIRE(!id.empty());
+  TestWriter late(dir, bus, "late", {"--path", "/w/late"});
+  REQUIRE(has_writer(client, "dbus.w.late"));
+  REQUIRE(client.call("Freeze", {id}).ok);
+  REQUIRE(client.call("Thaw", {id}).ok);
+  REQUIRE(client.call("Complete", {id, "snap-before"}).ok);
+  CHECK(late.calls().empty());
+  CHECK(writer_in(nlohmann::json::parse(client.call("GetSession", {id}).value), "dbus.w.late")
+            .is_null());
+
+  auto next = id_of(client.call("CreateSession", {"{}"}));
+  REQUIRE(!next.empty());
+  REQUIRE(client.call("Abort", {next}).ok);
+  CHECK(late.calls() ==
+        std::vector<std::string>{"/w/late Identify", "/w/late Prepare", "/w/late Abort"});
 }

@@ -600,3 +600,37 @@ TEST_CASE("metrics count sessions and broken holds in Prometheus text format") {
   CHECK(text.find("quiesce_hold_seconds_count 1") != std::string::npos);
   CHECK(text.find("# TYPE quiesce_frozen gauge") != std::string::npos);
 }
+
+TEST_CASE("writers added or removed at run time change the next session, never the running one") {
+  Rig rig({{"app", Level::application, {}, {}}});
+  auto added_writer = [&](const std::string& name) {
+    ConfiguredWriter configured;
+    configured.spec = WriterSpec{"fake", name, Level::database, nlohmann::json::object()};
+    configured.writer = std::make_unique<FakeWriter>(name, rig.journal, FakeScript{});
+    return configured;
+  };
+  // A name already taken is refused and changes nothing.
+  auto clash = rig.coordinator->add_writer(added_writer("app"));
+  REQUIRE_FALSE(clash.ok());
+  CHECK(clash.error().code == "writer_exists");
+  CHECK(rig.coordinator->writers_status()["writers"].size() == 1);
+  CHECK(rig.coordinator->remove_writer("nobody").error().code == "unknown_writer");
+
+  REQUIRE(rig.coordinator->add_writer(added_writer("early")).ok());
+  auto id = rig.create();
+  // Added mid-session: not in this one. Removed mid-session: still thawed by it.
+  REQUIRE(rig.coordinator->add_writer(added_writer("late")).ok());
+  REQUIRE(rig.coordinator->remove_writer("early").ok());
+  CHECK(writer_state(rig.status(id), "late") == "missing");
+  REQUIRE(rig.coordinator->freeze(id).ok());
+  REQUIRE(rig.coordinator->thaw(id).ok());
+  CHECK(rig.journal->count("early:freeze") == 1);
+  CHECK(rig.releases("early") == 1);
+  CHECK(rig.journal->count("late:freeze") == 0);
+  REQUIRE(rig.coordinator->complete(id, "snap").ok());
+
+  auto next = rig.create();
+  CHECK(writer_state(rig.status(next), "early") == "missing");
+  CHECK(writer_state(rig.status(next), "late") == "prepared");
+  REQUIRE(rig.coordinator->abort(next).ok());
+}

@@ -36,6 +36,7 @@ TEST_CASE("plugin: the installed SDK builds both examples out of tree with find_
   CHECK(fs::exists(prefix / "include/quiesce/plugin_abi.h"));
   CHECK(fs::exists(prefix / "include/quiesce/plugin_sdk.hpp"));
   CHECK(fs::exists(prefix / "include/quiesce/plugin_test_host.hpp"));
+  CHECK(fs::exists(prefix / "include/quiesce/dbus_writer.hpp"));
   bool found_config = false;
   for (const auto& entry : fs::recursive_directory_iterator(prefix)) {
     found_config = found_config || entry.path().filename() == "QuiesceConfigVersion.cmake";
