@@ -98,6 +98,15 @@ cpio_out=${payload:-$tree.cpio}
 # Directories the image has already are in the archive too: cpio entries for
 # an existing directory are merged, and parents must come before children.
 (cd "$tree" && find . -mindepth 1 | /bin/busybox cpio -o -H newc 2>/dev/null) >"$cpio_out"
-cat "$image/initrd.img" "$cpio_out" >"$initrd.part"
+# The kernel takes concatenated archives, but a compressed one must end on a
+# 4-byte boundary (xz pads its streams so; a base image of another length
+# made "invalid magic at start of compressed archive" and no payload). Zero
+# bytes between archives are skipped.
+base_size=$(stat -c %s "$image/initrd.img")
+{
+  cat "$image/initrd.img"
+  head -c $(((4 - base_size % 4) % 4)) /dev/zero
+  cat "$cpio_out"
+} >"$initrd.part"
 mv "$initrd.part" "$initrd"
 [ -n "$payload" ] || rm -f "$cpio_out"
