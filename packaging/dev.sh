@@ -76,7 +76,9 @@ build() {
   say "building in $build_dir"
   cmake -S "$repo" -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DQUIESCE_WERROR="${QUIESCE_WERROR:-OFF}" >/dev/null
+  local started=$SECONDS
   cmake --build "$build_dir" -j "$jobs"
+  say "build took $((SECONDS - started)) s"
 }
 
 # The vm label's guest images do not depend on the agent build (the tests
