@@ -2,7 +2,7 @@
 # One entry point for developers and CI (see README.md):
 #   packaging/dev.sh demo   install what is missing, build, run the main job
 #   packaging/dev.sh test   install what is missing, build, run every test (the vm label last:
-#                           a Debian 12 guest under QEMU, ~7-12 min, +6 min the first time
+#                           Debian 12 and initramfs guests under QEMU, ~10 min, +2-6 min the first time
 #                           to build its cached image; docs/testing-in-a-guest.md)
 #   packaging/dev.sh vm     as root: only the vm label
 #   packaging/dev.sh asan   build the unit tests with ASan+UBSan and run them

@@ -47,11 +47,15 @@ constexpr int window_ms = 3000;
 // "never".
 constexpr double give_up_after_window_s = 12;
 
+// 5 tries per case in the test run; the figures in docs/writers/fsfreeze.md
+// come from campaigns of 20 (QUIESCE_VM_TRIES=20). Each try costs 4-9 s
+// under TCG: 20 tries made these cases ~9.5 of CI's 45 minutes, and the
+// defects they caught failed 6 of 20 and 10 of 10 tries.
 int tries_per_case() {
   if (const char* env = std::getenv("QUIESCE_VM_TRIES")) {
     return std::max(1, std::atoi(env));
   }
-  return 20;
+  return 5;
 }
 
 std::string trim(std::string text) {
