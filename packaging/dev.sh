@@ -6,6 +6,8 @@
 #                           to build its cached image; docs/testing-in-a-guest.md)
 #   packaging/dev.sh vm     as root: only the vm label
 #   packaging/dev.sh asan   build the unit tests with ASan+UBSan and run them
+#   packaging/dev.sh idle-builds  build the ASan and libFuzzer trees at idle CPU and I/O
+#                           priority (.ci/run runs it beside the test command)
 #   packaging/dev.sh fuzz [SECONDS]  build the libFuzzer harnesses (clang, ASan+UBSan) in
 #                           build-fuzz and run each for SECONDS (default 300; CI runs 15)
 #   packaging/dev.sh bench [ARGS]  as root: hold window vs raw FIFREEZE and qemu-ga,
@@ -130,12 +132,18 @@ vm() {
   ctest --test-dir "$build_dir" --output-on-failure -L '^vm$' --verbose
 }
 
-asan() {
-  local dir=${ASAN_BUILD_DIR:-$repo/build-asan}
-  say "unit tests with ASan+UBSan in $dir"
-  cmake -S "$repo" -B "$dir" -DCMAKE_BUILD_TYPE=Debug -DQUIESCE_SANITIZE=address,undefined \
+asan_dir=${ASAN_BUILD_DIR:-$repo/build-asan}
+asan_build() {
+  say "building the unit tests with ASan+UBSan in $asan_dir"
+  cmake -S "$repo" -B "$asan_dir" -DCMAKE_BUILD_TYPE=Debug -DQUIESCE_SANITIZE=address,undefined \
     -DQUIESCE_WERROR="${QUIESCE_WERROR:-OFF}" >/dev/null
-  cmake --build "$dir" -j "$jobs" --target quiesce_unit_tests
+  cmake --build "$asan_dir" -j "$jobs" --target quiesce_unit_tests
+}
+
+asan() {
+  local dir=$asan_dir
+  asan_build
+  say "unit tests with ASan+UBSan in $dir"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir "$dir" -L unit --output-on-failure -j "$jobs" --timeout 300
 }
@@ -144,14 +152,20 @@ asan() {
 # clang, then runs each for $1 seconds on a copy of its seed corpus in
 # tests/fuzz/corpus/<name>. A crash stops with its input in
 # $dir/crashes/<name>/: fix it and add the input to the seed corpus.
-fuzz() {
-  local seconds=${1:-300}
-  local dir=${FUZZ_BUILD_DIR:-$repo/build-fuzz}
-  say "libFuzzer harnesses in $dir, ${seconds}s each"
-  CC=clang-14 CXX=clang++-14 cmake -S "$repo" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+fuzz_dir=${FUZZ_BUILD_DIR:-$repo/build-fuzz}
+fuzz_build() {
+  say "building the libFuzzer harnesses in $fuzz_dir"
+  CC=clang-14 CXX=clang++-14 cmake -S "$repo" -B "$fuzz_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DQUIESCE_FUZZ=ON -DQUIESCE_BUILD_TESTS=OFF -DQUIESCE_SANITIZE=fuzzer-no-link,address,undefined \
     -DQUIESCE_WERROR="${QUIESCE_WERROR:-OFF}" >/dev/null
-  cmake --build "$dir" -j "$jobs" --target quiesce_fuzzers
+  cmake --build "$fuzz_dir" -j "$jobs" --target quiesce_fuzzers
+}
+
+fuzz() {
+  local seconds=${1:-300}
+  local dir=$fuzz_dir
+  fuzz_build
+  say "libFuzzer harnesses in $dir, ${seconds}s each"
   local name
   for name in qga_framing config untrusted_json api_routes http_server; do
     local work="$dir/corpus/$name" crashes="$dir/crashes/$name"
@@ -196,11 +210,28 @@ demo() {
   exec "$repo/packaging/demo.sh" "$build_dir"
 }
 
+# The trees only .ci/run uses after the test command (ASan, libFuzzer), built
+# at idle priority (SCHED_IDLE, idle I/O class) while that command runs:
+# they take only the cycles its build and tests leave, above all the gaps of
+# the vm label's guests, and the tests' timing never competes with them.
+# The later `asan` and `fuzz` steps then find their trees built. Output:
+# $build_dir/idle-builds.log.
+idle_builds() {
+  mkdir -p "$build_dir"
+  say "building the ASan and libFuzzer trees at idle priority (log: $build_dir/idle-builds.log)"
+  local status=0
+  ( asan_build && fuzz_build ) >"$build_dir/idle-builds.log" 2>&1 || status=$?
+  [ "$status" -eq 0 ] || tail -n 40 "$build_dir/idle-builds.log" >&2
+  return "$status"
+}
+
 case "${1:-}" in
   deps) deps ;;
   build) deps; build ;;
   test) deps; start_vm_images; build; wait_vm_images; run_tests ;;
   vm) deps; vm ;;
+  idle-builds) deps; exec chrt --idle 0 ionice -c 3 "$0" idle-builds-now ;;
+  idle-builds-now) idle_builds ;;
   asan) deps; asan ;;
   fuzz) shift; deps; fuzz "$@" ;;
   demo) deps; build; demo ;;
