@@ -154,8 +154,14 @@ Expected<ExportOutcome> export_checkpoint(const CheckpointStore& store, const st
         !done) {
       return done.error();
     }
+    // The size import checks against: the flattened image's own.
+    auto info = run_command({qemu_img, "info", "--output=json", (staging.path() / rel).string()}, 2min);
+    const auto parsed = json::parse(info.output, nullptr, false);
+    if (info.exit_code != 0 || !parsed.is_object()) {
+      return Error{ErrorKind::backend, "disk '" + d.name + "': cannot read back " + rel + ": " + info.output};
+    }
     d.snapshot = rel;
-    disks.push_back({{"name", d.name}, {"file", rel}, {"virtual_size", d.bytes}});
+    disks.push_back({{"name", d.name}, {"file", rel}, {"virtual_size", parsed.value("virtual-size", std::uint64_t{0})}});
     outcome.files.push_back(rel);
   }
   auto others = extra_files(store.dir_of(id));
