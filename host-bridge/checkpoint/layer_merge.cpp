@@ -234,6 +234,21 @@ Status merge_out_layer(const std::string& disk, const std::filesystem::path& ove
     }
     return ok_status();
   };
+  // A checkpoint's overlay holds no state of its own: the checkpoint's state
+  // is its base. Copying the deleted layer's data up into such an overlay
+  // and re-pointing it lower would change that checkpoint, so stream and
+  // rebase only go into layers that are no checkpoint's (the VM's top).
+  const std::string store_prefix = normal(options.store_root.string()) + "/";
+  auto refuse_checkpoint_layers = [&](const std::vector<std::string>& targets) -> Status {
+    for (const auto& target : targets) {
+      if (target.rfind(store_prefix, 0) == 0) {
+        return Error{ErrorKind::conflict,
+                     "disk '" + disk + "': " + target + " (a checkpoint's) is built on " + overlay + ", whose base " +
+                         base + " has other layers on it: merging would change that checkpoint; nothing deleted"};
+      }
+    }
+    return ok_status();
+  };
   std::vector<std::string> offline_children;
   for (const auto& child : children) {
     if (open_files.count(child) == 0) {
@@ -257,6 +272,8 @@ Status merge_out_layer(const std::string& disk, const std::filesystem::path& ove
           return done;
         }
       }
+    } else if (auto refused = refuse_checkpoint_layers(children); !refused) {
+      return refused;
     } else if (auto done = rebase_children_safely(children); !done) {
       return done;
     }
@@ -275,8 +292,15 @@ Status merge_out_layer(const std::string& disk, const std::filesystem::path& ove
                                             base + " has other layers built on it: power the VM off and delete "
                                             "again (nothing deleted)"};
     }
-    if (auto done = rebase_children_safely(offline_children); !done) {
-      return done;
+    if (!base_only_child) {
+      std::vector<std::string> targets = offline_children;
+      targets.push_back(chain->files[at - 1]);
+      if (auto refused = refuse_checkpoint_layers(targets); !refused) {
+        return refused;
+      }
+      if (auto done = rebase_children_safely(offline_children); !done) {
+        return done;
+      }
     }
     const std::string top_node = chain->nodes[at];
     const std::string base_node = chain->nodes[at + 1];
@@ -315,6 +339,17 @@ Status merge_out_layer(const std::string& disk, const std::filesystem::path& ove
       for (const auto& f : c.files) {
         if (f == overlay) {
           return Error{ErrorKind::backend, "disk '" + disk + "': QEMU still runs " + overlay + " after " + command};
+        }
+      }
+    }
+    // Layers QEMU does not run that were built on the overlay: the base
+    // now reads as the overlay did, so re-pointing them is metadata only.
+    if (base_only_child) {
+      for (const auto& child : offline_children) {
+        if (auto done = run({options.qemu_img, "rebase", "-q", "-u", "-f", "qcow2", "-F", base_format, "-b", base,
+                             child});
+            !done) {
+          return done;
         }
       }
     }

@@ -20,7 +20,12 @@
 //
 // X holds only the deleted checkpoint's state, which nothing needs any
 // more once the checkpoint is gone, so writing O's data into it is safe when
-// nothing else is built on X. Every step keeps every image reading the same
+// nothing else is built on X. Copying O's data up (rebase, stream) is only
+// done into layers that are no checkpoint's: a checkpoint's state is its
+// overlay's base, so re-pointing its overlay lower would change it; that
+// case is refused. (A VM of kind qemu never builds two layers on one base:
+// apply flattens into the VM's own top layer. Stream and rebase serve
+// layers others built beside ours.) Every step keeps every image reading the same
 // if it is interrupted: commit copies before anything is re-pointed, rebase
 // -u re-points only once X holds O's data, O is removed last.
 //

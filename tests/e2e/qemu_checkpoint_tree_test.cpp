@@ -18,6 +18,7 @@
 
 #include "host-bridge/checkpoint/checkpoint_store.hpp"
 #include "host-bridge/checkpoint/layer_merge.hpp"
+#include "host-bridge/checkpoint/qmp_backend.hpp"
 #include "host-bridge/checkpoint/qmp_client.hpp"
 #include "tests/support/processes.hpp"
 #include "tests/support/temp_dir.hpp"
@@ -379,4 +380,95 @@ TEST_CASE("qemu checkpoint: a disk the transaction cannot snapshot fails the che
   CHECK_FALSE(vm.store().current()->has_value());
   qmp = Error{ErrorKind::system, "closed"};
   (void)vm.host({"vm", "down"});
+}
+
+TEST_CASE("qmp backend delete: a base with other layers on it gets block-stream and qemu-img rebase, never into a checkpoint") {
+  if (!have_qemu()) {
+    return;
+  }
+  // A VM of kind qemu keeps one layer on each base; layers another tool
+  // built beside ours (here with qemu-img, in the VM's disks/) must survive
+  // a delete too. Machine none: QEMU's block layer and nothing else.
+  test::TempDir tmp("quiesce-tree-stream");
+  const auto disks = tmp / "disks";
+  const auto store = tmp / "checkpoints";
+  std::filesystem::create_directories(disks);
+  const auto base = (disks / "data.qcow2").string();
+  REQUIRE(test::run_command({"qemu-img", "create", "-q", "-f", "qcow2", base, "4M"}) == 0);
+  REQUIRE(test::run_command({"qemu-io", "-c", "write -P 0xa1 0 64k", base}) == 0);
+  const auto socket = (tmp / "qmp.sock").string();
+  test::ChildProcess qemu({"/usr/bin/qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none",
+                           "-qmp", "unix:" + socket + ",server=on,wait=off",
+                           "-drive", "file=" + base + ",if=none,id=disk-data,format=qcow2"},
+                          tmp / "qemu.log");
+  REQUIRE(test::eventually(20s, [&] { return QmpClient::connect(socket, 5s).ok(); }));
+  QmpBackendOptions options;
+  options.socket = socket;
+  options.disks = {{"data", {"disk-data", ""}}};
+  QmpBackend backend(options);
+  auto qmp_run = [&](const std::string& command, const json& arguments) {
+    auto qmp = QmpClient::connect(socket, 10s);
+    REQUIRE(qmp.ok());
+    auto done = qmp->execute(command, arguments);
+    REQUIRE_MESSAGE(done.ok(), (done.ok() ? "" : done.error().message));
+  };
+  auto hmp_write = [&](int block, int byte) {
+    qmp_run("human-monitor-command", {{"command-line", "qemu-io disk-data \"write -P " + hex(byte) + " " +
+                                                           std::to_string(block * 64) + "k 64k\""}});
+  };
+  auto layer = [&](const std::filesystem::path& file, const std::string& backing) {
+    REQUIRE(test::run_command({"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing,
+                               file.string()}) == 0);
+  };
+  auto cp1 = backend.snapshot({"data", base}, "cp-1", store / "cp-1");
+  REQUIRE_MESSAGE(cp1.ok(), (cp1.ok() ? "" : cp1.error().message));
+  hmp_write(1, 0xb2);
+  // The VM's own top layer over cp-1's overlay (as after a restart).
+  const auto top = (disks / "data.top.qcow2").string();
+  qmp_run("blockdev-snapshot-sync", {{"device", "disk-data"}, {"snapshot-file", top}, {"format", "qcow2"}});
+  hmp_write(2, 0xc3);
+  const auto beside = disks / "beside.qcow2";  // on the base, beside cp-1's overlay
+  const auto above = disks / "above.qcow2";    // on cp-1's overlay, not run by QEMU
+  layer(beside, base);
+  layer(above, cp1->snapshot);
+  REQUIRE(test::run_command({"qemu-io", "-c", "write -P 0xd4 192k 64k", above.string()}) == 0);
+
+  std::vector<ProgressEvent> steps;
+  backend.set_progress([&](const ProgressEvent& e) { steps.push_back(e); });
+  auto removed = backend.remove(*cp1, "cp-1");
+  REQUIRE_MESSAGE(removed.ok(), (removed.ok() ? "" : removed.error().message));
+  CHECK_FALSE(std::filesystem::exists(cp1->snapshot));
+  std::string said;
+  for (const auto& e : steps) {
+    said += e.detail + "\n";
+  }
+  CHECK_MESSAGE(said.find("block-stream of " + cp1->snapshot + " into " + top) != std::string::npos, said);
+  CHECK_MESSAGE(said.find("qemu-img rebase " + above.string()) != std::string::npos, said);
+  auto backing = qcow2_backing_file("qemu-img", top);
+  REQUIRE(backing.ok());
+  CHECK(*backing == base);
+
+  // Now a checkpoint's overlay over another's, on a base with a second
+  // layer: streaming would change the upper checkpoint. Refused, unchanged.
+  auto cp2 = backend.snapshot({"data", top}, "cp-2", store / "cp-2");
+  REQUIRE(cp2.ok());
+  auto cp3 = backend.snapshot({"data", top}, "cp-3", store / "cp-3");
+  REQUIRE(cp3.ok());
+  layer(disks / "beside-top.qcow2", top);
+  auto refused = backend.remove(*cp2, "cp-2");
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().kind == ErrorKind::conflict);
+  CHECK_MESSAGE(refused.error().message.find("would change that checkpoint") != std::string::npos,
+                refused.error().message);
+  CHECK(std::filesystem::exists(cp2->snapshot));
+  backing = qcow2_backing_file("qemu-img", cp3->snapshot);
+  REQUIRE(backing.ok());
+  CHECK(*backing == cp2->snapshot);
+
+  REQUIRE(QmpClient::connect(socket, 10s)->execute("quit").ok());
+  REQUIRE(qemu.wait_for(20s).has_value());
+  CHECK(reads(top, {0xa1, 0xb2, 0xc3, 0}));
+  CHECK(reads(above.string(), {0xa1, 0xb2, 0, 0xd4}));
+  CHECK(reads(beside.string(), {0xa1, 0, 0, 0}));
+  CHECK(reads(base, {0xa1, 0, 0, 0}));
 }
