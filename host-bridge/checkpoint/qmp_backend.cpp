@@ -2,6 +2,7 @@
 
 #include <cstdio>
 
+#include "host-bridge/checkpoint/layer_merge.hpp"
 #include "host-bridge/checkpoint/process.hpp"
 #include "host-bridge/checkpoint/qmp_client.hpp"
 
@@ -256,57 +257,15 @@ Status QmpBackend::restore(const DiskSnapshot& snapshot, const DiskSpec& disk, c
 }
 
 Status QmpBackend::remove(const DiskSnapshot& snapshot, const std::string& /*checkpoint_id*/) {
-  std::error_code ec;
+  // <store>/<id>/disks/<disk>.qcow2: the store is three levels up.
   const std::filesystem::path overlay(snapshot.snapshot);
-  if (!std::filesystem::exists(overlay, ec)) {
-    return ok_status();
-  }
-  // A running QEMU writing to the overlay (or reading it as a backing file):
-  // deleting it would destroy the VM's present state.
-  if (auto qmp = QmpClient::connect(options_.socket, options_.timeout); qmp) {
-    auto nodes = qmp->execute("query-named-block-nodes");
-    if (!nodes) {
-      return Error{nodes.error().kind, "disk '" + snapshot.name + "': " + nodes.error().message};
-    }
-    for (const auto& node : *nodes) {
-      if (node.value("file", std::string()) == overlay.string()) {
-        return Error{ErrorKind::conflict, "disk '" + snapshot.name + "': the running QEMU uses overlay " +
-                                              overlay.string() + "; power the VM off or apply a checkpoint first"};
-      }
-    }
-  }
-  // Another checkpoint's overlay built on this one (<root>/<id>/disks/*.qcow2).
-  const auto root = overlay.parent_path().parent_path().parent_path();
-  for (const auto& dir : std::filesystem::directory_iterator(root, ec)) {
-    const auto disks = dir.path() / "disks";
-    for (const auto& file : std::filesystem::directory_iterator(disks, ec)) {
-      if (file.path() == overlay || file.path().extension() != ".qcow2") {
-        continue;
-      }
-      if (auto base = backing_of(file.path().string()); base && *base == overlay.string()) {
-        return Error{ErrorKind::conflict, "disk '" + snapshot.name + "': overlay " + overlay.string() +
-                                              " is the base of " + file.path().string() + "; delete that checkpoint first"};
-      }
-    }
-  }
-  // The VM's own top layer built on it (<vm>/disks/*.qcow2 beside the store
-  // <vm>/checkpoints: a qemu VM's disk after a power-off, see
-  // host-bridge/qemu/qemu_vm.hpp): deleting it would lose the VM's disk.
-  for (const auto& file : std::filesystem::directory_iterator(root.parent_path() / "disks", ec)) {
-    if (file.path().extension() != ".qcow2") {
-      continue;
-    }
-    if (auto base = backing_of(file.path().string()); base && *base == overlay.string()) {
-      return Error{ErrorKind::conflict, "disk '" + snapshot.name + "': the VM's disk " + file.path().string() +
-                                            " is built on overlay " + overlay.string() +
-                                            "; apply a checkpoint first (merging on delete is not done yet)"};
-    }
-  }
-  std::filesystem::remove(overlay, ec);
-  if (ec) {
-    return Error{ErrorKind::system, "cannot remove " + overlay.string() + ": " + ec.message()};
-  }
-  return ok_status();
+  LayerMergeOptions merge;
+  merge.qemu_img = options_.qemu_img;
+  merge.qmp_socket = options_.socket;
+  merge.store_root = overlay.parent_path().parent_path().parent_path();
+  merge.qmp_timeout = options_.timeout;
+  merge.progress = progress_;
+  return merge_out_layer(snapshot.name, overlay, merge);
 }
 
 }  // namespace quiesce::host

@@ -16,9 +16,10 @@
 // the overlay's writes are discarded. See docs/host-bridge.md for what this
 // means for checkpoints built on the VM's image.
 //
-// Delete removes the checkpoint's overlay, but only when nothing needs it:
-// a running QEMU does not have it open, and no other overlay in the store
-// uses it as its backing file. Otherwise it refuses (conflict).
+// Delete removes the checkpoint's overlay after merging its data into what
+// is built on it (another checkpoint's overlay, the VM's top layer, the
+// layer a running QEMU writes to): qemu-img commit/rebase when QEMU does not
+// have it open, block-commit/block-stream jobs when it does (layer_merge.hpp).
 
 #include <chrono>
 #include <map>
@@ -26,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "host-bridge/checkpoint/checkpointer.hpp"
 #include "host-bridge/checkpoint/snapshot_backend.hpp"
 
 namespace quiesce::host {
@@ -86,12 +88,16 @@ class QmpBackend final : public SnapshotBackend {
   // The backing file of a qcow2 overlay, read from its header.
   [[nodiscard]] Expected<std::string> backing_of(const std::string& overlay) const;
 
+  // Where a delete's merges report their steps and block job progress.
+  void set_progress(ProgressFn progress) { progress_ = std::move(progress); }
+
  private:
   [[nodiscard]] Status run_transaction(const std::string& checkpoint_id, const std::filesystem::path& checkpoint_dir);
 
   QmpBackendOptions options_;
   std::optional<QmpTransactionRecord> last_;
   unsigned transactions_sent_ = 0;
+  ProgressFn progress_;
 };
 
 }  // namespace quiesce::host

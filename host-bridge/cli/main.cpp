@@ -12,7 +12,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "host-bridge/checkpoint/checkpoint_edit.hpp"
+#include "host-bridge/checkpoint/checkpoint_transfer.hpp"
 #include "host-bridge/checkpoint/checkpointer.hpp"
+#include "host-bridge/checkpoint/qmp_backend.hpp"
 #include "host-bridge/qemu/qemu_vm.hpp"
 #include "host-bridge/sim/sim_vm.hpp"
 #include "host-bridge/checkpoint/vm_directory.hpp"
@@ -54,9 +57,21 @@ Checkpoints:
   checkpoint list              every checkpoint, oldest first (* marks the current one)
   checkpoint tree              checkpoints as a tree of parents
   checkpoint show ID           one manifest
-  checkpoint delete ID [--force]
+  checkpoint delete ID [--force | --subtree]
                                a checkpoint that is a parent is refused unless --force,
-                               which re-parents its children onto its own parent
+                               which re-parents its children onto its own parent;
+                               --subtree deletes it and every checkpoint below it.
+                               qemu: its disk layers are merged into what is built on
+                               them first (qemu-img commit/rebase when off, block-commit/
+                               block-stream jobs with progress when on), so no other
+                               checkpoint breaks; refused while a block job runs
+  checkpoint rename ID LABEL   a new label (at most 100 characters, no control characters)
+  checkpoint export ID DIR     qemu: a self-contained copy in DIR (absent or empty):
+                               each disk flattened (qemu-img convert), the memory state
+                               file if any, the manifest, the QEMU command line
+  checkpoint import DIR        qemu: bring an exported checkpoint into this VM's store
+                               (checked first: a broken or foreign one changes nothing);
+                               it becomes a root of the tree, ready to apply
   checkpoint apply ID [--save-current]
                                power off, (save the current state as a standard
                                checkpoint,) restore the disks, power on
@@ -107,6 +122,7 @@ struct Args {
   std::optional<unsigned> freeze_window_ms;
   bool force = false;
   bool save_current = false;
+  bool subtree = false;
   std::optional<quiesce::client::Endpoint> agent;
 };
 
@@ -166,6 +182,9 @@ Args parse_args(int argc, char** argv) {
       args.fallback_standard = true;
     } else if (a == "--label") {
       args.label = value(i, a);
+      if (auto checked = check_label(args.label); !checked) {
+        throw UsageError{"--" + checked.error().message};
+      }
     } else if (a == "--freeze-window-ms") {
       const auto v = value(i, a);
       char* end = nullptr;
@@ -176,6 +195,8 @@ Args parse_args(int argc, char** argv) {
       args.freeze_window_ms = static_cast<unsigned>(n);
     } else if (a == "--force") {
       args.force = true;
+    } else if (a == "--subtree") {
+      args.subtree = true;
     } else if (a == "--save-current") {
       args.save_current = true;
     } else if (a == "-h" || a == "--help") {
@@ -344,6 +365,9 @@ int run(const Args& args, const Output& out) {
   if (!backend) {
     return out.fail(backend.error());
   }
+  if (auto* qmp = dynamic_cast<QmpBackend*>(backend->get()); qmp != nullptr) {
+    qmp->set_progress([&](const ProgressEvent& e) { out.progress_line(e); });
+  }
   std::optional<AgentEndpointOverride> agent_override;
   VirtualMachine* machine = &vm->machine();
   if (args.agent) {
@@ -494,6 +518,72 @@ int run(const Args& args, const Output& out) {
     }
     return exit_ok;
   }
+  if (command == "delete" && args.subtree) {
+    need_args(3);
+    if (args.force) {
+      throw UsageError{"delete: --force and --subtree do not go together"};
+    }
+    auto deleted = remove_subtree(checkpointer, store, p[2]);
+    if (!deleted) {
+      return out.fail(deleted.error());
+    }
+    if (out.json_mode()) {
+      std::cout << json{{"deleted", *deleted}}.dump() << "\n";
+    } else {
+      for (const auto& id : *deleted) {
+        std::cout << "deleted " << id << "\n";
+      }
+    }
+    return exit_ok;
+  }
+  if (command == "rename") {
+    need_args(4);
+    auto renamed = rename_checkpoint(store, p[2], p[3]);
+    if (!renamed) {
+      return out.fail(renamed.error());
+    }
+    if (out.json_mode()) {
+      std::cout << json{{"renamed", p[2]}, {"label", renamed->label}}.dump() << "\n";
+    } else {
+      std::cout << "checkpoint " << p[2] << " is now \"" << renamed->label << "\"\n";
+    }
+    return exit_ok;
+  }
+  if (command == "export") {
+    need_args(4);
+    const auto command_file = vm->qemu ? vm->qemu->config().command_file() : std::filesystem::path();
+    auto exported = export_checkpoint(store, p[2], p[3], command_file);
+    if (!exported) {
+      return out.fail(exported.error());
+    }
+    if (out.json_mode()) {
+      std::cout << json{{"exported", p[2]}, {"dir", exported->dir.string()}, {"files", exported->files},
+                        {"bytes", exported->bytes}}
+                       .dump()
+                << "\n";
+    } else {
+      std::cout << "exported " << p[2] << " to " << exported->dir.string() << " (" << exported->files.size()
+                << " files, " << exported->bytes / 1024 << " KiB)\n";
+    }
+    return exit_ok;
+  }
+  if (command == "import") {
+    need_args(3);
+    std::vector<std::pair<std::string, std::string>> disks;
+    for (const auto& d : vm->machine().disks()) {
+      disks.emplace_back(d.name, d.image);
+    }
+    auto imported = import_checkpoint(store, p[2], disks);
+    if (!imported) {
+      return out.fail(imported.error());
+    }
+    if (out.json_mode()) {
+      std::cout << imported->to_json().dump() << "\n";
+    } else {
+      std::cout << "imported " << p[2] << " as checkpoint " << imported->id << "\n";
+    }
+    return exit_ok;
+  }
   if (command == "delete") {
     need_args(3);
     auto removed = checkpointer.remove(p[2], args.force);
@@ -535,7 +625,7 @@ int run(const Args& args, const Output& out) {
     }
     return exit_ok;
   }
-  throw UsageError{"checkpoint: expected create, list, tree, show, delete or apply"};
+  throw UsageError{"checkpoint: expected create, list, tree, show, delete, apply, rename, export or import"};
 }
 
 }  // namespace

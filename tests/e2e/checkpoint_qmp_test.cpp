@@ -1,7 +1,7 @@
 // The qmp snapshot backend against a real QEMU (machine "none", no guest
 // OS: the block layer is all this needs): one atomic transaction over two
-// disks, a failing transaction that changes nothing, deletion refused while
-// QEMU uses an overlay, and apply bringing back the base content.
+// disks, a failing transaction that changes nothing, and apply bringing back
+// the base content.
 
 #include <doctest/doctest.h>
 
@@ -118,7 +118,7 @@ TEST_CASE("qmp backend: one transaction over all disks, atomic failure, apply di
     CHECK_FALSE(std::filesystem::exists(store / "cp-bad" / "disks" / "data.qcow2"));
   }
 
-  SUBCASE("snapshot, delete refused while in use, apply after power off") {
+  SUBCASE("snapshot, apply after power off") {
     auto parsed = QmpBackendOptions::from_json(
         {{"type", "qmp"}, {"socket", socket}, {"disks", {{"data", "disk0"}, {"logs", "disk1"}}}}, "backend");
     REQUIRE_MESSAGE(parsed.ok(), (parsed.ok() ? "" : parsed.error().message));
@@ -158,10 +158,8 @@ TEST_CASE("qmp backend: one transaction over all disks, atomic failure, apply di
     auto wrote = qmp_execute(socket, "human-monitor-command", {{"command-line", "qemu-io disk0 \"write -P 0x55 0 64k\""}});
     REQUIRE_MESSAGE(wrote.ok(), (wrote.ok() ? "" : wrote.error().message));
 
-    auto refused = backend.remove(snaps[0], "cp-1");
-    REQUIRE_FALSE(refused.ok());
-    CHECK(refused.error().kind == ErrorKind::conflict);
-    CHECK(std::filesystem::exists(overlay0));
+    // (Deleting it now would merge it into the base while QEMU runs: see
+    // qemu_checkpoint_tree_test.cpp.)
 
     // Power off.
     REQUIRE(qmp_execute(socket, "quit").ok());
