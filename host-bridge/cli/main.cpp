@@ -49,7 +49,9 @@ Checkpoints:
                                standard; disabled), else production
                                production (default): quiesce through the agent,
                                snapshot every disk while frozen; application-consistent
-                               only when the hold was continuous. standard: no guest help.
+                               only when the hold was continuous. standard: no guest help;
+                               a running qemu VM is paused and its memory saved with the
+                               disks (apply brings it back running where it was)
                                --fallback-standard: take a standard one if quiesce fails
   checkpoint list              every checkpoint, oldest first (* marks the current one)
   checkpoint tree              checkpoints as a tree of parents
@@ -124,6 +126,7 @@ class AgentEndpointOverride : public VirtualMachine {
     options.endpoint = endpoint_;
     return options;
   }
+  [[nodiscard]] VmStateCapture* state_capture() override { return vm_.state_capture(); }
 
  private:
   VirtualMachine& vm_;
