@@ -171,10 +171,13 @@ Expected<Manifest> Checkpointer::create_standard(const CreateOptions& options,
     if (!saved) {
       report("save memory", saved.error().message, std::nullopt, true);
       // The disks must not stay on overlays of a failed checkpoint.
+      const auto undo_start = Clock::now();
       report("undo the disks' snapshot");
       if (auto undone = capture->undo_disk_snapshots(m.disks); !undone) {
         m.warnings.push_back("undoing the disks' snapshot failed: " + undone.error().message);
         report("undo the disks' snapshot", undone.error().message, std::nullopt, true);
+      } else {
+        report("undo the disks' snapshot", "each disk back on the image it ran from", ms_since(undo_start));
       }
       free_snapshots(m);
       resume();
@@ -434,11 +437,14 @@ Expected<ApplyOutcome> Checkpointer::apply(const std::string& id, bool save_curr
       return Error{ErrorKind::invalid_input, "checkpoint " + id +
                                                  " carries memory state, which this VM cannot load; nothing changed"};
     }
+    const auto verify_start = Clock::now();
     report("verify memory state", manifest->memory.value("file", std::string()));
     if (auto status = capture->verify(manifest->memory, store_.dir_of(id)); !status) {
       report("verify memory state", status.error().message, std::nullopt, true);
       return Error{status.error().kind, "checkpoint " + id + ": " + status.error().message + "; nothing changed"};
     }
+    outcome.timings_ms["verify_memory"] = ms_since(verify_start);
+    report("verify memory state", "size and sha256 as recorded", outcome.timings_ms["verify_memory"].get<double>());
   }
   outcome.applied = *manifest;
 

@@ -257,6 +257,12 @@ void print_manifest(const Manifest& m) {
     std::cout << "  disk " << d.name << ": " << d.method << " " << d.snapshot << " (" << d.bytes / (1024 * 1024)
               << " MiB, " << d.allocated_bytes / 1024 << " KiB allocated)\n";
   }
+  if (m.memory.is_object()) {
+    std::cout << "  memory: " << m.memory.value("file", std::string()) << " ("
+              << m.memory.value("bytes", std::uint64_t{0}) / (1024 * 1024) << " MiB, sha256 "
+              << m.memory.value("sha256", std::string()).substr(0, 16) << "...), the VM paused "
+              << fmt_ms(m.memory, "pause_ms") << " ms\n";
+  }
   for (const auto& w : m.writers) {
     std::cout << "  writer " << w.value("name", "") << " (" << w.value("type", "") << ", " << w.value("level", "")
               << "): " << w.value("state", "") << "\n";

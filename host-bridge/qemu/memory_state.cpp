@@ -249,7 +249,10 @@ Expected<json> QemuMemoryState::save(const std::filesystem::path& checkpoint_dir
 }
 
 Status QemuMemoryState::undo_disk_snapshots(const std::vector<DiskSnapshot>& snapshots) {
-  if (snapshots.empty()) {
+  // QEMU gone (killed during the save): the VM is off and its next start
+  // uses the images it ran from before (active-disks.json was not moved to
+  // the overlays), so there is nothing to undo.
+  if (snapshots.empty() || !vm_.running()) {
     return ok_status();
   }
   auto qmp = QmpClient::connect(vm_.config().qmp_socket().string(), qmp_timeout);
@@ -313,6 +316,9 @@ Status QemuMemoryState::undo_disk_snapshots(const std::vector<DiskSnapshot>& sna
 }
 
 Status QemuMemoryState::resume() {
+  if (!vm_.running()) {
+    return Error{ErrorKind::system, "QEMU is gone: the VM is off, nothing is left paused"};
+  }
   auto qmp = QmpClient::connect(vm_.config().qmp_socket().string(), qmp_timeout);
   if (!qmp) {
     return qmp.error();
