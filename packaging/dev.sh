@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One entry point for developers and CI (see README.md):
 #   packaging/dev.sh demo   install what is missing, build, run the main job
+#   packaging/dev.sh demo vm  as root: the main job on a real VM: QEMU (TCG) run by quiesce-host, a
+#                           SQLite workload in the guest, a production and a memory checkpoint
+#                           applied (packaging/demo-vm.sh, ~2-3 min)
 #   packaging/dev.sh test   install what is missing, build, run every test (the vm label last:
 #                           Debian 12 and initramfs guests under QEMU, ~10 min, +2-6 min the first time
 #                           to build its cached image; docs/testing-in-a-guest.md)
@@ -12,6 +15,9 @@
 #                           build-fuzz and run each for SECONDS (default 300; CI runs 15)
 #   packaging/dev.sh bench [ARGS]  as root: hold window vs raw FIFREEZE and qemu-ga,
 #                           scaling, footprint (docs/performance.md; ARGS go to quiesce_bench)
+#   packaging/dev.sh bench vm [RUNS]  as root: a real VM's checkpoints: the pause of a standard
+#                           checkpoint with memory against RAM size and dirty memory, the state
+#                           file, the guest's hold in a production one (packaging/bench-vm.sh)
 #   packaging/dev.sh package  build, then the .deb packages and the .rpm into BUILD_DIR/packages
 #                           from that build tree (docs/packaging.md), lintian on the .debs
 #   packaging/dev.sh deps | build
@@ -187,6 +193,14 @@ fuzz() {
 
 # Builds only what the bench runs, then runs it; results in $build_dir/bench.
 bench() {
+  if [ "${1:-}" = vm ]; then
+    shift
+    say "building quiesce-host and the agent in $build_dir"
+    cmake -S "$repo" -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DQUIESCE_WERROR="${QUIESCE_WERROR:-OFF}" >/dev/null
+    cmake --build "$build_dir" -j "$jobs" --target quiesce-host quiesce-agent quiesce-freeze-holder quiescectl
+    exec "$repo/packaging/bench-vm.sh" "$build_dir" "$@"
+  fi
   say "building the bench in $build_dir"
   cmake -S "$repo" -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DQUIESCE_WERROR="${QUIESCE_WERROR:-OFF}" >/dev/null
@@ -207,6 +221,9 @@ package() {
 }
 
 demo() {
+  if [ "${1:-}" = vm ]; then
+    exec "$repo/packaging/demo-vm.sh" "$build_dir"
+  fi
   exec "$repo/packaging/demo.sh" "$build_dir"
 }
 
@@ -234,8 +251,8 @@ case "${1:-}" in
   idle-builds-now) idle_builds ;;
   asan) deps; asan ;;
   fuzz) shift; deps; fuzz "$@" ;;
-  demo) deps; build; demo ;;
+  demo) shift; deps; build; demo "$@" ;;
   bench) shift; deps; bench "$@" ;;
   package) deps; build; package ;;
-  *) sed -n '2,20p' "$0"; exit 2 ;;
+  *) sed -n '2,23p' "$0"; exit 2 ;;
 esac

@@ -184,6 +184,7 @@ json Manifest::to_json() const {
           {"writers", writers},
           {"artifacts", artifacts},
           {"disks", disks_json},
+          {"memory", memory},
           {"timings_ms", timings_ms},
           {"warnings", warnings}};
 }
@@ -232,6 +233,14 @@ Expected<Manifest> Manifest::from_json(const json& j) {
   m.agent = j.value("agent", json(nullptr));
   if (!m.agent.is_null() && !m.agent.is_object()) {
     r.fail("agent", "expected an object {kind, version} or null");
+  }
+  // Manifests from before memory checkpoints have no "memory".
+  m.memory = j.value("memory", json(nullptr));
+  if (!m.memory.is_null() &&
+      (!m.memory.is_object() || !m.memory.contains("file") || !m.memory["file"].is_string() ||
+       !m.memory.contains("bytes") || !m.memory["bytes"].is_number_unsigned() || !m.memory.contains("sha256") ||
+       !m.memory["sha256"].is_string() || !m.memory.contains("qemu_command") || !m.memory["qemu_command"].is_array())) {
+    r.fail("memory", "expected null or an object {file, bytes, sha256, qemu_command, ...}");
   }
   m.writers = r.any("writers", json::value_t::array);
   m.artifacts = r.any("artifacts", json::value_t::object);

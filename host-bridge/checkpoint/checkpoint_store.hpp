@@ -59,6 +59,11 @@ struct Manifest {
   nlohmann::json writers = nlohmann::json::array();    // name, type, level, state, identity
   nlohmann::json artifacts = nlohmann::json::object(); // post-snapshot artifacts per writer
   std::vector<DiskSnapshot> disks;
+  // The VM's device and RAM state when a standard checkpoint captured it
+  // (a running qemu VM), else null: {"file": name in the checkpoint
+  // directory, "bytes", "sha256", "pause_ms", "qemu_command": the argv the
+  // state must be loaded into}. See host-bridge/qemu/memory_state.hpp.
+  nlohmann::json memory;
   nlohmann::json timings_ms = nlohmann::json::object();
   std::vector<std::string> warnings;
 

@@ -118,19 +118,92 @@ Expected<Manifest> Checkpointer::create_standard(const CreateOptions& options,
   m.fallback_reason = std::move(fallback_reason);
   const bool running = vm_.running();
   m.vm_state = running ? "running" : "off";
+  VmStateCapture* capture = running ? vm_.state_capture() : nullptr;
   if (auto status = store_.create_dir(m.id); !status) {
     return status.error();
   }
-  report("checkpoint " + m.id, std::string("standard, VM ") + (running ? "running" : "off"));
-  if (auto status = snapshot_disks(m); !status) {
+  report("checkpoint " + m.id, std::string("standard, VM ") + (running ? "running" : "off") +
+                                   (capture ? ", with memory" : ""));
+  std::optional<std::string> state_file;
+  auto fail = [&](const Error& error) -> Expected<Manifest> {
     m.ok = false;
-    m.error = status.error();
+    m.error = error;
     m.timings_ms["total"] = ms_since(start);
+    std::error_code ec;
+    if (state_file) {
+      // First, so a full file system has room for the manifest.
+      std::filesystem::remove(store_.dir_of(m.id) / *state_file, ec);
+    }
     (void)store_.save(m);
-    return Error{status.error().kind, "checkpoint " + m.id + " failed: " + status.error().message};
+    return Error{error.kind, "checkpoint " + m.id + " failed: " + error.message};
+  };
+  std::optional<Clock::time_point> paused_at;
+  if (capture) {
+    report("pause", "stop the vCPUs");
+    if (auto status = capture->pause(); !status) {
+      report("pause", status.error().message, std::nullopt, true);
+      return fail(status.error());
+    }
+    paused_at = Clock::now();
   }
-  // Without the guest's help a running VM's disks are as after a power cut;
-  // a VM that is off was shut down cleanly.
+  // The VM is paused from here to resume(): every failure resumes it.
+  auto resume = [&]() {
+    if (!paused_at) {
+      return;
+    }
+    const double pause_ms = ms_since(*paused_at);
+    paused_at.reset();
+    auto status = capture->resume();
+    m.timings_ms["vm_paused"] = pause_ms;
+    report("resume", status ? "the VM runs again" : status.error().message, pause_ms, !status);
+    if (!status) {
+      m.warnings.push_back("resuming the VM failed: " + status.error().message);
+    }
+  };
+  if (auto status = snapshot_disks(m); !status) {
+    resume();
+    return fail(status.error());
+  }
+  if (capture) {
+    const auto save_start = Clock::now();
+    report("save memory", "device and RAM state to the checkpoint");
+    auto saved = capture->save(store_.dir_of(m.id));
+    if (!saved) {
+      report("save memory", saved.error().message, std::nullopt, true);
+      // The disks must not stay on overlays of a failed checkpoint.
+      const auto undo_start = Clock::now();
+      report("undo the disks' snapshot");
+      if (auto undone = capture->undo_disk_snapshots(m.disks); !undone) {
+        m.warnings.push_back("undoing the disks' snapshot failed: " + undone.error().message);
+        report("undo the disks' snapshot", undone.error().message, std::nullopt, true);
+      } else {
+        report("undo the disks' snapshot", "each disk back on the image it ran from", ms_since(undo_start));
+      }
+      free_snapshots(m);
+      resume();
+      return fail(saved.error());
+    }
+    state_file = saved->value("file", std::string());
+    m.timings_ms["save_memory"] = ms_since(save_start);
+    report("save memory",
+           std::to_string(saved->value("bytes", std::uint64_t{0}) / (1024 * 1024)) + " MiB", 
+           m.timings_ms["save_memory"].get<double>());
+    m.memory = std::move(*saved);
+    resume();
+    if (m.timings_ms.contains("vm_paused")) {
+      m.memory["pause_ms"] = m.timings_ms["vm_paused"];
+    }
+    const auto seal_start = Clock::now();
+    if (auto sealed = capture->seal(m.memory, store_.dir_of(m.id)); !sealed) {
+      free_snapshots(m);
+      m.memory = nullptr;
+      return fail(sealed.error());
+    }
+    m.timings_ms["seal_memory"] = ms_since(seal_start);
+  }
+  // Without the guest's help a running VM's disks are as after a power cut
+  // (its memory, when captured, is what continues from them); a VM that is
+  // off was shut down cleanly.
   m.consistency = running ? Consistency::crash : Consistency::application;
   m.ok = true;
   m.timings_ms["total"] = ms_since(start);
@@ -142,7 +215,9 @@ Expected<Manifest> Checkpointer::create_standard(const CreateOptions& options,
   if (auto status = store_.set_current(m.id); !status) {
     return status.error();
   }
-  report("checkpoint " + m.id, std::string("standard, ") + to_string(*m.consistency) + "-consistent",
+  report("checkpoint " + m.id,
+         std::string("standard, ") + to_string(*m.consistency) + "-consistent" +
+             (m.memory.is_null() ? "" : ", with memory"),
          m.timings_ms["total"].get<double>());
   return m;
 }
@@ -353,6 +428,24 @@ Expected<ApplyOutcome> Checkpointer::apply(const std::string& id, bool save_curr
     return Error{ErrorKind::invalid_input, "checkpoint " + id + " has " + std::to_string(manifest->disks.size()) +
                                                " disks, the VM has " + std::to_string(vm_disks.size())};
   }
+  // A checkpoint with memory comes back running where it was: its state
+  // file must be whole and loadable before the VM is touched.
+  VmStateCapture* capture = nullptr;
+  if (!manifest->memory.is_null()) {
+    capture = vm_.state_capture();
+    if (capture == nullptr) {
+      return Error{ErrorKind::invalid_input, "checkpoint " + id +
+                                                 " carries memory state, which this VM cannot load; nothing changed"};
+    }
+    const auto verify_start = Clock::now();
+    report("verify memory state", manifest->memory.value("file", std::string()));
+    if (auto status = capture->verify(manifest->memory, store_.dir_of(id)); !status) {
+      report("verify memory state", status.error().message, std::nullopt, true);
+      return Error{status.error().kind, "checkpoint " + id + ": " + status.error().message + "; nothing changed"};
+    }
+    outcome.timings_ms["verify_memory"] = ms_since(verify_start);
+    report("verify memory state", "size and sha256 as recorded", outcome.timings_ms["verify_memory"].get<double>());
+  }
   outcome.applied = *manifest;
 
   auto step_start = Clock::now();
@@ -397,13 +490,24 @@ Expected<ApplyOutcome> Checkpointer::apply(const std::string& id, bool save_curr
     return status.error();
   }
   step_start = Clock::now();
-  report("power on");
-  if (auto status = vm_.power_on(); !status) {
-    return Error{status.error().kind, "checkpoint " + id + " restored, but powering on failed: " +
-                                          status.error().message};
+  if (capture) {
+    report("start from the memory state");
+    if (auto status = capture->start_from(manifest->memory, store_.dir_of(id)); !status) {
+      return Error{status.error().kind, "checkpoint " + id + ": the disks are restored, but starting from its memory "
+                                            "state failed (the VM is left off): " + status.error().message};
+    }
+    outcome.timings_ms["start_from_memory"] = ms_since(step_start);
+    report("start from the memory state", "running where it was",
+           outcome.timings_ms["start_from_memory"].get<double>());
+  } else {
+    report("power on");
+    if (auto status = vm_.power_on(); !status) {
+      return Error{status.error().kind, "checkpoint " + id + " restored, but powering on failed: " +
+                                            status.error().message};
+    }
+    outcome.timings_ms["power_on"] = ms_since(step_start);
+    report("power on", "", outcome.timings_ms["power_on"].get<double>());
   }
-  outcome.timings_ms["power_on"] = ms_since(step_start);
-  report("power on", "", outcome.timings_ms["power_on"].get<double>());
   outcome.timings_ms["total"] = ms_since(start);
   return outcome;
 }

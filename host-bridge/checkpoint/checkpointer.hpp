@@ -10,7 +10,11 @@
 //   so nothing stays frozen, the disk copies taken so far are freed and the
 //   checkpoint is recorded as failed with the error.
 // standard: the disks with no help from the guest: `crash` while the VM
-//   runs, `application` when it is powered off (a clean shutdown).
+//   runs, `application` when it is powered off (a clean shutdown). A
+//   running VM whose hypervisor can save its state (VmStateCapture) is
+//   paused for the disks' snapshot and the state's save, so the checkpoint
+//   carries memory matching its disks (Hyper-V's standard checkpoint); any
+//   failure there undoes the snapshot and resumes the VM.
 // fallback_standard: a production checkpoint whose quiesce fails before any
 //   disk was captured (agent unreachable, prepare or freeze refused) is
 //   taken as standard instead, with the reason in the manifest.
@@ -28,6 +32,38 @@
 
 namespace quiesce::host {
 
+// What a hypervisor that can save a running VM's device and RAM state
+// offers (a qemu VM: host-bridge/qemu/memory_state.hpp). A standard
+// checkpoint of a running VM takes the memory with it through this; apply
+// of such a checkpoint brings the VM back running where it was.
+// Order in create: pause -> the disks' snapshot -> save -> resume -> seal.
+class VmStateCapture {
+ public:
+  virtual ~VmStateCapture() = default;
+  // Checks that the state can be saved (nothing blocks it), then stops the
+  // vCPUs: the VM's pause starts when this returns. Changes nothing on error.
+  [[nodiscard]] virtual Status pause() = 0;
+  // Saves the state into a new file in `checkpoint_dir` while the VM stays
+  // paused; returns the manifest's "memory" record so far (file, bytes,
+  // qemu_command). On error no state file is left.
+  [[nodiscard]] virtual Expected<nlohmann::json> save(const std::filesystem::path& checkpoint_dir) = 0;
+  // Undoes the disks' snapshot taken during this pause (each disk back on
+  // the image it ran from; nothing was written since: the vCPUs are stopped).
+  [[nodiscard]] virtual Status undo_disk_snapshots(const std::vector<DiskSnapshot>& snapshots) = 0;
+  // Lets the vCPUs run again.
+  [[nodiscard]] virtual Status resume() = 0;
+  // After resume (nothing here needs the VM paused): flushes the state
+  // file to stable storage and adds its sha256 to `memory`.
+  [[nodiscard]] virtual Status seal(nlohmann::json& memory, const std::filesystem::path& checkpoint_dir) = 0;
+  // Checks that a saved state can be loaded (the file, its size and
+  // sha256, the machine to load it into), changing nothing.
+  [[nodiscard]] virtual Status verify(const nlohmann::json& memory, const std::filesystem::path& checkpoint_dir) = 0;
+  // Starts the powered-off VM from a saved state (its disks already hold
+  // the checkpoint's): running where it was, no boot.
+  [[nodiscard]] virtual Status start_from(const nlohmann::json& memory,
+                                          const std::filesystem::path& checkpoint_dir) = 0;
+};
+
 // What the checkpointer needs from the hypervisor.
 class VirtualMachine {
  public:
@@ -37,6 +73,8 @@ class VirtualMachine {
   [[nodiscard]] virtual Status power_off() = 0;
   [[nodiscard]] virtual Status power_on() = 0;
   [[nodiscard]] virtual client::ClientOptions agent_client_options() const = 0;
+  // The memory side of standard checkpoints, where the hypervisor has one.
+  [[nodiscard]] virtual VmStateCapture* state_capture() { return nullptr; }
 };
 
 // One line of progress: a step starting (ms unset) or finished.

@@ -160,6 +160,51 @@ Expected<json> QmpClient::execute(const std::string& command, const json& argume
   if (auto status = write_all(request.dump() + "\n"); !status) {
     return status.error();
   }
+  return await_reply(command, id);
+}
+
+Status QmpClient::pass_fd(const std::string& name, int fd) {
+  const auto id = "quiesce-" + std::to_string(next_id_++);
+  const auto request = json{{"execute", "getfd"}, {"arguments", {{"fdname", name}}}, {"id", id}}.dump() + "\n";
+  // QEMU takes the descriptor from whichever read of the command carries
+  // it, so it rides on the first byte; the rest goes as usual.
+  char control[CMSG_SPACE(sizeof(int))] = {};
+  char first = request[0];
+  iovec iov{&first, 1};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+  const auto deadline = Clock::now() + timeout_;
+  while (true) {
+    if (!wait_ready(fd_, POLLOUT, deadline)) {
+      return Error{ErrorKind::system, "QMP " + socket_path_ + ": getfd: write timed out"};
+    }
+    const ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
+    if (n == 1) {
+      break;
+    }
+    if (n < 0 && errno != EINTR && errno != EAGAIN) {
+      return Error{ErrorKind::system, "QMP " + socket_path_ + ": getfd: sendmsg: " + errno_text()};
+    }
+  }
+  if (auto status = write_all(request.substr(1)); !status) {
+    return status.error();
+  }
+  auto reply = await_reply("getfd", id);
+  if (!reply) {
+    return reply.error();
+  }
+  return ok_status();
+}
+
+Expected<json> QmpClient::await_reply(const std::string& command, const std::string& id) {
   while (true) {
     auto message = read_message();
     if (!message) {

@@ -31,12 +31,19 @@ class QmpClient {
   [[nodiscard]] Expected<nlohmann::json> execute(const std::string& command,
                                                  const nlohmann::json& arguments = nullptr);
 
+  // `getfd`: hands QEMU a duplicate of `fd` (SCM_RIGHTS on the command's
+  // bytes) under `name`, for commands that take "fd:<name>" (migrate,
+  // migrate-incoming). The caller keeps its own `fd`.
+  [[nodiscard]] Status pass_fd(const std::string& name, int fd);
+
  private:
   QmpClient(int fd, std::string socket_path, std::chrono::milliseconds timeout)
       : fd_(fd), socket_path_(std::move(socket_path)), timeout_(timeout) {}
   // One JSON message (QMP sends one per line).
   [[nodiscard]] Expected<nlohmann::json> read_message();
   [[nodiscard]] Status write_all(const std::string& data);
+  // Runs an already tagged request and waits for the reply carrying `id`.
+  [[nodiscard]] Expected<nlohmann::json> await_reply(const std::string& command, const std::string& id);
 
   int fd_ = -1;
   std::string socket_path_;

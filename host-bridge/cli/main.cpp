@@ -52,7 +52,9 @@ Checkpoints:
                                standard; disabled), else production
                                production (default): quiesce through the agent,
                                snapshot every disk while frozen; application-consistent
-                               only when the hold was continuous. standard: no guest help.
+                               only when the hold was continuous. standard: no guest help;
+                               a running qemu VM is paused and its memory saved with the
+                               disks (apply brings it back running where it was)
                                --fallback-standard: take a standard one if quiesce fails
   checkpoint list              every checkpoint, oldest first (* marks the current one)
   checkpoint tree              checkpoints as a tree of parents
@@ -140,6 +142,7 @@ class AgentEndpointOverride : public VirtualMachine {
     options.endpoint = endpoint_;
     return options;
   }
+  [[nodiscard]] VmStateCapture* state_capture() override { return vm_.state_capture(); }
 
  private:
   VirtualMachine& vm_;
@@ -274,6 +277,12 @@ void print_manifest(const Manifest& m) {
   for (const auto& d : m.disks) {
     std::cout << "  disk " << d.name << ": " << d.method << " " << d.snapshot << " (" << d.bytes / (1024 * 1024)
               << " MiB, " << d.allocated_bytes / 1024 << " KiB allocated)\n";
+  }
+  if (m.memory.is_object()) {
+    std::cout << "  memory: " << m.memory.value("file", std::string()) << " ("
+              << m.memory.value("bytes", std::uint64_t{0}) / (1024 * 1024) << " MiB, sha256 "
+              << m.memory.value("sha256", std::string()).substr(0, 16) << "...), the VM paused "
+              << fmt_ms(m.memory, "pause_ms") << " ms\n";
   }
   for (const auto& w : m.writers) {
     std::cout << "  writer " << w.value("name", "") << " (" << w.value("type", "") << ", " << w.value("level", "")

@@ -95,7 +95,7 @@ Expected<QemuVmConfig> QemuVmConfig::from_json(const json& j, const std::filesys
                                        "accel",     "machine",  "kernel",     "initrd",
                                        "cmdline",   "boot_disk", "disks",     "agent",
                                        "channels",  "shutdown_timeout_s", "boot_timeout_s", "qemu",
-                                       "backend",   "checkpoint_type"};
+                                       "backend",   "checkpoint_type", "memory_save_bandwidth_mib_s"};
   for (const auto& [key, value] : j.items()) {
     if (known.count(key) == 0) {
       return bad(key, "unknown field");
@@ -140,7 +140,8 @@ Expected<QemuVmConfig> QemuVmConfig::from_json(const json& j, const std::filesys
                      number_field("memory_mib", 64, 1024 * 1024, c.memory_mib),
                      number_field("vcpus", 1, 64, c.vcpus),
                      number_field("shutdown_timeout_s", 1, 3600, shutdown_s),
-                     number_field("boot_timeout_s", 1, 3600, boot_s)}) {
+                     number_field("boot_timeout_s", 1, 3600, boot_s),
+                     number_field("memory_save_bandwidth_mib_s", 1, 1024 * 1024, c.memory_save_bandwidth_mib_s)}) {
     if (error) {
       return *error;
     }
@@ -307,6 +308,7 @@ Expected<std::unique_ptr<QemuVm>> QemuVm::open(const std::filesystem::path& dir)
   }
   std::unique_ptr<QemuVm> vm(new QemuVm());
   vm->config_ = std::move(*config);
+  vm->memory_ = std::make_unique<QemuMemoryState>(*vm);
   vm->load_active_disks();
   return vm;
 }

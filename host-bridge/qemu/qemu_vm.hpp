@@ -32,6 +32,9 @@
 //    "checkpoint_type"?: "production" (falls back to standard) | "production-only" |
 //                       "standard" | "disabled": what `checkpoint create` takes
 //                       without --type, as Hyper-V's setting; default production
+//    "memory_save_bandwidth_mib_s"?: N,  how fast a standard checkpoint writes the
+//                                     VM's state (QEMU's max-bandwidth); default
+//                                     unlimited: the VM is paused while it is written
 //    "backend"?: {...}}               default: {"type": "qmp"} over run/qmp.sock
 //
 // Paths are relative to the VM directory unless absolute. Each disk is
@@ -58,6 +61,7 @@
 #include <nlohmann/json.hpp>
 
 #include "host-bridge/checkpoint/checkpointer.hpp"
+#include "host-bridge/qemu/memory_state.hpp"
 
 namespace quiesce::host {
 
@@ -91,6 +95,7 @@ struct QemuVmConfig {
   std::filesystem::path qemu = "/usr/bin/qemu-system-x86_64";
   nlohmann::json backend;  // as given, or the qmp default
   std::string checkpoint_type = "production";
+  unsigned memory_save_bandwidth_mib_s = 0;  // 0: unlimited
 
   // Every error names the field; `kvm_usable` decides the default accel.
   [[nodiscard]] static Expected<QemuVmConfig> from_json(const nlohmann::json& json,
@@ -131,6 +136,8 @@ class QemuVm final : public VirtualMachine {
   // Starts QEMU (daemonized) and waits until the agent answers health.
   [[nodiscard]] Status power_on() override;
   [[nodiscard]] client::ClientOptions agent_client_options() const override;
+  // Standard checkpoints with memory: migration to a file (memory_state.hpp).
+  [[nodiscard]] VmStateCapture* state_capture() override { return memory_.get(); }
 
   // Power state, pid, QMP's run state, the accelerator, the agent's health.
   [[nodiscard]] nlohmann::json status() const;
@@ -157,6 +164,7 @@ class QemuVm final : public VirtualMachine {
   void load_active_disks();
 
   QemuVmConfig config_;
+  std::unique_ptr<QemuMemoryState> memory_;
   PowerOffMethod last_power_off_ = PowerOffMethod::already_off;
   ProgressFn progress_;
 };
