@@ -22,6 +22,7 @@
 
 #include "host-bridge/client/agent_client.hpp"
 #include "tests/bench/bench_support.hpp"
+#include "tests/bench/database_load.hpp"
 #include "tests/support/storage_layouts.hpp"
 #include "tests/support/write_probe.hpp"
 
@@ -49,6 +50,9 @@ struct Options {
   int layout_sessions = 20;
   int hang_timeout_s = 10;
   std::vector<std::string> layout_names;
+  // The `databases` mode: the four real servers under write load.
+  bool databases = false;
+  int pgbench_clients = 4;
 };
 
 void usage() {
@@ -58,6 +62,8 @@ void usage() {
                "                     [--no-qga]\n"
                "       quiesce_bench layouts [--sessions N] [--hang-timeout S] [--only a,b]\n"
                "                     [--out DIR] [--bin DIR] [--qga PATH] [--no-qga]\n"
+               "       quiesce_bench databases [--rounds N] [--pgbench-clients N] [--out DIR]\n"
+               "                     [--bin DIR]\n"
                "Run as root. Writes DIR/summary.csv, DIR/samples.csv, DIR/footprint.csv,\n"
                "DIR/bench-hold.png (gnuplot) and prints the tables; `layouts` writes\n"
                "DIR/layouts.csv: sessions on stacked storage (loop on loop, dm, btrfs,\n"
@@ -82,6 +88,10 @@ Options parse_options(int argc, char** argv) {
     std::string flag = argv[i];
     if (flag == "layouts") {  // the mode, anywhere (dev.sh puts --out first)
       options.layouts = true;
+      continue;
+    }
+    if (flag == "databases") {
+      options.databases = true;
       continue;
     }
     auto value = [&]() -> std::string {
@@ -111,6 +121,8 @@ Options parse_options(int argc, char** argv) {
       options.bin_dir = value();
     } else if (flag == "--qga") {
       options.qga = value();
+    } else if (flag == "--pgbench-clients") {
+      options.pgbench_clients = std::stoi(value());
     } else if (flag == "--no-qga") {
       options.with_qga = false;
     } else if (flag == "--sessions") {
@@ -239,11 +251,12 @@ class Agent {
     double hold_host_ms = 0;   // freeze request sent -> thaw answer received
     double hold_agent_ms = 0;  // verdict.hold_ms
     double round_trip_ms = 0;  // create -> complete answered
+    nlohmann::json status;     // GET /v1/sessions/{id} after complete, when asked for
   };
 
-  Round round() {
+  Round round(bool with_status = false) {
     Round result;
-    if (auto error = try_round(result); !error.empty()) {
+    if (auto error = try_round(result, with_status); !error.empty()) {
       throw std::runtime_error(error);
     }
     return result;
@@ -251,7 +264,7 @@ class Agent {
 
   // One session; the error ("" when it worked). A refused freeze leaves the
   // session rolled back by the agent, and is aborted here all the same.
-  std::string try_round(Round& result) {
+  std::string try_round(Round& result, bool with_status = false) {
     const auto began = Clock::now();
     auto created = client_->create_session(nlohmann::json::object());
     if (!created.ok()) {
@@ -276,6 +289,13 @@ class Agent {
       return "agent complete failed: " + done.raw_body;
     }
     result.round_trip_ms = ms_since(began);
+    if (with_status) {
+      auto status = client_->session(id);
+      if (!status.ok()) {
+        return "agent session status failed: " + status.raw_body;
+      }
+      result.status = status.body;
+    }
     return "";
   }
 
@@ -966,6 +986,141 @@ int run_layouts(const Options& options) {
   return interrupted() ? 130 : 0;
 }
 
+
+// ---- databases: the four real servers under write load ------------------
+
+// The targets for a production checkpoint of a busy database VM:
+// the whole hold at most 50 ms, and at most 1.5x the hold of the same
+// filesystem frozen alone, measured in the same run.
+constexpr double kDatabaseHoldTargetMs = 50;
+constexpr double kDatabaseHoldTargetRatio = 1.5;
+
+std::string verdict(bool met) { return met ? "met" : "MISSED"; }
+
+std::string fixed(double value, int digits = 1) {
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(digits) << value;
+  return out.str();
+}
+
+int run_databases(const Options& options) {
+  fs::create_directories(options.out_dir);
+  const Scratch scratch("quiesce-bench-db");
+  const fs::path& dir = scratch.dir;
+  std::cout << "== setting up one loop-mounted ext4 filesystem and PostgreSQL, MariaDB, Redis and "
+               "SQLite with their data on it, in "
+            << dir << "\n"
+            << std::flush;
+  LoopSet loops(dir, 1, 1024);
+  const auto mount = loops.mounts(1).front();
+  DatabaseLoad load(dir / "db-work", mount, {.pgbench_clients = options.pgbench_clients});
+  auto every_writer = load.writers();
+  every_writer.push_back(fsfreeze_writer({mount}));
+  Agent all(options.bin_dir, scratch.run_fs / "agent-db", dir / "state-db", every_writer);
+  Agent alone(options.bin_dir, scratch.run_fs / "agent-fs", dir / "state-fs",
+              nlohmann::json::array({fsfreeze_writer({mount})}));
+
+  std::cout << "== write load: pgbench -c " << options.pgbench_clients
+            << ", a MariaDB insert loop, a Redis SET loop, a SQLite insert loop\n"
+            << std::flush;
+  load.start_load();
+  std::this_thread::sleep_for(3s);  // past pgbench's connection storm
+  (void)all.round();
+  (void)alone.round();
+
+  std::cout << "== " << options.rounds
+            << " rounds: every writer + fsfreeze, and fsfreeze alone, in turns\n"
+            << std::flush;
+  Results results;
+  const auto before = load.acknowledged();
+  const std::vector<std::string> writer_names{"pg", "mariadb", "redis", "sqlite", "fs"};
+  for (int round = 0; round < options.rounds && !interrupted(); ++round) {
+    for (const auto& contender : rotated(std::vector<std::string>{"all", "fsfreeze"}, round)) {
+      if (contender == "all") {
+        auto r = all.round(true);
+        results.add({"db", 0, "checkpoint", "all_host"}, r.hold_host_ms);
+        results.add({"db", 0, "checkpoint", "all_agent"}, r.hold_agent_ms);
+        results.add({"db", 0, "checkpoint", "all_round_trip"}, r.round_trip_ms);
+        for (const auto& writer : r.status["writers"]) {
+          for (const auto& [phase, ms] : writer["timings_ms"].items()) {
+            results.add({"db", 0, writer["name"].get<std::string>(), phase}, ms.get<double>());
+          }
+        }
+      } else {
+        auto r = alone.round();
+        results.add({"db", 0, "checkpoint", "fsfreeze_host"}, r.hold_host_ms);
+        results.add({"db", 0, "checkpoint", "fsfreeze_agent"}, r.hold_agent_ms);
+        results.add({"db", 0, "checkpoint", "fsfreeze_round_trip"}, r.round_trip_ms);
+      }
+    }
+    if (auto error = load.load_error(); !error.empty()) {
+      throw std::runtime_error("the write load stopped: " + error);
+    }
+    std::cout << "." << std::flush;
+  }
+  std::cout << "\n";
+  const auto after = load.acknowledged();
+  load.stop_load();
+
+  std::ofstream csv(options.out_dir / "databases.csv");
+  csv << "what,phase,median_ms,p90_ms,samples\n";
+  for (const auto& [key, samples] : results.all()) {
+    const auto summary = summarise(samples);
+    csv << std::get<2>(key) << "," << std::get<3>(key) << "," << summary.median << ","
+        << summary.p90 << "," << summary.count << "\n";
+  }
+
+  auto get = [&](const std::string& what, const std::string& phase) {
+    return results.summary({"db", 0, what, phase});
+  };
+  std::cout << "\nDatabases under write load, ms, median / p90 (" << options.rounds
+            << " rounds; writes acknowledged during them: MariaDB "
+            << after["mariadb"].get<long>() - before["mariadb"].get<long>() << ", Redis "
+            << after["redis"].get<long>() - before["redis"].get<long>() << ", SQLite "
+            << after["sqlite"].get<long>() - before["sqlite"].get<long>()
+            << ", and pgbench -c " << options.pgbench_clients << ")\n\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& name : writer_names) {
+    rows.push_back({name, cell(get(name, "prepare")), cell(get(name, "freeze")),
+                    cell(get(name, "thaw")), cell(get(name, "post_snapshot"))});
+  }
+  print_table({"writer", "prepare (before the hold)", "freeze (in the hold)", "thaw (in the hold)",
+               "post-snapshot (after)"},
+              rows);
+  const auto whole = get("checkpoint", "all_host");
+  const auto fs_only = get("checkpoint", "fsfreeze_host");
+  rows = {{"every writer + fsfreeze", cell(whole), cell(get("checkpoint", "all_agent")),
+           cell(get("checkpoint", "all_round_trip"))},
+          {"fsfreeze alone", cell(fs_only), cell(get("checkpoint", "fsfreeze_agent")),
+           cell(get("checkpoint", "fsfreeze_round_trip"))}};
+  std::cout << "\n";
+  print_table({"checkpoint", "hold (host)", "hold_ms (agent)", "round trip"}, rows);
+
+  std::cout << "\nTargets\n\n";
+  const double ratio_value = fs_only.median > 0 ? whole.median / fs_only.median : 0;
+  std::string slowest;
+  double slowest_ms = -1;
+  for (const auto& name : writer_names) {
+    const double in_hold = get(name, "freeze").median + get(name, "thaw").median;
+    if (in_hold > slowest_ms) {
+      slowest_ms = in_hold;
+      slowest = name;
+    }
+  }
+  const std::string why = " (largest share: " + slowest + ", freeze + thaw " +
+                          fixed(slowest_ms) + " ms)";
+  rows = {{"hold with every writer <= " + fixed(kDatabaseHoldTargetMs, 0) + " ms",
+           fixed(whole.median) + " ms",
+           verdict(whole.median <= kDatabaseHoldTargetMs) +
+               (whole.median <= kDatabaseHoldTargetMs ? "" : why)},
+          {"hold with every writer <= " + fixed(kDatabaseHoldTargetRatio) + "x fsfreeze alone",
+           ratio(whole.median, fs_only.median),
+           verdict(ratio_value > 0 && ratio_value <= kDatabaseHoldTargetRatio) +
+               (ratio_value <= kDatabaseHoldTargetRatio ? "" : why)}};
+  print_table({"target", "measured", "verdict"}, rows);
+  std::cout << "\nWrote " << (options.out_dir / "databases.csv").string() << "\n";
+  return interrupted() ? 130 : 0;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -976,9 +1131,16 @@ int main(int argc, char** argv) {
   }
   install_interrupt_handler();
   try {
+    if (options.databases) {
+      quiesce::bench::route_fixture_failures_to_exceptions();
+      return run_databases(options);
+    }
     return options.layouts ? run_layouts(options) : run_bench(options);
   } catch (const std::exception& error) {
     std::cerr << "quiesce_bench: " << error.what() << "\n";
+    return 1;
+  } catch (...) {  // a database fixture's FAIL (doctest's own exception type)
+    std::cerr << "quiesce_bench: a database fixture failed\n";
     return 1;
   }
 }

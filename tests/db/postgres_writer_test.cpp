@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <thread>
 
 #include "quiesce/json_fields.hpp"
 #include "tests/db/postgres_server.hpp"
@@ -110,14 +111,23 @@ TEST_CASE("postgres writer: every phase against a real server, backup_label as t
   CHECK(saw_data_dir);
   CHECK(saw_default_tablespace);
 
+  // What the agent's backend ran last: the backup starts in prepare (its
+  // checkpoint is the slow part), and freeze sends the server nothing.
+  const auto last_statement = [&] {
+    return admin.value("SELECT query FROM pg_stat_activity WHERE application_name = "
+                       "'quiesce-agent' AND pid <> pg_backend_pid()");
+  };
   auto started = Clock::now();
-  auto status = writer->prepare(context());
+  auto status = writer->prepare(context("s1"));
   const auto prepare_took = Clock::now() - started;
   REQUIRE_MESSAGE(status.is_ok(), message_of(status));
+  CHECK_MESSAGE(last_statement().find("pg_backup_start") != std::string::npos, last_statement());
+  admin.exec("INSERT INTO t VALUES (-2)");  // writes carry on between prepare and freeze too
   started = Clock::now();
   status = writer->freeze(context("s1"));
   const auto freeze_took = Clock::now() - started;
   REQUIRE_MESSAGE(status.is_ok(), message_of(status));
+  CHECK_MESSAGE(last_statement().find("pg_backup_start") != std::string::npos, last_statement());
   // Writes carry on during a non-exclusive backup.
   admin.exec("INSERT INTO t VALUES (-1)");
   quiesce::HoldReport hold;
@@ -138,6 +148,8 @@ TEST_CASE("postgres writer: every phase against a real server, backup_label as t
   CHECK(!artifacts["stop_lsn"].get<std::string>().empty());
   CHECK(artifacts["snapshot_id"] == "snap-1");
   CHECK(artifacts.contains("tablespace_map"));
+  CHECK(artifacts["timings_ms"].contains("prepare_ms"));
+  CHECK(!artifacts["timings_ms"].contains("start_in_freeze_ms"));
   // Abort after completion and a second thaw change nothing.
   CHECK(writer->abort(context()).is_ok());
   quiesce::HoldReport again;
@@ -186,23 +198,22 @@ TEST_CASE("postgres writer: failures are classified and tell the admin what to f
     CHECK_MESSAGE(identity.metadata["data_directory_error"].get<std::string>().find(
                       "GRANT pg_read_all_settings TO \"weak\"") != std::string::npos,
                   identity.metadata.dump());
+    // prepare starts the backup, so a missing grant shows there, before
+    // anything is frozen.
     auto status = writer->prepare(context());
-    REQUIRE(!status.is_ok());
-    CHECK(status.error().error_class == ErrorClass::non_retryable);
-    CHECK_MESSAGE(status.error().message.find("GRANT pg_checkpoint TO \"weak\"") != std::string::npos,
-                  status.error().message);
-    admin.exec("GRANT pg_checkpoint TO weak");
-    REQUIRE(writer->prepare(context()).is_ok());
-    status = writer->freeze(context());
     REQUIRE(!status.is_ok());
     CHECK(status.error().error_class == ErrorClass::non_retryable);
     CHECK_MESSAGE(status.error().message.find(
                       "GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO \"weak\"") !=
                       std::string::npos,
                   status.error().message);
-    // With the documented grants it works.
+    status = writer->freeze(context());
+    REQUIRE(!status.is_ok());
+    CHECK(status.error().error_class == ErrorClass::non_retryable);
+    // With the documented grants (and no pg_checkpoint) it works.
     admin.exec("GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO weak; "
                "GRANT EXECUTE ON FUNCTION pg_backup_stop(boolean) TO weak");
+    REQUIRE_MESSAGE(writer->prepare(context()).is_ok(), "prepare with the grants");
     REQUIRE_MESSAGE(writer->freeze(context()).is_ok(), "freeze with the grants");
     quiesce::HoldReport hold;
     REQUIRE(writer->thaw(context(), hold).is_ok());
@@ -273,6 +284,48 @@ TEST_CASE("postgres writer: the held session dying during the hold breaks contin
     REQUIRE(writer->thaw(context("again"), second).is_ok());
     CHECK(second.continuous);
     CHECK(writer->post_snapshot(context("again"), {.snapshot_id = "y"}, artifacts).is_ok());
+  }
+
+  SUBCASE("backend terminated between prepare and freeze: freeze starts the backup again") {
+    auto writer = make_writer(options);
+    REQUIRE(writer->prepare(context("s")).is_ok());
+    PgSession admin(cluster.server);
+    CHECK(admin.value("SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
+                      "WHERE application_name = 'quiesce-agent' AND pid <> pg_backend_pid()") ==
+          "1");
+    // freeze finds the session gone (without a round trip) and starts a new
+    // backup itself rather than report a hold with no backup open.
+    REQUIRE(writer->freeze(context("s")).is_ok());
+    quiesce::HoldReport hold;
+    REQUIRE(writer->thaw(context("s"), hold).is_ok());
+    CHECK_MESSAGE(hold.continuous, hold.detail);
+    nlohmann::json artifacts;
+    REQUIRE(writer->post_snapshot(context("s"), {.snapshot_id = "x"}, artifacts).is_ok());
+    CHECK(artifacts["backup_label"].get<std::string>().find("LABEL: quiesce-s") !=
+          std::string::npos);
+    CHECK(artifacts["timings_ms"].contains("start_in_freeze_ms"));
+  }
+
+  SUBCASE("prepared but never frozen: thaw and post-snapshot leave nothing open") {
+    auto writer = make_writer(options);
+    REQUIRE(writer->prepare(context("p")).is_ok());
+    nlohmann::json artifacts;
+    auto status = writer->post_snapshot(context("p"), {.snapshot_id = "x"}, artifacts);
+    REQUIRE(!status.is_ok());
+    CHECK(status.error().error_class == ErrorClass::non_retryable);
+    quiesce::HoldReport hold;
+    REQUIRE(writer->thaw(context("p"), hold).is_ok());
+    // The backend exits shortly after its session closes.
+    PgSession admin(cluster.server);
+    std::string sessions;
+    for (const auto until = Clock::now() + 10s; Clock::now() < until; std::this_thread::sleep_for(20ms)) {
+      sessions = admin.value("SELECT count(*) FROM pg_stat_activity "
+                             "WHERE application_name = 'quiesce-agent'");
+      if (sessions == "0") {
+        break;
+      }
+    }
+    CHECK(sessions == "0");
   }
 
   SUBCASE("server killed (immediate shutdown) during the hold") {

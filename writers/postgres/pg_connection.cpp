@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include <poll.h>
+
 #include "platform/linux/socket_wait.hpp"
 #include "writers/postgres/libpq_api.hpp"
 
@@ -266,6 +268,26 @@ Status Connection::query(std::string_view action, const std::string& sql,
 }
 
 bool Connection::ok() const { return conn_ != nullptr && libpq().PQstatus(conn_) == CONNECTION_OK; }
+
+bool Connection::still_open() {
+  if (!ok()) {
+    return false;
+  }
+  const auto& pq = libpq();
+  pollfd pfd{.fd = pq.PQsocket(conn_), .events = POLLIN, .revents = 0};
+  if (pfd.fd < 0) {
+    return false;
+  }
+  // A terminated backend sends its FATAL and then closes: the first read
+  // may return only the message, the next one the end of file. An idle
+  // session otherwise gets nothing, so a few reads always suffice.
+  for (int reads = 0; reads < 8 && ::poll(&pfd, 1, 0) > 0; ++reads) {
+    if (pq.PQconsumeInput(conn_) == 0) {
+      return false;  // end of file or a read error: the session is gone
+    }
+  }
+  return pq.PQstatus(conn_) == CONNECTION_OK;
+}
 
 int Connection::backend_pid() const { return conn_ != nullptr ? libpq().PQbackendPID(conn_) : 0; }
 

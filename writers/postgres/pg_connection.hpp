@@ -73,6 +73,11 @@ class Connection {
 
   // True while libpq thinks the connection is up (no round trip).
   [[nodiscard]] bool ok() const;
+  // Like ok(), but first reads whatever the server sent while the session
+  // was idle, without waiting: a backend that was terminated or a server
+  // that went down has sent its FATAL and closed the socket, and that shows
+  // here. No round trip, so it costs microseconds (used inside the hold).
+  [[nodiscard]] bool still_open();
   // The backend's process id (pg_backend_pid()), 0 when unknown.
   [[nodiscard]] int backend_pid() const;
   [[nodiscard]] int server_version() const;

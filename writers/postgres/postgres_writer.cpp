@@ -69,7 +69,7 @@ class PostgresWriter final : public Writer {
         where_("postgres writer '" + spec_.name + "'") {}
 
   ~PostgresWriter() override {
-    if (backup_open_) {
+    if (stage_ != Stage::none) {
       log().warn("{}: closing the backup session at shutdown; the backup is abandoned", where_);
     }
   }
@@ -199,69 +199,57 @@ class PostgresWriter final : public Writer {
     return Status::ok();
   }
 
+  // pg_backup_start is the slow part (it waits for a checkpoint, hundreds of
+  // ms under write load), and nothing requires it inside the hold: the copy
+  // of a low-level backup may be taken at any time between pg_backup_start
+  // and pg_backup_stop, and recovery from the backup_label starts at the
+  // backup's checkpoint whatever happened between it and the snapshot. So
+  // prepare starts the backup, and freeze only checks that it is still open.
   Status prepare(const PhaseContext& ctx) override {
-    if (backup_open_) {
+    if (stage_ == Stage::frozen || stage_ == Stage::thawed) {
       return Status::ok();  // already frozen: nothing to prepare
     }
-    const auto budget = CallBudget::of(ctx);
-    // The session opened here is the one freeze holds, so connecting (and
-    // authenticating) happens before the hold window, not in it.
-    if (auto status = ensure_session(budget); !status.is_ok()) {
-      return status;
+    if (stage_ == Stage::started) {
+      if (label_ == label_for(ctx) && held_ && held_->still_open()) {
+        return Status::ok();  // a repeated prepare of this session
+      }
+      close_backup();  // another session's backup, or its session died: start afresh
     }
-    const auto started = Clock::now();
-    std::vector<Row> rows;
-    // Flushes the dirty buffers now, so that the checkpoint pg_backup_start
-    // has to do inside the hold window finds little to write.
-    if (auto status = held_->query("run CHECKPOINT", "CHECKPOINT", {}, budget, rows,
-                                   "GRANT pg_checkpoint TO " + quoted_user() + ";");
-        !status.is_ok()) {
-      held_.reset();
-      return status;
-    }
-    last_timings_["prepare_ms"] = elapsed_ms(started);
-    log().info("{}: CHECKPOINT took {:.1f} ms", where_, elapsed_ms(started));
-    return Status::ok();
+    return start_backup(ctx, "prepare_ms");
   }
 
   Status freeze(const PhaseContext& ctx) override {
-    if (backup_open_) {
+    if (stage_ == Stage::frozen) {
       return Status::ok();  // already holding a backup open
     }
-    const auto budget = CallBudget::of(ctx);
     hold_lost_.clear();
-    stop_result_ = nlohmann::json();
-    if (auto status = ensure_session(budget); !status.is_ok()) {
-      return status;
-    }
-    label_ = options_.label_prefix + "-" + (ctx.session_id.empty() ? "session" : ctx.session_id);
     const auto started = Clock::now();
-    std::vector<Row> rows;
-    // Non-exclusive: the backup belongs to this session and ends with it,
-    // so an agent that dies leaves nothing behind in the server.
-    if (auto status = held_->query("start the backup (pg_backup_start)",
-                                   "SELECT pg_backup_start($1, fast => true)::text", {label_},
-                                   budget, rows, grant_backup());
-        !status.is_ok()) {
-      held_.reset();
-      return status;
+    // No round trip when prepare started the backup: still_open() only reads
+    // what the server may have sent (a FATAL before it closed the session).
+    if (stage_ != Stage::started || label_ != label_for(ctx) || !held_ || !held_->still_open()) {
+      // Without a prepare, or after the session died since (which ended
+      // its backup), the backup starts here, inside the hold window.
+      close_backup();
+      if (auto status = start_backup(ctx, "start_in_freeze_ms"); !status.is_ok()) {
+        return status;
+      }
     }
-    start_lsn_ = first_text(rows, 0);
-    backend_pid_ = held_->backend_pid();
-    backup_open_ = true;
+    stage_ = Stage::frozen;
     last_timings_["freeze_ms"] = elapsed_ms(started);
-    log().info("{}: backup '{}' started at {} in {:.1f} ms (backend pid {})", where_, label_,
-               start_lsn_, elapsed_ms(started), backend_pid_);
     return Status::ok();
   }
 
   Status thaw(const PhaseContext& ctx, HoldReport& hold) override {
-    if (!backup_open_) {
+    if (stage_ == Stage::started) {
+      close_backup();  // prepared but never frozen: nothing will snapshot it
+      return Status::ok();
+    }
+    if (stage_ != Stage::frozen) {
       if (!hold_lost_.empty()) {
         hold.continuous = false;
         hold.detail = where_ + ": " + hold_lost_;
       }
-      return Status::ok();
+      return Status::ok();  // nothing held, or a second thaw
     }
     // The database itself has nothing to release: the backup stays open
     // until post_snapshot. What matters is whether it stayed open all along:
@@ -281,9 +269,9 @@ class PostgresWriter final : public Writer {
       }
     }
     last_timings_["thaw_ms"] = elapsed_ms(started);
+    stage_ = Stage::thawed;
     if (!lost.empty()) {
-      held_.reset();
-      backup_open_ = false;
+      close_backup();
       hold_lost_ = lost + "; the backup was aborted, the snapshot is only crash-consistent";
       hold.continuous = false;
       hold.detail = where_ + ": " + hold_lost_;
@@ -294,7 +282,10 @@ class PostgresWriter final : public Writer {
 
   Status post_snapshot(const PhaseContext& ctx, const SnapshotInfo& snapshot,
                        nlohmann::json& artifacts) override {
-    if (!backup_open_) {
+    if (stage_ == Stage::started) {
+      return Status::non_retryable(where_ + ": the backup was started but freeze did not run");
+    }
+    if (stage_ == Stage::none) {
       if (!stop_result_.is_null()) {
         artifacts = stop_result_;  // a repeated call: same answer
         return Status::ok();
@@ -312,8 +303,7 @@ class PostgresWriter final : public Writer {
         "stop the backup (pg_backup_stop)",
         "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(wait_for_archive => false)",
         {}, CallBudget::of(ctx), rows, grant_backup());
-    backup_open_ = false;
-    held_.reset();
+    close_backup();
     if (!status.is_ok()) {
       hold_lost_ = status.error().message;
       return Status::inconsistent(where_ + ": no backup_label: " + status.error().message);
@@ -339,14 +329,13 @@ class PostgresWriter final : public Writer {
   }
 
   Status abort(const PhaseContext&) override {
-    if (backup_open_) {
+    if (stage_ != Stage::none) {
       log().info("{}: abort closes the backup session, which aborts backup '{}'", where_, label_);
     }
     // Closing the session is enough: PostgreSQL aborts a non-exclusive
     // backup when its session ends, and it writes no WAL doing so, so this
     // is safe even while a filesystem is still frozen.
-    held_.reset();
-    backup_open_ = false;
+    close_backup();
     return Status::ok();
   }
 
@@ -358,6 +347,50 @@ class PostgresWriter final : public Writer {
   }
 
  private:
+  // none: no backup; started: prepare started it; frozen: freeze confirmed
+  // it (the hold); thawed: after the hold, until post_snapshot stops it.
+  enum class Stage { none, started, frozen, thawed };
+
+  [[nodiscard]] std::string label_for(const PhaseContext& ctx) const {
+    return options_.label_prefix + "-" + (ctx.session_id.empty() ? "session" : ctx.session_id);
+  }
+
+  // Opens the session if needed and runs pg_backup_start on it: an
+  // immediate checkpoint (fast => true), so it needs no CHECKPOINT before.
+  Status start_backup(const PhaseContext& ctx, const char* timing) {
+    const auto budget = CallBudget::of(ctx);
+    stop_result_ = nlohmann::json();
+    last_timings_ = nlohmann::json::object();
+    const auto started = Clock::now();
+    if (auto status = ensure_session(budget); !status.is_ok()) {
+      return status;
+    }
+    label_ = label_for(ctx);
+    std::vector<Row> rows;
+    // Non-exclusive: the backup belongs to this session and ends with it,
+    // so an agent that dies leaves nothing behind in the server.
+    if (auto status = held_->query("start the backup (pg_backup_start)",
+                                   "SELECT pg_backup_start($1, fast => true)::text", {label_},
+                                   budget, rows, grant_backup());
+        !status.is_ok()) {
+      close_backup();
+      return status;
+    }
+    start_lsn_ = first_text(rows, 0);
+    backend_pid_ = held_->backend_pid();
+    stage_ = Stage::started;
+    last_timings_[timing] = elapsed_ms(started);
+    log().info("{}: backup '{}' started at {} in {:.1f} ms (backend pid {})", where_, label_,
+               start_lsn_, elapsed_ms(started), backend_pid_);
+    return Status::ok();
+  }
+
+  // Closing the session ends a backup still open in it, without writing WAL.
+  void close_backup() {
+    held_.reset();
+    stage_ = Stage::none;
+  }
+
   spdlog::logger& log() { return env_.logger ? *env_.logger : *spdlog::default_logger(); }
 
   Status ensure_session(const Budget& budget) {
@@ -393,7 +426,7 @@ class PostgresWriter final : public Writer {
   WriterEnvironment env_;
   std::string where_;
   std::unique_ptr<Connection> held_;  // the session that holds the backup
-  bool backup_open_ = false;
+  Stage stage_ = Stage::none;
   std::string hold_lost_;  // why the hold broke, until the next freeze
   std::string label_;
   std::string start_lsn_;
@@ -408,8 +441,8 @@ void register_postgres_writer(WriterRegistry& registry) {
   registry.add(WriterType{
       .type = "postgres",
       .default_level = Level::database,
-      .description = "PostgreSQL 15+: CHECKPOINT, then a non-exclusive backup held across the "
-                     "snapshot; backup_label as an artifact",
+      .description = "PostgreSQL 15+: a non-exclusive backup started in prepare and held "
+                     "across the snapshot; backup_label as an artifact",
       .create = [](const WriterSpec& spec, const WriterEnvironment& env) -> std::unique_ptr<Writer> {
         auto options = parse_options(spec.options);
         // libpq is loaded here, when the config names a postgres writer, so

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -107,37 +108,44 @@ struct Persistence {
   [[nodiscard]] std::string mode() const { return aof ? "aof" : "rdb"; }
 };
 
+// INFO server and every CONFIG GET in one pipelined round trip: freeze
+// reads them again inside the hold window, where each round trip counts.
 Status read_persistence(Connection& connection, Clock::time_point deadline, Persistence& out) {
-  InfoFields server;
-  if (auto status = connection.info("server", deadline, server); !status.is_ok()) {
+  static constexpr std::array<std::string_view, 7> kParameters{
+      "dir", "dbfilename", "appendonly", "appendfilename", "appendfsync", "save", "appenddirname"};
+  std::vector<std::vector<std::string>> commands{{"INFO", "server"}};
+  for (auto name : kParameters) {
+    commands.push_back({"CONFIG", "GET", std::string(name)});
+  }
+  std::vector<Reply> replies;
+  constexpr std::string_view action = "read its configuration (INFO server, CONFIG GET)";
+  if (auto status = connection.pipeline(action, commands, deadline, replies); !status.is_ok()) {
     return status;
   }
+  for (const auto& reply : replies) {
+    if (reply.kind == Reply::Kind::error) {
+      return redis::classify_error_reply(connection.target(), action, reply.text);
+    }
+  }
+  auto server = redis::parse_info(replies[0].text);
   out.version = server["redis_version"];
   out.run_id = server["run_id"];
-  std::optional<std::string> value;
-  auto get = [&](std::string_view name, std::string& target) {
-    auto status = connection.config_get(name, deadline, value);
-    if (status.is_ok()) {
-      target = value.value_or("");
+  // CONFIG GET answers a flat [name, value] array; empty for a parameter
+  // this version lacks (appenddirname before Redis 7).
+  auto value = [&](std::size_t index) -> std::optional<std::string> {
+    const auto& reply = replies[index + 1];
+    if (reply.kind == Reply::Kind::array && reply.elements.size() >= 2) {
+      return reply.elements[1].text;
     }
-    return status;
+    return std::nullopt;
   };
-  std::string appendonly;
-  for (auto [name, target] : {std::pair<std::string_view, std::string*>{"dir", &out.dir},
-                              {"dbfilename", &out.dbfilename},
-                              {"appendonly", &appendonly},
-                              {"appendfilename", &out.appendfilename},
-                              {"appendfsync", &out.appendfsync},
-                              {"save", &out.save}}) {
-    if (auto status = get(name, *target); !status.is_ok()) {
-      return status;
-    }
-  }
-  out.aof = appendonly == "yes";
-  if (auto status = connection.config_get("appenddirname", deadline, value); !status.is_ok()) {
-    return status;
-  }
-  out.appenddirname = value;
+  out.dir = value(0).value_or("");
+  out.dbfilename = value(1).value_or("");
+  out.aof = value(2).value_or("") == "yes";
+  out.appendfilename = value(3).value_or("");
+  out.appendfsync = value(4).value_or("");
+  out.save = value(5).value_or("");
+  out.appenddirname = value(6);
   return Status::ok();
 }
 
@@ -277,11 +285,22 @@ class RedisWriter final : public Writer {
       return Status::ok();  // already holding; a repeated freeze changes nothing
     }
     const auto deadline = deadline_of(ctx);
-    if (auto status = ensure_connection(deadline); !status.is_ok()) {
-      return status;
+    // On prepare's connection, reading the settings again (one round trip)
+    // is what proves it works: no PING first. Only a connection found dead
+    // is opened again here, inside the hold window.
+    Status read = Status::ok();
+    if (connection_ && connection_->usable()) {
+      read = read_persistence(*connection_, deadline, persistence_);
     }
-    if (auto status = read_persistence(*connection_, deadline, persistence_); !status.is_ok()) {
-      return status;
+    if (!connection_ || !connection_->usable()) {
+      connection_.reset();
+      if (auto status = Connection::open(options_.target, deadline, connection_); !status.is_ok()) {
+        return status;
+      }
+      read = read_persistence(*connection_, deadline, persistence_);
+    }
+    if (!read.is_ok()) {
+      return read;
     }
     files_synced_ = nlohmann::json();
     bgsave_ms_.reset();
