@@ -186,7 +186,7 @@ Expected<Manifest> Checkpointer::create_standard(const CreateOptions& options,
     state_file = saved->value("file", std::string());
     m.timings_ms["save_memory"] = ms_since(save_start);
     report("save memory",
-           std::to_string(saved->value("bytes", std::uint64_t{0}) / (1024 * 1024)) + " MiB", 
+           std::to_string(saved->value("bytes", std::uint64_t{0}) / (1024 * 1024)) + " MiB",
            m.timings_ms["save_memory"].get<double>());
     m.memory = std::move(*saved);
     resume();
