@@ -79,13 +79,19 @@ stop_workload() {
 # The guest's clock minus the host's (ms), from a round trip on the
 # control channel; the error is at most half the round trip, printed too.
 clock_offset() {
-  python3 "$repo/packaging/guest-run.py" "$vm/run/control.sock" --clock-offset
+  local out
+  out=$(python3 "$repo/packaging/guest-run.py" "$vm/run/control.sock" --clock-offset)
+  [ -n "$out" ] || { echo "demo-vm.sh: the guest's clock could not be read" >&2; exit 1; }
+  echo "$out"
 }
 # Runs a checkpoint command with each progress line stamped by the host's clock.
 timed_checkpoint() {
   local out=$1
   shift
-  "$host" --json "$@" >"$out.json" 2>"$out.progress" &
+  # Made before the command starts: a tail that found no file yet would
+  # end at once (and pipefail with it).
+  : >"$out.progress"
+  "$host" --json "$@" >"$out.json" 2>>"$out.progress" &
   local pid=$!
   : >"$out.timeline"
   tail -n +1 -s 0.05 -f "$out.progress" --pid=$pid 2>/dev/null | while IFS= read -r line; do
@@ -123,7 +129,8 @@ echo "   $(guest "$vm" 'grep -c "" /run/acks.log') rows acknowledged so far"
 step "checkpoint create --type production (while the workload writes)"
 timed_checkpoint "$work/prod" checkpoint create --type production --label "demo vm: production"
 took
-read -r offset1 error1 < <(clock_offset)
+clock=$(clock_offset)
+read -r offset1 error1 <<<"$clock"
 prod_id=$(json_field "$work/prod.json" '["id"]')
 echo "   $prod_id: $(json_field "$work/prod.json" '["consistency"]')-consistent, hold $(json_field "$work/prod.json" '["verdict"]["hold_ms"]') ms in the guest"
 sleep 2
@@ -176,7 +183,8 @@ sleep 3
 guest "$vm" 'cut -d" " -f1 /proc/uptime' >"$work/uptime.before"
 timed_checkpoint "$work/mem" checkpoint create --type standard --label "demo vm: with memory"
 took
-read -r offset2 error2 < <(clock_offset)
+clock=$(clock_offset)
+read -r offset2 error2 <<<"$clock"
 mem_id=$(json_field "$work/mem.json" '["id"]')
 echo "   $mem_id: $(json_field "$work/mem.json" '["consistency"]') disks + memory ($(( $(json_field "$work/mem.json" '["memory"]["bytes"]') / 1048576 )) MiB state), the VM paused $(json_field "$work/mem.json" '["memory"]["pause_ms"]') ms"
 sleep 3

@@ -12,6 +12,7 @@ in the guest by quiesce-test-runner (tests/vm/guest/payload/): a request
 <escaped output>". Prints the output and exits with the command's code.
 The packaging scripts' counterpart of tests/vm/control_channel.cpp.
 """
+import os
 import socket
 import sys
 import time
@@ -32,8 +33,10 @@ while True:
         time.sleep(0.2)
 request_id = str(int(time.time() * 1000) % 1000000000)
 sent_at = time.time()
-s.sendall(f"{request_id} 60 {command}\n".encode())
-s.settimeout(90)
+# The runner ends the command after this many seconds (exit 124).
+limit = int(os.environ.get("QUIESCE_GUEST_TIMEOUT_S", "60"))
+s.sendall(f"{request_id} {limit} {command}\n".encode())
+s.settimeout(limit + 30)
 buf = b""
 while True:
     data = s.recv(65536)

@@ -40,7 +40,11 @@ PY
 }
 
 guest() {
-  local vm=$1
+  local vm=$1 rc=0
   shift
-  python3 "$repo/packaging/guest-run.py" "$vm/run/control.sock" "$*"
+  python3 "$repo/packaging/guest-run.py" "$vm/run/control.sock" "$*" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "guest: \`$*\` failed in the guest (exit $rc)" >&2
+  fi
+  return "$rc"
 }

@@ -186,7 +186,7 @@ Expected<Manifest> Checkpointer::create_standard(const CreateOptions& options,
     state_file = saved->value("file", std::string());
     m.timings_ms["save_memory"] = ms_since(save_start);
     report("save memory",
-           std::to_string(saved->value("bytes", std::uint64_t{0}) / (1024 * 1024)) + " MiB", 
+           std::to_string(saved->value("bytes", std::uint64_t{0}) / (1024 * 1024)) + " MiB",
            m.timings_ms["save_memory"].get<double>());
     m.memory = std::move(*saved);
     resume();
@@ -449,6 +449,21 @@ Expected<ApplyOutcome> Checkpointer::apply(const std::string& id, bool save_curr
   outcome.applied = *manifest;
 
   auto step_start = Clock::now();
+  CreateOptions save;
+  save.type = CheckpointType::standard;
+  save.label = "saved before applying " + id;
+  // Hyper-V's "Create checkpoint and apply" keeps a running VM's state: a
+  // hypervisor that can save memory takes it before the power-off (the
+  // VM is still running if that fails); otherwise the disks after it.
+  if (save_current && vm_.running() && vm_.state_capture() != nullptr) {
+    auto saved = create_standard(save, std::nullopt);
+    if (!saved) {
+      return Error{saved.error().kind, "saving the current state failed, nothing applied: " + saved.error().message};
+    }
+    outcome.saved = *saved;
+    outcome.timings_ms["save_current"] = ms_since(step_start);
+    step_start = Clock::now();
+  }
   if (vm_.running()) {
     report("power off");
     if (auto status = vm_.power_off(); !status) {
@@ -457,11 +472,8 @@ Expected<ApplyOutcome> Checkpointer::apply(const std::string& id, bool save_curr
     outcome.timings_ms["power_off"] = ms_since(step_start);
     report("power off", "", outcome.timings_ms["power_off"].get<double>());
   }
-  if (save_current) {
+  if (save_current && !outcome.saved) {
     step_start = Clock::now();
-    CreateOptions save;
-    save.type = CheckpointType::standard;
-    save.label = "saved before applying " + id;
     auto saved = create_standard(save, std::nullopt);
     if (!saved) {
       (void)vm_.power_on();

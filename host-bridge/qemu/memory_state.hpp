@@ -5,8 +5,8 @@
 // Save (Checkpointer::create_standard drives the order):
 //   pause   query-migrate: refuse when QEMU lists blocked reasons (a device
 //           that cannot migrate) or a migration is already running; raise
-//           max-bandwidth (QEMU's default, 32 MiB/s, would make the pause
-//           last seconds per 100 MiB); `stop`. The pause starts here.
+//           max-bandwidth (QEMU 7.2's default, 128 MiB/s, would make the pause
+//           last about 1 s per 128 MiB saved); `stop`. The pause starts here.
 //   (the disks' snapshot transaction, while the vCPUs are stopped)
 //   save    the state file <checkpoint>/memory.state is created (O_EXCL,
 //           0600) and handed to QEMU with `getfd`; `migrate` "fd:..."; wait

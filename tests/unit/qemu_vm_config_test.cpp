@@ -145,3 +145,40 @@ TEST_CASE("qemu vm: opening a directory reads and checks its vm.json") {
   REQUIRE_FALSE(missing.ok());
   CHECK(missing.error().kind == ErrorKind::not_found);
 }
+
+TEST_CASE("qemu memory state: the saved machine loads with each disk's present file, once -incoming") {
+  auto j = minimal();
+  j["memory_mib"] = 256;
+  j["disks"].push_back({{"name", "logs"}, {"image", "/data/with,comma.qcow2"}});
+  auto saved_config = QemuVmConfig::from_json(j, "/vms/demo", false);
+  REQUIRE(saved_config.ok());
+  // The state was itself loaded from a state: its -S and -incoming are not
+  // part of the machine.
+  const auto saved = quiesce::host::qemu_command_line(*saved_config, {"-S", "-incoming", "defer"});
+  // Since then the disks moved to top layers and vm.json asks for more memory.
+  j["disks"][0]["image"] = "disks/data.top-1.qcow2";
+  j["disks"][1]["image"] = "/data/with,comma.top-2.qcow2";
+  j["memory_mib"] = 512;
+  auto now = QemuVmConfig::from_json(j, "/vms/demo", false);
+  REQUIRE(now.ok());
+  const auto argv = quiesce::host::incoming_command_line(saved, quiesce::host::qemu_command_line(*now));
+  CHECK(after(argv, "-m") == "256");  // the machine that saved the state
+  CHECK(std::count(argv.begin(), argv.end(), "-incoming") == 0);
+  CHECK(std::count(argv.begin(), argv.end(), "-S") == 0);
+  CHECK(std::find(argv.begin(), argv.end(),
+                  "file=/vms/demo/disks/data.top-1.qcow2,id=disk-data,if=none,format=qcow2,cache=writeback") !=
+        argv.end());
+  CHECK(std::find(argv.begin(), argv.end(),
+                  "file=/data/with,,comma.top-2.qcow2,id=disk-logs,if=none,format=qcow2,cache=writeback") !=
+        argv.end());
+  CHECK(argv.size() == saved.size() - 3);
+}
+
+TEST_CASE("qemu vm.json: memory_save_bandwidth_mib_s limits the state's save, unlimited by default") {
+  CHECK(QemuVmConfig::from_json(minimal(), "/vms/demo", false)->memory_save_bandwidth_mib_s == 0);
+  auto j = minimal();
+  j["memory_save_bandwidth_mib_s"] = 64;
+  CHECK(QemuVmConfig::from_json(j, "/vms/demo", false)->memory_save_bandwidth_mib_s == 64);
+  j["memory_save_bandwidth_mib_s"] = 0;
+  CHECK(error_of(j).find("memory_save_bandwidth_mib_s: expected an integer from 1") != std::string::npos);
+}
