@@ -112,6 +112,30 @@ Expected<std::vector<std::string>> read_command(const std::filesystem::path& fil
 
 std::vector<std::string> incoming_command_line(const std::vector<std::string>& saved,
                                                const std::vector<std::string>& current) {
+  // Where this host keeps the VM's QMP socket, console log and pid file is
+  // not part of the machine the state was saved from: those options come
+  // from the VM that loads it. A checkpoint imported from another VM would
+  // otherwise start on that VM's pid file (locked while it runs) and socket.
+  static const std::set<std::string> host_side{"-name", "-qmp", "-serial", "-pidfile"};
+  auto current_value = [&](const std::string& option) -> const std::string* {
+    for (std::size_t k = 0; k + 1 < current.size(); ++k) {
+      if (current[k] == option) {
+        return &current[k + 1];
+      }
+    }
+    return nullptr;
+  };
+  // A disk's file and a channel's socket are the loading VM's, matched by id:
+  // the guest sees the devices, not where the host keeps their backends.
+  auto current_with_id = [&](const std::string& option, const std::string& value) -> const std::string* {
+    const auto id = drive_option(value, "id");
+    for (std::size_t k = 0; k + 1 < current.size(); ++k) {
+      if (current[k] == option && !id.empty() && drive_option(current[k + 1], "id") == id) {
+        return &current[k + 1];
+      }
+    }
+    return nullptr;
+  };
   std::vector<std::string> argv;
   for (std::size_t i = 0; i < saved.size(); ++i) {
     // The state was saved by a QEMU that may itself have been loaded from
@@ -124,17 +148,19 @@ std::vector<std::string> incoming_command_line(const std::vector<std::string>& s
       continue;
     }
     argv.push_back(saved[i]);
-    if (saved[i] == "-drive" && i + 1 < saved.size()) {
-      std::string drive = saved[++i];
-      const auto id = drive_option(drive, "id");
-      for (std::size_t k = 0; k + 1 < current.size(); ++k) {
-        if (current[k] == "-drive" && !id.empty() && drive_option(current[k + 1], "id") == id) {
-          drive = current[k + 1];
-          break;
-        }
-      }
-      argv.push_back(drive);
+    if (i + 1 >= saved.size()) {
+      continue;
     }
+    const std::string* replacement = nullptr;
+    if (host_side.count(saved[i]) != 0) {
+      replacement = current_value(saved[i]);
+    } else if (saved[i] == "-drive" || saved[i] == "-chardev") {
+      replacement = current_with_id(saved[i], saved[i + 1]);
+    } else {
+      continue;
+    }
+    ++i;
+    argv.push_back(replacement != nullptr ? *replacement : saved[i]);
   }
   return argv;
 }

@@ -174,6 +174,28 @@ TEST_CASE("qemu memory state: the saved machine loads with each disk's present f
   CHECK(argv.size() == saved.size() - 3);
 }
 
+TEST_CASE("qemu vm: a state imported from another VM loads with this VM's QMP socket, pid file and log") {
+  // The machine's own files (kernel) are the checkpoint's; only where the
+  // host keeps the VM's backends changes.
+  auto j = minimal();
+  j["kernel"] = "/abs/vmlinuz";
+  auto saved_config = QemuVmConfig::from_json(j, "/vms/exported", false);
+  REQUIRE(saved_config.ok());
+  j["name"] = "importer";
+  auto now = QemuVmConfig::from_json(j, "/vms/importer", false);
+  REQUIRE(now.ok());
+  const auto current = quiesce::host::qemu_command_line(*now);
+  const auto argv =
+      quiesce::host::incoming_command_line(quiesce::host::qemu_command_line(*saved_config), current);
+  for (const auto* option : {"-name", "-qmp", "-serial", "-pidfile"}) {
+    INFO(option);
+    CHECK(after(argv, option) == after(current, option));
+  }
+  for (const auto& arg : argv) {
+    CHECK(arg.find("/vms/exported") == std::string::npos);
+  }
+}
+
 TEST_CASE("qemu vm.json: memory_save_bandwidth_mib_s limits the state's save, unlimited by default") {
   CHECK(QemuVmConfig::from_json(minimal(), "/vms/demo", false)->memory_save_bandwidth_mib_s == 0);
   auto j = minimal();
