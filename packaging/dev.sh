@@ -9,7 +9,8 @@
 #   packaging/dev.sh fuzz [SECONDS]  build the libFuzzer harnesses (clang, ASan+UBSan) in
 #                           build-fuzz and run each for SECONDS (default 300; CI runs 15)
 #   packaging/dev.sh bench [ARGS]  as root: hold window vs raw FIFREEZE and qemu-ga,
-#                           scaling, footprint (docs/performance.md; ARGS go to quiesce_bench)
+#                           scaling, footprint (docs/performance.md; ARGS go to quiesce_bench; `bench databases`:
+#                           the four database servers under write load)
 #   packaging/dev.sh package  build, then the .deb packages and the .rpm into BUILD_DIR/packages
 #                           from that build tree (docs/packaging.md), lintian on the .debs
 #   packaging/dev.sh deps | build

@@ -53,6 +53,9 @@ struct Options {
   // The `databases` mode: the four real servers under write load.
   bool databases = false;
   int pgbench_clients = 4;
+  // Another build's quiesce-agent (and holder) to run every writer through
+  // in the same rounds: before/after figures from one run.
+  fs::path baseline_bin;
 };
 
 void usage() {
@@ -63,7 +66,7 @@ void usage() {
                "       quiesce_bench layouts [--sessions N] [--hang-timeout S] [--only a,b]\n"
                "                     [--out DIR] [--bin DIR] [--qga PATH] [--no-qga]\n"
                "       quiesce_bench databases [--rounds N] [--pgbench-clients N] [--out DIR]\n"
-               "                     [--bin DIR]\n"
+               "                     [--bin DIR] [--baseline-bin DIR]\n"
                "Run as root. Writes DIR/summary.csv, DIR/samples.csv, DIR/footprint.csv,\n"
                "DIR/bench-hold.png (gnuplot) and prints the tables; `layouts` writes\n"
                "DIR/layouts.csv: sessions on stacked storage (loop on loop, dm, btrfs,\n"
@@ -121,6 +124,8 @@ Options parse_options(int argc, char** argv) {
       options.bin_dir = value();
     } else if (flag == "--qga") {
       options.qga = value();
+    } else if (flag == "--baseline-bin") {
+      options.baseline_bin = value();
     } else if (flag == "--pgbench-clients") {
       options.pgbench_clients = std::stoi(value());
     } else if (flag == "--no-qga") {
@@ -1019,6 +1024,13 @@ int run_databases(const Options& options) {
   Agent all(options.bin_dir, scratch.run_fs / "agent-db", dir / "state-db", every_writer);
   Agent alone(options.bin_dir, scratch.run_fs / "agent-fs", dir / "state-fs",
               nlohmann::json::array({fsfreeze_writer({mount})}));
+  std::unique_ptr<Agent> baseline;
+  std::vector<std::string> contenders{"all", "fsfreeze"};
+  if (!options.baseline_bin.empty()) {
+    baseline = std::make_unique<Agent>(options.baseline_bin, scratch.run_fs / "agent-baseline",
+                                       dir / "state-baseline", every_writer);
+    contenders.push_back("baseline");
+  }
 
   std::cout << "== write load: pgbench -c " << options.pgbench_clients
             << ", a MariaDB insert loop, a Redis SET loop, a SQLite insert loop\n"
@@ -1027,6 +1039,9 @@ int run_databases(const Options& options) {
   std::this_thread::sleep_for(3s);  // past pgbench's connection storm
   (void)all.round();
   (void)alone.round();
+  if (baseline) {
+    (void)baseline->round();
+  }
 
   std::cout << "== " << options.rounds
             << " rounds: every writer + fsfreeze, and fsfreeze alone, in turns\n"
@@ -1035,8 +1050,19 @@ int run_databases(const Options& options) {
   const auto before = load.acknowledged();
   const std::vector<std::string> writer_names{"pg", "mariadb", "redis", "sqlite", "fs"};
   for (int round = 0; round < options.rounds && !interrupted(); ++round) {
-    for (const auto& contender : rotated(std::vector<std::string>{"all", "fsfreeze"}, round)) {
-      if (contender == "all") {
+    for (const auto& contender : rotated(contenders, round)) {
+      if (contender == "baseline") {
+        auto r = baseline->round(true);
+        results.add({"db", 0, "checkpoint", "baseline_host"}, r.hold_host_ms);
+        results.add({"db", 0, "checkpoint", "baseline_agent"}, r.hold_agent_ms);
+        results.add({"db", 0, "checkpoint", "baseline_round_trip"}, r.round_trip_ms);
+        for (const auto& writer : r.status["writers"]) {
+          for (const auto& [phase, ms] : writer["timings_ms"].items()) {
+            results.add({"db", 0, "baseline " + writer["name"].get<std::string>(), phase},
+                        ms.get<double>());
+          }
+        }
+      } else if (contender == "all") {
         auto r = all.round(true);
         results.add({"db", 0, "checkpoint", "all_host"}, r.hold_host_ms);
         results.add({"db", 0, "checkpoint", "all_agent"}, r.hold_agent_ms);
@@ -1083,6 +1109,11 @@ int run_databases(const Options& options) {
   for (const auto& name : writer_names) {
     rows.push_back({name, cell(get(name, "prepare")), cell(get(name, "freeze")),
                     cell(get(name, "thaw")), cell(get(name, "post_snapshot"))});
+    if (baseline) {
+      const auto before_name = "baseline " + name;
+      rows.push_back({before_name, cell(get(before_name, "prepare")), cell(get(before_name, "freeze")),
+                      cell(get(before_name, "thaw")), cell(get(before_name, "post_snapshot"))});
+    }
   }
   print_table({"writer", "prepare (before the hold)", "freeze (in the hold)", "thaw (in the hold)",
                "post-snapshot (after)"},
@@ -1093,6 +1124,11 @@ int run_databases(const Options& options) {
            cell(get("checkpoint", "all_round_trip"))},
           {"fsfreeze alone", cell(fs_only), cell(get("checkpoint", "fsfreeze_agent")),
            cell(get("checkpoint", "fsfreeze_round_trip"))}};
+  if (baseline) {
+    rows.push_back({"every writer + fsfreeze, baseline (" + options.baseline_bin.string() + ")",
+                    cell(get("checkpoint", "baseline_host")), cell(get("checkpoint", "baseline_agent")),
+                    cell(get("checkpoint", "baseline_round_trip"))});
+  }
   std::cout << "\n";
   print_table({"checkpoint", "hold (host)", "hold_ms (agent)", "round trip"}, rows);
 
