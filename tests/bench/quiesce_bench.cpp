@@ -472,6 +472,15 @@ std::string ratio(double numerator, double denominator) {
   return out.str();
 }
 
+// "met" / "MISSED" for a target, and a figure with `digits` decimals.
+std::string verdict(bool met) { return met ? "met" : "MISSED"; }
+
+std::string fixed(double value, int digits = 1) {
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(digits) << value;
+  return out.str();
+}
+
 struct FootprintRow {
   std::string who;
   std::vector<double> ready_ms;
@@ -787,6 +796,51 @@ int run_bench(const Options& options) {
                "CPU over idle", "wakeups over idle (ctx switches)"},
               rows);
 
+  // Issue #16's targets, each met or missed with what was measured.
+  std::cout << "\nTargets (issue #16)\n\n";
+  rows.clear();
+  auto hold_target = [&](int n, const std::string& data, const std::string& floor_name,
+                         double floor_limit, double qga_limit) {
+    auto get = [&](const std::string& name) { return results.summary({"hold", n, data, name}).median; };
+    const double q = get("quiesce_host");
+    if (q <= 0) {
+      return;  // this count was not run
+    }
+    const double qga = get("qemu_ga");
+    const double floor_ms = get(floor_name);
+    const std::string label = std::to_string(n) + " " + data + " fs";
+    if (qga > 0) {
+      rows.push_back({"hold, " + label + " <= " + fixed(qga_limit) + "x qemu-ga",
+                      fixed(q, 2) + " vs " + fixed(qga, 2) + " ms (" + ratio(q, qga) + ")",
+                      verdict(q <= qga_limit * qga)});
+    }
+    rows.push_back({"hold, " + label + " <= " + fixed(floor_limit) + "x " + floor_name,
+                    fixed(q, 2) + " vs " + fixed(floor_ms, 2) + " ms (" + ratio(q, floor_ms) + ")",
+                    verdict(floor_ms > 0 && q <= floor_limit * floor_ms)});
+  };
+  hold_target(1, "clean", "raw_seq", 1.5, 1.0);
+  hold_target(4, "clean", "raw_par", 1.5, 1.0);
+  hold_target(16, "dirty", "raw_par", 1.5, 0.1);
+  if (footprint.size() == 2 && footprint[1].rss_fresh_kib > 0) {
+    const auto& agent_row = footprint[0];
+    const auto& qga_row = footprint[1];
+    rows.push_back({"idle RSS, agent fresh <= qemu-ga's",
+                    fixed(agent_row.rss_fresh_kib / 1024) + " vs " +
+                        fixed(qga_row.rss_fresh_kib / 1024) + " MiB",
+                    verdict(agent_row.rss_fresh_kib <= qga_row.rss_fresh_kib)});
+    rows.push_back({"agent + holder after a freeze <= 1.5x qemu-ga's",
+                    fixed(agent_row.rss_after_kib / 1024) + " vs " +
+                        fixed(qga_row.rss_after_kib / 1024) + " MiB",
+                    verdict(agent_row.rss_after_kib <= 1.5 * qga_row.rss_after_kib)});
+    const double agent_ready = summarise(agent_row.ready_ms).median;
+    const double qga_ready = summarise(qga_row.ready_ms).median;
+    rows.push_back({"start to ready <= qemu-ga's",
+                    fixed(agent_ready, 2) + " vs " + fixed(qga_ready, 2) + " ms",
+                    verdict(agent_ready <= qga_ready)});
+  }
+  print_table({"target", "measured", "verdict"}, rows);
+  std::cout << "(the database target: quiesce_bench databases)\n";
+
   // gnuplot reads these files: flush them first.
   chart_data.close();
   scaling_data.close();
@@ -1000,13 +1054,6 @@ int run_layouts(const Options& options) {
 constexpr double kDatabaseHoldTargetMs = 50;
 constexpr double kDatabaseHoldTargetRatio = 1.5;
 
-std::string verdict(bool met) { return met ? "met" : "MISSED"; }
-
-std::string fixed(double value, int digits = 1) {
-  std::ostringstream out;
-  out << std::fixed << std::setprecision(digits) << value;
-  return out.str();
-}
 
 int run_databases(const Options& options) {
   fs::create_directories(options.out_dir);
