@@ -14,7 +14,8 @@
 #   packaging/dev.sh fuzz [SECONDS]  build the libFuzzer harnesses (clang, ASan+UBSan) in
 #                           build-fuzz and run each for SECONDS (default 300; CI runs 15)
 #   packaging/dev.sh bench [ARGS]  as root: hold window vs raw FIFREEZE and qemu-ga,
-#                           scaling, footprint (docs/performance.md; ARGS go to quiesce_bench)
+#                           scaling, footprint (docs/performance.md; ARGS go to quiesce_bench; `bench databases`:
+#                           the four database servers under write load)
 #   packaging/dev.sh bench vm [RUNS]  as root: a real VM's checkpoints: the pause of a standard
 #                           checkpoint with memory against RAM size and dirty memory, the state
 #                           file, the guest's hold in a production one (packaging/bench-vm.sh)

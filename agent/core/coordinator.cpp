@@ -506,22 +506,43 @@ Expected<nlohmann::json> Coordinator::run_create(Session& session) {
     return error;
   }
 
-  // prepare: nothing is held yet, so every writer prepares at once.
+  // prepare: nothing is held yet, so writers prepare at once, in two
+  // batches: every application and database writer, then the filesystem
+  // writers. A filesystem writer's prepare flushes the page cache so that
+  // its freeze has little left to write; a database's prepare (a
+  // checkpoint) dirties it again, and whatever it dirtied after the flush
+  // would be written inside the hold.
   const auto prepare_began = Clock::now();
   {
     std::lock_guard lock(state_mutex_);
     for (auto* writer : everyone) {
       writer->touched = true;
-      set_writer_state(session, *writer, WriterState::preparing);
     }
   }
-  auto prepared = call_writers(session, everyone, Phase::prepare, Clock::time_point::max(), true,
-                               [](Writer& w, const PhaseContext& ctx, CallScratch&) {
-                                 return w.prepare(ctx);
-                               });
+  std::vector<SessionWriter*> filesystems;
+  std::vector<SessionWriter*> others;
+  for (auto* writer : everyone) {
+    (writer->slot->spec.level == Level::filesystem ? filesystems : others).push_back(writer);
+  }
+  for (auto* batch : {&others, &filesystems}) {
+    if (batch->empty() || failed || session.interrupt.stop_requested()) {
+      continue;
+    }
+    {
+      std::lock_guard lock(state_mutex_);
+      for (auto* writer : *batch) {
+        set_writer_state(session, *writer, WriterState::preparing);
+      }
+    }
+    auto prepared = call_writers(session, *batch, Phase::prepare, Clock::time_point::max(), true,
+                                 [](Writer& w, const PhaseContext& ctx, CallScratch&) {
+                                   return w.prepare(ctx);
+                                 });
+    std::lock_guard lock(state_mutex_);
+    failed = record_batch(session, *batch, prepared, Phase::prepare, WriterState::prepared) || failed;
+  }
   {
     std::lock_guard lock(state_mutex_);
-    failed = record_batch(session, everyone, prepared, Phase::prepare, WriterState::prepared) || failed;
     session.timings_ms["prepare"] = millis_between(prepare_began, Clock::now());
   }
   if (failed || session.interrupt.stop_requested()) {

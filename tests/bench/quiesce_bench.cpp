@@ -53,6 +53,9 @@ struct Options {
   // The `databases` mode: the four real servers under write load.
   bool databases = false;
   int pgbench_clients = 4;
+  // Another build's quiesce-agent (and holder) to run every writer through
+  // in the same rounds: before/after figures from one run.
+  fs::path baseline_bin;
 };
 
 void usage() {
@@ -63,7 +66,7 @@ void usage() {
                "       quiesce_bench layouts [--sessions N] [--hang-timeout S] [--only a,b]\n"
                "                     [--out DIR] [--bin DIR] [--qga PATH] [--no-qga]\n"
                "       quiesce_bench databases [--rounds N] [--pgbench-clients N] [--out DIR]\n"
-               "                     [--bin DIR]\n"
+               "                     [--bin DIR] [--baseline-bin DIR]\n"
                "Run as root. Writes DIR/summary.csv, DIR/samples.csv, DIR/footprint.csv,\n"
                "DIR/bench-hold.png (gnuplot) and prints the tables; `layouts` writes\n"
                "DIR/layouts.csv: sessions on stacked storage (loop on loop, dm, btrfs,\n"
@@ -121,6 +124,8 @@ Options parse_options(int argc, char** argv) {
       options.bin_dir = value();
     } else if (flag == "--qga") {
       options.qga = value();
+    } else if (flag == "--baseline-bin") {
+      options.baseline_bin = value();
     } else if (flag == "--pgbench-clients") {
       options.pgbench_clients = std::stoi(value());
     } else if (flag == "--no-qga") {
@@ -467,6 +472,15 @@ std::string ratio(double numerator, double denominator) {
   return out.str();
 }
 
+// "met" / "MISSED" for a target, and a figure with `digits` decimals.
+std::string verdict(bool met) { return met ? "met" : "MISSED"; }
+
+std::string fixed(double value, int digits = 1) {
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(digits) << value;
+  return out.str();
+}
+
 struct FootprintRow {
   std::string who;
   std::vector<double> ready_ms;
@@ -782,6 +796,51 @@ int run_bench(const Options& options) {
                "CPU over idle", "wakeups over idle (ctx switches)"},
               rows);
 
+  // Issue #16's targets, each met or missed with what was measured.
+  std::cout << "\nTargets (issue #16)\n\n";
+  rows.clear();
+  auto hold_target = [&](int n, const std::string& data, const std::string& floor_name,
+                         double floor_limit, double qga_limit) {
+    auto get = [&](const std::string& name) { return results.summary({"hold", n, data, name}).median; };
+    const double q = get("quiesce_host");
+    if (q <= 0) {
+      return;  // this count was not run
+    }
+    const double qga = get("qemu_ga");
+    const double floor_ms = get(floor_name);
+    const std::string label = std::to_string(n) + " " + data + " fs";
+    if (qga > 0) {
+      rows.push_back({"hold, " + label + " <= " + fixed(qga_limit) + "x qemu-ga",
+                      fixed(q, 2) + " vs " + fixed(qga, 2) + " ms (" + ratio(q, qga) + ")",
+                      verdict(q <= qga_limit * qga)});
+    }
+    rows.push_back({"hold, " + label + " <= " + fixed(floor_limit) + "x " + floor_name,
+                    fixed(q, 2) + " vs " + fixed(floor_ms, 2) + " ms (" + ratio(q, floor_ms) + ")",
+                    verdict(floor_ms > 0 && q <= floor_limit * floor_ms)});
+  };
+  hold_target(1, "clean", "raw_seq", 1.5, 1.0);
+  hold_target(4, "clean", "raw_par", 1.5, 1.0);
+  hold_target(16, "dirty", "raw_par", 1.5, 0.1);
+  if (footprint.size() == 2 && footprint[1].rss_fresh_kib > 0) {
+    const auto& agent_row = footprint[0];
+    const auto& qga_row = footprint[1];
+    rows.push_back({"idle RSS, agent fresh <= qemu-ga's",
+                    fixed(agent_row.rss_fresh_kib / 1024) + " vs " +
+                        fixed(qga_row.rss_fresh_kib / 1024) + " MiB",
+                    verdict(agent_row.rss_fresh_kib <= qga_row.rss_fresh_kib)});
+    rows.push_back({"agent + holder after a freeze <= 1.5x qemu-ga's",
+                    fixed(agent_row.rss_after_kib / 1024) + " vs " +
+                        fixed(qga_row.rss_after_kib / 1024) + " MiB",
+                    verdict(agent_row.rss_after_kib <= 1.5 * qga_row.rss_after_kib)});
+    const double agent_ready = summarise(agent_row.ready_ms).median;
+    const double qga_ready = summarise(qga_row.ready_ms).median;
+    rows.push_back({"start to ready <= qemu-ga's",
+                    fixed(agent_ready, 2) + " vs " + fixed(qga_ready, 2) + " ms",
+                    verdict(agent_ready <= qga_ready)});
+  }
+  print_table({"target", "measured", "verdict"}, rows);
+  std::cout << "(the database target: quiesce_bench databases)\n";
+
   // gnuplot reads these files: flush them first.
   chart_data.close();
   scaling_data.close();
@@ -995,13 +1054,6 @@ int run_layouts(const Options& options) {
 constexpr double kDatabaseHoldTargetMs = 50;
 constexpr double kDatabaseHoldTargetRatio = 1.5;
 
-std::string verdict(bool met) { return met ? "met" : "MISSED"; }
-
-std::string fixed(double value, int digits = 1) {
-  std::ostringstream out;
-  out << std::fixed << std::setprecision(digits) << value;
-  return out.str();
-}
 
 int run_databases(const Options& options) {
   fs::create_directories(options.out_dir);
@@ -1019,6 +1071,13 @@ int run_databases(const Options& options) {
   Agent all(options.bin_dir, scratch.run_fs / "agent-db", dir / "state-db", every_writer);
   Agent alone(options.bin_dir, scratch.run_fs / "agent-fs", dir / "state-fs",
               nlohmann::json::array({fsfreeze_writer({mount})}));
+  std::unique_ptr<Agent> baseline;
+  std::vector<std::string> contenders{"all", "fsfreeze"};
+  if (!options.baseline_bin.empty()) {
+    baseline = std::make_unique<Agent>(options.baseline_bin, scratch.run_fs / "agent-baseline",
+                                       dir / "state-baseline", every_writer);
+    contenders.push_back("baseline");
+  }
 
   std::cout << "== write load: pgbench -c " << options.pgbench_clients
             << ", a MariaDB insert loop, a Redis SET loop, a SQLite insert loop\n"
@@ -1027,6 +1086,9 @@ int run_databases(const Options& options) {
   std::this_thread::sleep_for(3s);  // past pgbench's connection storm
   (void)all.round();
   (void)alone.round();
+  if (baseline) {
+    (void)baseline->round();
+  }
 
   std::cout << "== " << options.rounds
             << " rounds: every writer + fsfreeze, and fsfreeze alone, in turns\n"
@@ -1035,8 +1097,19 @@ int run_databases(const Options& options) {
   const auto before = load.acknowledged();
   const std::vector<std::string> writer_names{"pg", "mariadb", "redis", "sqlite", "fs"};
   for (int round = 0; round < options.rounds && !interrupted(); ++round) {
-    for (const auto& contender : rotated(std::vector<std::string>{"all", "fsfreeze"}, round)) {
-      if (contender == "all") {
+    for (const auto& contender : rotated(contenders, round)) {
+      if (contender == "baseline") {
+        auto r = baseline->round(true);
+        results.add({"db", 0, "checkpoint", "baseline_host"}, r.hold_host_ms);
+        results.add({"db", 0, "checkpoint", "baseline_agent"}, r.hold_agent_ms);
+        results.add({"db", 0, "checkpoint", "baseline_round_trip"}, r.round_trip_ms);
+        for (const auto& writer : r.status["writers"]) {
+          for (const auto& [phase, ms] : writer["timings_ms"].items()) {
+            results.add({"db", 0, "baseline " + writer["name"].get<std::string>(), phase},
+                        ms.get<double>());
+          }
+        }
+      } else if (contender == "all") {
         auto r = all.round(true);
         results.add({"db", 0, "checkpoint", "all_host"}, r.hold_host_ms);
         results.add({"db", 0, "checkpoint", "all_agent"}, r.hold_agent_ms);
@@ -1083,6 +1156,11 @@ int run_databases(const Options& options) {
   for (const auto& name : writer_names) {
     rows.push_back({name, cell(get(name, "prepare")), cell(get(name, "freeze")),
                     cell(get(name, "thaw")), cell(get(name, "post_snapshot"))});
+    if (baseline) {
+      const auto before_name = "baseline " + name;
+      rows.push_back({before_name, cell(get(before_name, "prepare")), cell(get(before_name, "freeze")),
+                      cell(get(before_name, "thaw")), cell(get(before_name, "post_snapshot"))});
+    }
   }
   print_table({"writer", "prepare (before the hold)", "freeze (in the hold)", "thaw (in the hold)",
                "post-snapshot (after)"},
@@ -1093,6 +1171,11 @@ int run_databases(const Options& options) {
            cell(get("checkpoint", "all_round_trip"))},
           {"fsfreeze alone", cell(fs_only), cell(get("checkpoint", "fsfreeze_agent")),
            cell(get("checkpoint", "fsfreeze_round_trip"))}};
+  if (baseline) {
+    rows.push_back({"every writer + fsfreeze, baseline (" + options.baseline_bin.string() + ")",
+                    cell(get("checkpoint", "baseline_host")), cell(get("checkpoint", "baseline_agent")),
+                    cell(get("checkpoint", "baseline_round_trip"))});
+  }
   std::cout << "\n";
   print_table({"checkpoint", "hold (host)", "hold_ms (agent)", "round trip"}, rows);
 

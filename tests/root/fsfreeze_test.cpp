@@ -118,6 +118,50 @@ TEST_CASE("fsfreeze: nested mounts are frozen children first") {
   CHECK(probe.finished_within(5s));
 }
 
+TEST_CASE("fsfreeze: a mount made between prepare and freeze makes freeze select again") {
+  // freeze reuses prepare's selection only while the mount table is
+  // unchanged. Here another filesystem is bound over the selected mount
+  // point after prepare: freeze must look again (and refuse, naming the
+  // change), never send the holder the stale mount, which only the
+  // holder's own mount-id check would then catch.
+  quiesce::test::TempDir dir("fsfreeze-root");
+  LoopFs selected(dir.path(), "selected", "ext4");
+  LoopFs other(dir.path(), "other", "ext4");
+  WriterUnderTest under(dir.path() / "run", {{"mounts", {selected.mount_point()}}});
+  REQUIRE(under.writer->prepare(context()).is_ok());
+  // Unmounted by the test below, or here when it fails half-way.
+  struct BindMount {
+    std::string path;
+    ~BindMount() {
+      if (!path.empty()) {
+        quiesce::test::unmount(path);
+      }
+    }
+  } bind;
+  quiesce::test::must_run({"mount", "--bind", other.mount_point(), selected.mount_point()});
+  bind.path = selected.mount_point();
+  auto status = under.writer->freeze(context());
+  if (status.is_ok()) {
+    quiesce::HoldReport hold;
+    CHECK(under.writer->thaw(context(), hold).is_ok());
+  } else {
+    CHECK_MESSAGE(status.error().message.find("no longer the mount") == std::string::npos,
+                  status.error().message);
+    CHECK_MESSAGE(status.error().message.find("changed") != std::string::npos,
+                  status.error().message);
+  }
+  // Unchanged table: prepare's selection is used and the freeze holds.
+  quiesce::test::unmount(selected.mount_point());
+  bind.path.clear();
+  REQUIRE(under.writer->prepare(context()).is_ok());
+  REQUIRE(under.writer->freeze(context()).is_ok());
+  WriteProbe probe(selected.mount_point());
+  CHECK_FALSE(probe.finished_within(200ms));
+  quiesce::HoldReport hold;
+  CHECK(under.writer->thaw(context(), hold).is_ok());
+  CHECK(probe.finished_within(5s));
+}
+
 TEST_CASE("fsfreeze: SIGKILL of the agent thaws everything within a second") {
   quiesce::test::TempDir dir("fsfreeze-root");
   LoopFs ext4(dir.path(), "ext4", "ext4");

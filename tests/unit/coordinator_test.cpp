@@ -149,6 +149,25 @@ TEST_CASE("writers of one level freeze at the same time") {
   REQUIRE(rig.coordinator->thaw(id).ok());
 }
 
+TEST_CASE("filesystem writers prepare after the others, which prepare together") {
+  // A filesystem writer's prepare flushes the page cache; a database's
+  // prepare (a checkpoint) dirties it, so the flush must come after it or
+  // the freeze writes what the checkpoint left. app and db meet at a
+  // barrier (together); fs starts only once both returned.
+  auto barrier = std::make_shared<test::Barrier>(2);
+  FakeScript together;
+  together.phases[Phase::prepare].barrier = barrier;
+  together.phases[Phase::prepare].delay = std::chrono::milliseconds(30);
+  Rig rig({{"fs", Level::filesystem, {}, {}},
+           {"app", Level::application, together, {}},
+           {"db", Level::database, together, {}}});
+  auto id = rig.create();
+  CHECK(rig.status(id)["state"] == "prepared");
+  auto& j = *rig.journal;
+  CHECK(j.index_of("app:prepare") < j.index_of("fs:prepare"));
+  CHECK(j.index_of("db:prepare") < j.index_of("fs:prepare"));
+}
+
 TEST_CASE("invariant 1: a failure at freeze releases every writer that began, once, in reverse") {
   struct Fault {
     const char* label;

@@ -18,6 +18,7 @@
 
 #include "platform/linux/freeze_holder_client.hpp"
 #include "platform/linux/fsfreeze.hpp"
+#include "platform/linux/mount_table_watch.hpp"
 #include "platform/linux/mountinfo.hpp"
 #include "quiesce/json_fields.hpp"
 #include "writers/fsfreeze/freeze_record.hpp"
@@ -269,10 +270,16 @@ class FsfreezeWriter final : public Writer {
   }
 
   Status prepare(const PhaseContext& ctx) override {
+    // Watching from before the table is read: any mount or unmount after
+    // this point makes freeze select again instead of reusing this one.
+    prepared_watch_.start();
+    prepared_.reset();
     fsfreeze::Selection selection;
     if (auto status = select(selection, ctx.mountpoints); !status.is_ok()) {
+      prepared_watch_.stop();
       return status;
     }
+    prepared_ = PreparedSelection{selection, ctx.mountpoints};
     // Starting the holder now keeps fork/exec out of the hold window.
     if (auto status = ensure_holder(); !status.is_ok()) {
       return status;
@@ -293,9 +300,18 @@ class FsfreezeWriter final : public Writer {
       return Status::timeout("the hold deadline has already passed; not freezing");
     }
     fsfreeze::Selection selection;
-    if (auto status = select(selection, ctx.mountpoints); !status.is_ok()) {
+    // Inside the hold window: prepare's selection (mountinfo parsed, the
+    // storage graph walked through /sys, ~100 system calls) is reused when
+    // the mount table has not changed since, which one poll(2) tells. The
+    // holder still checks every mount id before it freezes.
+    if (prepared_ && prepared_->narrow_to == ctx.mountpoints && !prepared_watch_.changed()) {
+      selection = std::move(prepared_->selection);
+    } else if (auto status = select(selection, ctx.mountpoints); !status.is_ok()) {
+      prepared_.reset();
       return status;
     }
+    prepared_.reset();
+    prepared_watch_.stop();
     if (selection.filesystems.empty()) {
       log().info("fsfreeze writer '{}': nothing to freeze", spec_.name);
       return Status::ok();
@@ -669,6 +685,13 @@ class FsfreezeWriter final : public Writer {
   WriterEnvironment env_;
   std::string record_path_;
   fsfreeze::StorageProbe probe_;  // the real /sys, stat and loop ioctls
+  // What prepare selected, for the freeze that follows it.
+  struct PreparedSelection {
+    fsfreeze::Selection selection;
+    std::optional<std::vector<std::string>> narrow_to;
+  };
+  std::optional<PreparedSelection> prepared_;
+  platform::MountTableWatch prepared_watch_;
   std::unique_ptr<HolderClient> holder_;
   std::vector<std::unique_ptr<HolderClient>> retired_;  // see retire_holder()
   std::unique_ptr<HolderWatch> watch_;                   // while frozen
