@@ -255,5 +255,5 @@ case "${1:-}" in
   demo) shift; deps; build; demo "$@" ;;
   bench) shift; deps; bench "$@" ;;
   package) deps; build; package ;;
-  *) sed -n '2,23p' "$0"; exit 2 ;;
+  *) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 2 ;;
 esac
