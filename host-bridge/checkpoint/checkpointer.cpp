@@ -551,6 +551,12 @@ Expected<RemoveOutcome> Checkpointer::remove(const std::string& id, bool force) 
                                           "; --force deletes it and re-parents them onto " +
                                           (manifest->parent ? *manifest->parent : std::string("nothing (they become roots)"))};
   }
+  // Every disk is asked first: a refusal must leave all of them as they were.
+  for (const auto& disk : manifest->disks) {
+    if (auto status = backend_.check_remove(disk); !status) {
+      return status.error();
+    }
+  }
   for (const auto& disk : manifest->disks) {
     if (auto status = backend_.remove(disk, id); !status) {
       return status.error();

@@ -257,9 +257,18 @@ Status merge_out_layer(const std::string& disk, const std::filesystem::path& ove
   }
 
   if (chain == nullptr) {
+    const bool commit = base_only_child && open_files.count(base) == 0;
+    if (!children.empty() && !commit) {
+      if (auto refused = refuse_checkpoint_layers(children); !refused) {
+        return refused;
+      }
+    }
+    if (options.check_only) {
+      return ok_status();
+    }
     if (children.empty()) {
       report("nothing is built on " + overlay + ": removed");
-    } else if (base_only_child && open_files.count(base) == 0) {
+    } else if (commit) {
       report("qemu-img commit " + overlay + " into " + base);
       if (auto done = run({options.qemu_img, "commit", "-q", "-d", "-f", "qcow2", overlay}); !done) {
         return done;
@@ -272,8 +281,6 @@ Status merge_out_layer(const std::string& disk, const std::filesystem::path& ove
           return done;
         }
       }
-    } else if (auto refused = refuse_checkpoint_layers(children); !refused) {
-      return refused;
     } else if (auto done = rebase_children_safely(children); !done) {
       return done;
     }
@@ -298,15 +305,20 @@ Status merge_out_layer(const std::string& disk, const std::filesystem::path& ove
       if (auto refused = refuse_checkpoint_layers(targets); !refused) {
         return refused;
       }
-      if (auto done = rebase_children_safely(offline_children); !done) {
-        return done;
-      }
     }
     const std::string top_node = chain->nodes[at];
     const std::string base_node = chain->nodes[at + 1];
     const std::string root_node = chain->nodes.front();
     if (top_node.empty() || base_node.empty() || root_node.empty()) {
       return Error{ErrorKind::backend, "disk '" + disk + "': QEMU names no block node for " + overlay + " or " + base};
+    }
+    if (options.check_only) {
+      return ok_status();
+    }
+    if (!base_only_child) {
+      if (auto done = rebase_children_safely(offline_children); !done) {
+        return done;
+      }
     }
     std::string command;
     json arguments;

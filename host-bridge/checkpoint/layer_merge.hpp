@@ -51,6 +51,8 @@ struct LayerMergeOptions {
   std::chrono::milliseconds qmp_timeout{std::chrono::seconds(30)};
   std::chrono::milliseconds merge_deadline{std::chrono::hours(1)};  // a block job or qemu-img run
   ProgressFn progress;
+  // Only find out whether the merge would be refused; change nothing.
+  bool check_only = false;
 };
 
 // Removes `overlay` (disk `disk` of a checkpoint) after merging its data

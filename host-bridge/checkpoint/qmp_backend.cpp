@@ -257,6 +257,12 @@ Status QmpBackend::restore(const DiskSnapshot& snapshot, const DiskSpec& disk, c
 }
 
 Status QmpBackend::remove(const DiskSnapshot& snapshot, const std::string& /*checkpoint_id*/) {
+  return merge_out(snapshot, false);
+}
+
+Status QmpBackend::check_remove(const DiskSnapshot& snapshot) { return merge_out(snapshot, true); }
+
+Status QmpBackend::merge_out(const DiskSnapshot& snapshot, bool check_only) {
   // <store>/<id>/disks/<disk>.qcow2: the store is three levels up.
   const std::filesystem::path overlay(snapshot.snapshot);
   LayerMergeOptions merge;
@@ -265,6 +271,7 @@ Status QmpBackend::remove(const DiskSnapshot& snapshot, const std::string& /*che
   merge.store_root = overlay.parent_path().parent_path().parent_path();
   merge.qmp_timeout = options_.timeout;
   merge.progress = progress_;
+  merge.check_only = check_only;
   return merge_out_layer(snapshot.name, overlay, merge);
 }
 

@@ -79,6 +79,7 @@ class QmpBackend final : public SnapshotBackend {
   [[nodiscard]] Status restore(const DiskSnapshot& snapshot, const DiskSpec& disk,
                                const std::string& checkpoint_id) override;
   [[nodiscard]] Status remove(const DiskSnapshot& snapshot, const std::string& checkpoint_id) override;
+  [[nodiscard]] Status check_remove(const DiskSnapshot& snapshot) override;
 
   // The last successful transaction, and how many transactions were sent
   // (for reporting, and for tests to see the disks went in one).
@@ -92,6 +93,7 @@ class QmpBackend final : public SnapshotBackend {
   void set_progress(ProgressFn progress) { progress_ = std::move(progress); }
 
  private:
+  [[nodiscard]] Status merge_out(const DiskSnapshot& snapshot, bool check_only);
   [[nodiscard]] Status run_transaction(const std::string& checkpoint_id, const std::filesystem::path& checkpoint_dir);
 
   QmpBackendOptions options_;

@@ -39,6 +39,10 @@ class SnapshotBackend {
                                        const std::string& checkpoint_id) = 0;
   // Frees what the snapshot holds (the checkpoint directory itself is the store's).
   [[nodiscard]] virtual Status remove(const DiskSnapshot& snapshot, const std::string& checkpoint_id) = 0;
+  // Whether remove() would be refused, asked for every disk before any is
+  // removed, so a refusal changes nothing. Backends that never refuse need
+  // not say.
+  [[nodiscard]] virtual Status check_remove(const DiskSnapshot& /*snapshot*/) { return ok_status(); }
 };
 
 // The `file` backend: the snapshot is a copy of the image file in the
