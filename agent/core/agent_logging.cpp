@@ -1,16 +1,23 @@
 #include "agent/core/agent_logging.hpp"
 
+#include <unistd.h>
+
+#include <cstdlib>
+
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
-#include <spdlog/sinks/systemd_sink.h>
+
+#include "agent/core/journald_sink.hpp"
 
 namespace quiesce::agent {
 
 AgentLogger make_agent_logger(const LogConfig& config) {
   spdlog::sink_ptr target;
-  if (config.target == "journald") {
-    target = std::make_shared<spdlog::sinks::systemd_sink_mt>("quiesce-agent");
-    target->set_pattern("%v");
+  // "stderr" under systemd is the journal already (JOURNAL_STREAM): native
+  // records carry the session, writer and phase fields besides the text.
+  if (config.target == "journald" ||
+      (config.target == "stderr" && is_journal_stream(STDERR_FILENO, std::getenv("JOURNAL_STREAM")))) {
+    target = std::make_shared<JournaldSink>("quiesce-agent");
   } else if (config.target == "file") {
     target = std::make_shared<spdlog::sinks::basic_file_sink_mt>(config.file, false);
     target->set_pattern("%Y-%m-%dT%H:%M:%S.%e%z %l [%t] %v");

@@ -9,6 +9,7 @@
 #include <random>
 #include <sstream>
 
+#include "agent/core/log_fields.hpp"
 #include "platform/linux/files.hpp"
 
 namespace quiesce::agent {
@@ -168,6 +169,7 @@ Expected<nlohmann::json> Coordinator::add_writer(ConfiguredWriter configured) {
                           name, false};
   }
   slots_.push_back(slot);
+  const ScopedLogFields about({"", name, ""});
   logger_->info("writer '{}' ({}) added; it takes part from the next session", name,
                 to_string(slot->spec.level));
   return nlohmann::json{{"name", name}, {"level", to_string(slot->spec.level)}};
@@ -185,6 +187,7 @@ Expected<nlohmann::json> Coordinator::remove_writer(const std::string& name) {
     removed = std::move(*it);
     slots_.erase(it);
   }
+  const ScopedLogFields about({"", name, ""});
   logger_->info("writer '{}' removed; a session that selected it keeps it to its end", name);
   // Released outside the lock: when this was the last reference, the
   // worker's join waits for a call still running (bounded by its deadline).
@@ -246,9 +249,15 @@ std::vector<Coordinator::CallResult> Coordinator::call_writers(
     PhaseContext ctx{session.id, deadlines[i], session.hold_deadline,
                      batch->stops[i].get_token(), session.mountpoints};
     Writer* writer = slot->writer.get();
+    // The session comes from the caller's scope, not session.id: the start-up
+    // identify is no session, and post-restore is about the session whose
+    // snapshot the system came back from.
+    LogFields fields{current_log_fields().session, slot->spec.name, std::string(to_string(phase))};
     // The job owns copies of everything it touches: it may finish long after
     // this function gave up on it.
-    slot->worker->post([batch, i, ctx = std::move(ctx), writer, call]() {
+    slot->worker->post([batch, i, ctx = std::move(ctx), writer, call, fields = std::move(fields)]() {
+      // What the writer logs during the call is about this session and phase.
+      const ScopedLogFields about(fields);
       const auto began = Clock::now();
       CallScratch scratch;
       std::optional<WriterError> error;
@@ -357,6 +366,20 @@ bool Coordinator::record_batch(Session& session, const std::vector<SessionWriter
   return failed;
 }
 
+void Coordinator::log_failures(const Session& session, const std::vector<SessionWriter*>& group,
+                               const std::vector<CallResult>& results, Phase phase) const {
+  for (std::size_t i = 0; i < group.size() && i < results.size(); ++i) {
+    if (!results[i].error) {
+      continue;
+    }
+    const auto& name = group[i]->slot->spec.name;
+    const ScopedLogFields about({session.id, name, std::string(to_string(phase))});
+    logger_->warn("session {}: writer '{}' failed at {} ({}): {}", session.id, name,
+                  to_string(phase), to_string(results[i].error->error_class),
+                  results[i].error->message);
+  }
+}
+
 void Coordinator::set_writer_state(Session& /*session*/, SessionWriter& writer, WriterState state) {
   writer.state = state;
   writer.slot->last_state = std::string(to_string(state));
@@ -457,6 +480,7 @@ Expected<nlohmann::json> Coordinator::create_session(const SessionRequest& reque
     session = fresh.get();
     sessions_.push_back(std::move(fresh));
   }
+  const ScopedLogFields about({session->id, "", std::string(to_string(Phase::identify))});
   logger_->info("session {}: created for {} writer(s) (origin {})", session->id, selected.size(),
                 session->origin);
   return run_create(*session);
@@ -474,6 +498,7 @@ Expected<nlohmann::json> Coordinator::run_create(Session& session) {
                                  [](Writer& w, const PhaseContext& ctx, CallScratch& scratch) {
                                    return w.identify(ctx, scratch.identity);
                                  });
+  log_failures(session, everyone, identified, Phase::identify);
   bool failed = false;
   {
     std::lock_guard lock(state_mutex_);
@@ -512,6 +537,7 @@ Expected<nlohmann::json> Coordinator::run_create(Session& session) {
   // its freeze has little left to write; a database's prepare (a
   // checkpoint) dirties it again, and whatever it dirtied after the flush
   // would be written inside the hold.
+  const ScopedLogFields preparing({"", "", std::string(to_string(Phase::prepare))});
   const auto prepare_began = Clock::now();
   {
     std::lock_guard lock(state_mutex_);
@@ -538,6 +564,7 @@ Expected<nlohmann::json> Coordinator::run_create(Session& session) {
                                  [](Writer& w, const PhaseContext& ctx, CallScratch&) {
                                    return w.prepare(ctx);
                                  });
+    log_failures(session, *batch, prepared, Phase::prepare);
     std::lock_guard lock(state_mutex_);
     failed = record_batch(session, *batch, prepared, Phase::prepare, WriterState::prepared) || failed;
   }
@@ -600,6 +627,7 @@ Expected<nlohmann::json> Coordinator::freeze(const std::string& id) {
     session->hold_deadline = session->hold_started + session->freeze_window;
     session->hold_active = true;
   }
+  const ScopedLogFields about({id, "", std::string(to_string(Phase::freeze))});
   // From here until the hold ends, nothing may write to a disk (invariant 4).
   if (observer_ != nullptr) {
     observer_->hold_started();
@@ -621,6 +649,7 @@ Expected<nlohmann::json> Coordinator::freeze(const std::string& id) {
                                 [](Writer& w, const PhaseContext& ctx, CallScratch&) {
                                   return w.freeze(ctx);
                                 });
+    log_failures(*session, group, results, Phase::freeze);
     bool failed = false;
     {
       std::lock_guard lock(state_mutex_);
@@ -660,6 +689,9 @@ Expected<nlohmann::json> Coordinator::freeze(const std::string& id) {
     session->timings_ms["freeze"] = millis_between(session->hold_started, session->frozen_at);
   }
   watch_wake_.notify_all();
+  // Held in memory like every line until the thaw (invariant 4).
+  logger_->info("session {}: frozen in {:.1f} ms", id,
+                millis_between(session->hold_started, session->frozen_at));
   if (observer_ != nullptr) {
     observer_->state_changed("session " + id + " frozen");
     observer_->session_changed(id, "frozen", nullptr);
@@ -712,6 +744,7 @@ Expected<nlohmann::json> Coordinator::thaw(const std::string& id) {
 
 void Coordinator::release_hold(Session& session, bool by_watchdog,
                                const std::string& watchdog_reason) {
+  const ScopedLogFields about({session.id, "", std::string(to_string(Phase::thaw))});
   const auto thaw_began = Clock::now();
   {
     std::lock_guard lock(state_mutex_);
@@ -742,6 +775,7 @@ void Coordinator::release_hold(Session& session, bool by_watchdog,
                                 [](Writer& w, const PhaseContext& ctx, CallScratch& scratch) {
                                   return w.thaw(ctx, scratch.hold);
                                 });
+    log_failures(session, group, results, Phase::thaw);
     std::lock_guard lock(state_mutex_);
     for (std::size_t i = 0; i < group.size(); ++i) {
       auto& writer = *group[i];
@@ -832,6 +866,7 @@ Expected<nlohmann::json> Coordinator::complete(const std::string& id,
     }
     session->state = "completing";
   }
+  const ScopedLogFields about({id, "", std::string(to_string(Phase::post_snapshot))});
   const auto began = Clock::now();
   bool failed = false;
   for (auto level : freeze_order) {
@@ -856,6 +891,7 @@ Expected<nlohmann::json> Coordinator::complete(const std::string& id,
                                 [snapshot](Writer& w, const PhaseContext& ctx, CallScratch& s) {
                                   return w.post_snapshot(ctx, snapshot, s.artifacts);
                                 });
+    log_failures(*session, group, results, Phase::post_snapshot);
     std::lock_guard lock(state_mutex_);
     failed = record_batch(*session, group, results, Phase::post_snapshot,
                           WriterState::completed) ||
@@ -913,6 +949,7 @@ Expected<nlohmann::json> Coordinator::abort(const std::string& id) {
     }
     session->state = "aborting";
   }
+  const ScopedLogFields about({id, "", std::string(to_string(Phase::abort))});
   logger_->info("session {}: aborting", id);
   run_abort_all(*session, true);
   remove_restore_marker();
@@ -934,12 +971,14 @@ Expected<nlohmann::json> Coordinator::session_status(const std::string& id) cons
 // Aborts, in reverse level order, every writer that prepare or freeze
 // touched and whose hold was not released yet.
 void Coordinator::roll_back(Session& session, const std::string& reason) {
+  const ScopedLogFields about({session.id, "", std::string(to_string(Phase::abort))});
   logger_->info("session {}: rolling back: {}", session.id, reason);
   run_abort_all(session, false);
   remove_restore_marker();
 }
 
 void Coordinator::run_abort_all(Session& session, bool include_released) {
+  const ScopedLogFields about({session.id, "", std::string(to_string(Phase::abort))});
   for (auto it = freeze_order.rbegin(); it != freeze_order.rend(); ++it) {
     std::vector<SessionWriter*> group;
     for (auto* writer : writers_at(session, *it)) {
@@ -984,6 +1023,7 @@ void Coordinator::run_abort_all(Session& session, bool include_released) {
           writer.error = result.error;
           set_writer_state(session, writer, WriterState::failed);
         }
+        const ScopedLogFields about_writer({"", writer.slot->spec.name, ""});
         logger_->error("session {}: writer '{}' failed to abort: {}", session.id,
                        writer.slot->spec.name, result.error->message);
       }
@@ -1037,6 +1077,7 @@ void Coordinator::shutdown() {
     }
   }
   if (!id.empty()) {
+    const ScopedLogFields about({id, "", std::string(to_string(Phase::abort))});
     logger_->warn("shutting down: aborting active session {}", id);
     (void)abort(id);
   }
@@ -1085,7 +1126,10 @@ void Coordinator::watchdog_loop(const std::stop_token& stop) {
           const std::string reason =
               "the freeze window of " + std::to_string(session->freeze_window.count()) +
               " ms passed before the host thawed; the agent thawed on its own";
-          logger_->warn("session {}: {}", id, reason);
+          {
+            const ScopedLogFields about({id, "", std::string(to_string(Phase::thaw))});
+            logger_->warn("session {}: {}", id, reason);
+          }
           release_hold(*session, true, reason);
           if (session->origin == "qga") {
             // No qga client ever completes a session its window ended: a
@@ -1100,6 +1144,7 @@ void Coordinator::watchdog_loop(const std::stop_token& stop) {
             finish(*session, "aborted", "aborted");
           }
         } else if (session != nullptr) {
+          const ScopedLogFields about({id, "", std::string(to_string(Phase::abort))});
           logger_->warn("session {}: idle for {} ms in state {}; expiring it", id,
                         limits_.idle_timeout.count(), state);
           run_abort_all(*session, true);
@@ -1338,6 +1383,7 @@ void Coordinator::identify_all() {
       slot->identify_error.reset();
     } else {
       slot->identify_error = results[i].error;
+      const ScopedLogFields about({"", slot->spec.name, std::string(to_string(Phase::identify))});
       logger_->warn("writer '{}': identify failed: {}", slot->spec.name,
                     results[i].error ? results[i].error->message : "unknown");
     }
@@ -1408,6 +1454,8 @@ void Coordinator::detect_restore() {
     return;
   }
   RestoreInfo info{marker.value("checkpoint_id", std::string()), session_id};
+  // The session whose snapshot this system came back from.
+  const ScopedLogFields about({session_id, "", std::string(to_string(Phase::post_restore))});
   logger_->warn("this system was restored from checkpoint '{}' (session {}); running post-restore",
                 info.checkpoint_id, session_id);
 
@@ -1436,6 +1484,7 @@ void Coordinator::detect_restore() {
                          {"error", error_json(outcome[i].error)},
                          {"ms", outcome[i].elapsed_ms}});
       if (outcome[i].error) {
+        const ScopedLogFields about_writer({"", group[i]->slot->spec.name, ""});
         logger_->error("writer '{}': post-restore failed: {}", group[i]->slot->spec.name,
                        outcome[i].error->message);
       }

@@ -209,6 +209,11 @@ class Coordinator {
   // timings, then `on_success` or failed_at_<phase>. True when any failed.
   bool record_batch(Session& session, const std::vector<SessionWriter*>& group,
                     std::vector<CallResult>& results, Phase phase, WriterState on_success);
+  // One log record per writer that failed or timed out, with its session,
+  // writer and phase as structured fields. Reads only the results: called
+  // outside state_mutex_, so a slow log target never delays a status reader.
+  void log_failures(const Session& session, const std::vector<SessionWriter*>& group,
+                    const std::vector<CallResult>& results, Phase phase) const;
 
   Expected<nlohmann::json> run_create(Session& session);
   void roll_back(Session& session, const std::string& reason);

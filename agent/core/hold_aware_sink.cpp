@@ -21,14 +21,16 @@ void HoldAwareSink::end_hold() {
     return;
   }
   holding_ = false;
-  for (const auto& msg : ring_) {
-    target_->log(msg);
+  for (const auto& line : ring_) {
+    const ScopedLogFields as_logged(line.fields, ScopedLogFields::Exactly{});
+    target_->log(line.msg);
   }
   ring_.clear();
   if (dropped_ > 0) {
     const std::string text = std::to_string(dropped_) +
                              " log line(s) were dropped while frozen (in-memory ring full)";
     spdlog::details::log_msg note("quiesce", spdlog::level::warn, text);
+    const ScopedLogFields about_nothing({}, ScopedLogFields::Exactly{});
     target_->log(note);
     dropped_ = 0;
   }
@@ -54,7 +56,7 @@ void HoldAwareSink::sink_it_(const spdlog::details::log_msg& msg) {
     ring_.pop_front();
     ++dropped_;
   }
-  ring_.emplace_back(msg);
+  ring_.push_back(HeldLine{spdlog::details::log_msg_buffer(msg), current_log_fields()});
 }
 
 void HoldAwareSink::flush_() {

@@ -3,6 +3,8 @@
 // invariant 4: no I/O on a frozen filesystem; the log file, the journal's
 // files or a redirected stderr may all be on one) and writes them out after
 // the thaw. The ring is bounded; what overflows is counted and reported.
+// Each held line keeps the structured fields (log_fields.hpp) it was logged
+// with, and is written out with them.
 
 #include <cstddef>
 #include <deque>
@@ -10,6 +12,8 @@
 
 #include <spdlog/details/log_msg_buffer.h>
 #include <spdlog/sinks/base_sink.h>
+
+#include "agent/core/log_fields.hpp"
 
 namespace quiesce::agent {
 
@@ -31,7 +35,11 @@ class HoldAwareSink final : public spdlog::sinks::base_sink<std::mutex> {
   spdlog::sink_ptr target_;
   std::size_t capacity_;
   bool holding_ = false;
-  std::deque<spdlog::details::log_msg_buffer> ring_;
+  struct HeldLine {
+    spdlog::details::log_msg_buffer msg;
+    LogFields fields;
+  };
+  std::deque<HeldLine> ring_;
   std::size_t dropped_ = 0;
 };
 

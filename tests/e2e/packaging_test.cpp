@@ -171,6 +171,19 @@ TEST_CASE("packaging: the .debs and the .rpms of this build carry the same files
   CHECK(postinst.find("install -d -m 0750 -o root -g root /var/lib/quiesce") != std::string::npos);
   CHECK(postinst.find("deb-systemd-helper") != std::string::npos);         // enabled
   CHECK(postinst.find("deb-systemd-invoke") != std::string::npos);        // started
+  // The group that may drive the agent over D-Bus, and the config checked
+  // by the new agent before the (re)start debhelper added after it.
+  CHECK(postinst.find("addgroup --system quiesce") != std::string::npos);
+  const auto checked = postinst.find("quiesce-agent --check-config");
+  CHECK(checked != std::string::npos);
+  CHECK(checked < postinst.find("deb-systemd-invoke"));
+  const auto depends = run_ok({"dpkg-deb", "-f", main_deb.string(), "Depends"});
+  CHECK(depends.find("adduser") != std::string::npos);
+  CHECK(depends.find("default-dbus-system-bus | dbus-system-bus") != std::string::npos);
+  const fs::path main_rpm = rpms.at(0).filename().string().find("devel") == std::string::npos ? rpms.at(0) : rpms.at(1);
+  const auto scripts = run_ok({"rpm", "-qp", "--scripts", main_rpm.string()});
+  CHECK(scripts.find("groupadd -r quiesce") != std::string::npos);
+  CHECK(scripts.find("--check-config") != std::string::npos);
   const auto postrm = read_text(control / "postrm");
   CHECK(postrm.find("rm -rf /var/lib/quiesce") != std::string::npos);
   CHECK(postrm.find("purge") != std::string::npos);

@@ -47,6 +47,12 @@ class GuestVm {
   // The guest's clock now (seconds), through the runner.
   double guest_now() { return control_.guest_now(); }
 
+  // Powers the VM off without the guest's help, as a hypervisor does to
+  // apply a checkpoint (QEMU quits: the disks keep what the guest had written
+  // to them, nothing else), then boots it again from the same disks and
+  // waits until the runner answers. Returns the seconds to runner ready.
+  double power_cycle(std::chrono::seconds boot_timeout = std::chrono::seconds(300));
+
   [[nodiscard]] double image_seconds() const { return image_seconds_; }  // 0 when cached
   [[nodiscard]] double boot_seconds() const { return boot_seconds_; }    // QEMU start to runner ready
   [[nodiscard]] const std::filesystem::path& console_log() const { return console_log_; }
@@ -55,12 +61,17 @@ class GuestVm {
   [[nodiscard]] std::string console_tail(std::size_t lines = 40) const { return file_tail(console_log_, lines); }
 
  private:
+  void boot(std::chrono::seconds timeout);
   void shut_down();
 
   TempDir run_dir_{"quiesce-vm"};
   std::filesystem::path image_dir_;
   std::filesystem::path console_log_;
   std::filesystem::path control_socket_;
+  std::filesystem::path overlay_;
+  std::filesystem::path payload_;
+  Options options_;
+  int boots_ = 0;
   std::optional<ChildProcess> qemu_;
   ControlChannel control_;
   double image_seconds_ = 0;

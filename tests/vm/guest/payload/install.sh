@@ -9,7 +9,7 @@ set -eu
 payload=$1
 install -m 0755 "$payload/quiesce-test-runner" "$payload/qt-hold" "$payload/qt-probe" \
   "$payload/qt-dirty" "$payload/qt-wait-probe" "$payload/qt-wait-unit" "$payload/qt-blocked" \
-  "$payload/qt-install-deb" /usr/local/sbin/
+  "$payload/qt-install-deb" "$payload/quiesce-test-dbus-writer" /usr/local/sbin/
 # A transient unit: no daemon-reload before the runner answers. Never the OOM
 # killer's choice; nothing the tests do stops it.
 systemd-run --no-block --unit=quiesce-test-runner --description="Quiesce test runner" \
