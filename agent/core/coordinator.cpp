@@ -9,7 +9,7 @@
 #include <random>
 #include <sstream>
 
-#include "platform/linux/files.hpp"
+#include "platform/files.hpp"
 
 namespace quiesce::agent {
 
