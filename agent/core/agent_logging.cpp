@@ -2,14 +2,15 @@
 
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
-#include <spdlog/sinks/systemd_sink.h>
+
+#include "platform/system_log.hpp"
 
 namespace quiesce::agent {
 
 AgentLogger make_agent_logger(const LogConfig& config) {
   spdlog::sink_ptr target;
-  if (config.target == "journald") {
-    target = std::make_shared<spdlog::sinks::systemd_sink_mt>("quiesce-agent");
+  if (config.target == platform::system_log_name()) {
+    target = platform::make_system_log_sink("quiesce-agent");
     target->set_pattern("%v");
   } else if (config.target == "file") {
     target = std::make_shared<spdlog::sinks::basic_file_sink_mt>(config.file, false);
