@@ -5,10 +5,12 @@
 //
 // guest-get-users lists nobody here: Windows sessions (WTS) are not read
 // yet; docs/windows.md says so.
+// ws2tcpip.h before iphlpapi.h: netioapi.h declares MIB_IF_ROW2 only when
+// ws2ipdef.h came first.
 #include <winsock2.h>
+#include <ws2tcpip.h>
 #include <windows.h>
 #include <iphlpapi.h>
-#include <ws2tcpip.h>
 
 #include <cstdint>
 #include <stdexcept>
