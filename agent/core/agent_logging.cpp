@@ -8,6 +8,7 @@
 #include <spdlog/sinks/stdout_sinks.h>
 
 #include "agent/core/journald_sink.hpp"
+#include "platform/system_log.hpp"
 
 namespace quiesce::agent {
 
@@ -18,6 +19,10 @@ AgentLogger make_agent_logger(const LogConfig& config) {
   if (config.target == "journald" ||
       (config.target == "stderr" && is_journal_stream(STDERR_FILENO, std::getenv("JOURNAL_STREAM")))) {
     target = std::make_shared<JournaldSink>("quiesce-agent");
+  } else if (config.target == platform::system_log_name()) {
+    // The OS's own log where it is not journald (the Windows Event Log).
+    target = platform::make_system_log_sink("quiesce-agent");
+    target->set_pattern("%v");
   } else if (config.target == "file") {
     target = std::make_shared<spdlog::sinks::basic_file_sink_mt>(config.file, false);
     target->set_pattern("%Y-%m-%dT%H:%M:%S.%e%z %l [%t] %v");

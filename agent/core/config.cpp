@@ -1,15 +1,14 @@
 #include "agent/core/config.hpp"
 
-#include <arpa/inet.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <filesystem>
 #include <fstream>
 #include <regex>
 #include <set>
 #include <sstream>
 
+#include "platform/addresses.hpp"
+#include "platform/secret_file.hpp"
+#include "platform/system_log.hpp"
 #include "quiesce/json_nesting.hpp"
 
 namespace quiesce::agent {
@@ -130,9 +129,7 @@ void parse_listen(JsonFields listen, api::ServerConfig& server) {
     auto tcp_fields = listen.object("tcp", true);
     api::TcpListener tcp;
     tcp.address = tcp_fields.string("address", tcp.address);
-    in6_addr scratch{};
-    if (::inet_pton(AF_INET, tcp.address.c_str(), &scratch) != 1 &&
-        ::inet_pton(AF_INET6, tcp.address.c_str(), &scratch) != 1) {
+    if (!platform::is_ip_address_literal(tcp.address)) {
       throw FieldError(tcp_fields.path_of("address"),
                        "'" + tcp.address + "' is not an IPv4 or IPv6 address (host names are not resolved)");
     }
@@ -289,8 +286,10 @@ void parse_dbus(JsonFields fields, DbusConfig& dbus) {
 
 void parse_log(JsonFields fields, LogConfig& log) {
   log.target = fields.string("target", log.target);
-  if (log.target != "stderr" && log.target != "journald" && log.target != "file") {
-    throw FieldError(fields.path_of("target"), "expected stderr, journald or file");
+  // The system's own log is journald on Linux, the Event Log on Windows.
+  const std::string system_log = platform::system_log_name();
+  if (log.target != "stderr" && log.target != system_log && log.target != "file") {
+    throw FieldError(fields.path_of("target"), "expected stderr, " + system_log + " or file");
   }
   if (log.target == "file") {
     log.file = fields.string("file");
@@ -567,16 +566,8 @@ std::vector<ConfiguredWriter> create_writers(const AgentConfig& config,
 }
 
 std::string read_token_file(const std::string& path, const std::string& field_path) {
-  struct stat info {};
-  if (::stat(path.c_str(), &info) != 0) {
-    throw FieldError(field_path, "cannot read token file " + path + ": " + std::strerror(errno));
-  }
-  if (info.st_uid != 0 && info.st_uid != ::geteuid()) {
-    throw FieldError(field_path, "token file " + path + " must be owned by root");
-  }
-  if ((info.st_mode & 077) != 0) {
-    throw FieldError(field_path, "token file " + path +
-                                     " must not be accessible by group or others (chmod 600)");
+  if (auto problem = platform::secret_file_problem(path, "token file"); !problem.empty()) {
+    throw FieldError(field_path, problem);
   }
   std::ifstream in(path);
   std::string token;

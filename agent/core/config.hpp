@@ -21,7 +21,7 @@ namespace quiesce::agent {
 inline constexpr const char* kDefaultConfigPath = "/etc/quiesce/agent.json";
 
 struct LogConfig {
-  std::string target = "stderr";  // stderr | journald | file
+  std::string target = "stderr";  // stderr | journald (Linux) or eventlog (Windows) | file
   std::string file;               // with target "file"
   spdlog::level::level_enum level = spdlog::level::info;
   std::size_t ring_lines = 10'000;  // kept in memory while frozen

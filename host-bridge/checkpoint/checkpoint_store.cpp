@@ -7,7 +7,7 @@
 #include <random>
 
 #include "host-bridge/checkpoint/process.hpp"
-#include "platform/linux/files.hpp"
+#include "platform/files.hpp"
 
 namespace quiesce::host {
 

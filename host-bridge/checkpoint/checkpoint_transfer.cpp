@@ -8,7 +8,7 @@
 
 #include "host-bridge/checkpoint/layer_merge.hpp"
 #include "host-bridge/checkpoint/process.hpp"
-#include "platform/linux/files.hpp"
+#include "platform/files.hpp"
 
 namespace quiesce::host {
 

@@ -2,7 +2,7 @@
 
 #include <string>
 
-#include "platform/linux/files.hpp"
+#include "platform/files.hpp"
 
 namespace quiesce::host {
 

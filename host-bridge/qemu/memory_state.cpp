@@ -12,7 +12,7 @@
 #include "host-bridge/checkpoint/process.hpp"
 #include "host-bridge/checkpoint/qmp_client.hpp"
 #include "host-bridge/qemu/qemu_vm.hpp"
-#include "platform/linux/files.hpp"
+#include "platform/files.hpp"
 
 namespace quiesce::host {
 

@@ -11,7 +11,7 @@
 #include "host-bridge/checkpoint/process.hpp"
 #include "host-bridge/checkpoint/qmp_client.hpp"
 #include "host-bridge/checkpoint/vm_directory.hpp"
-#include "platform/linux/files.hpp"
+#include "platform/files.hpp"
 
 namespace quiesce::host {
 

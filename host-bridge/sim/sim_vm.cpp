@@ -17,7 +17,7 @@
 
 #include "host-bridge/checkpoint/process.hpp"
 #include "host-bridge/checkpoint/vm_directory.hpp"
-#include "platform/linux/files.hpp"
+#include "platform/files.hpp"
 
 extern char** environ;
 

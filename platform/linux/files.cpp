@@ -1,4 +1,4 @@
-#include "platform/linux/files.hpp"
+#include "platform/files.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>

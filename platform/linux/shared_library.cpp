@@ -1,4 +1,4 @@
-#include "platform/linux/shared_library.hpp"
+#include "platform/shared_library.hpp"
 
 #include <dlfcn.h>
 

@@ -574,8 +574,11 @@ TEST_CASE("restore marker: in the snapshot, gone from the live system, post-rest
     REQUIRE(rig.coordinator->freeze(id).ok());
     // What a disk snapshot taken now would hold:
     REQUIRE(std::filesystem::exists(marker));
-    std::ifstream in(marker);
-    snapshot_copy.assign(std::istreambuf_iterator<char>(in), {});
+    {
+      // Closed before the thaw: Windows cannot delete a file that is open.
+      std::ifstream in(marker);
+      snapshot_copy.assign(std::istreambuf_iterator<char>(in), {});
+    }
     REQUIRE(rig.coordinator->thaw(id).ok());
     CHECK_FALSE(std::filesystem::exists(marker));
   }

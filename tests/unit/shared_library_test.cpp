@@ -9,7 +9,7 @@
 
 #include <doctest/doctest.h>
 
-#include "platform/linux/shared_library.hpp"
+#include "platform/shared_library.hpp"
 #include "quiesce/writer_registry.hpp"
 
 using quiesce::platform::FunctionResolver;

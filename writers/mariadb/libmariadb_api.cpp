@@ -3,7 +3,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "platform/linux/shared_library.hpp"
+#include "platform/shared_library.hpp"
 
 namespace quiesce::writers::mariadb {
 

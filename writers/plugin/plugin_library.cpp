@@ -1,65 +1,26 @@
 #include "writers/plugin/plugin_library.hpp"
 
-#include <limits.h>
-#include <stdlib.h>
-#include <sys/stat.h>
-
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <regex>
+
+#include "platform/trusted_file.hpp"
 
 namespace quiesce::writers::plugin {
 
 namespace {
 
-// Why `st` may not be trusted to load into a root process ("" when it may):
-// anyone who can write the file (or, for the directory, replace it) could
-// run code as root. The same rules as hook scripts.
-std::string ownership_problem(const struct stat& st, const LoadRules& rules) {
-  if (!rules.allow_non_root_owner && st.st_uid != 0) {
-    return "owned by uid " + std::to_string(st.st_uid) + ", not root";
-  }
-  if ((st.st_mode & S_IWGRP) != 0) {
-    return "writable by its group";
-  }
-  if ((st.st_mode & S_IWOTH) != 0) {
-    return "writable by others";
-  }
-  return "";
-}
-
-// Resolves `path` and checks the file and its directory before dlopen ever
-// runs the library's constructors.
+// Resolves `path` and checks the file and its directory before the library
+// is loaded, so its constructors never run when it may not be trusted.
 std::string checked_real_path(const std::string& path, const LoadRules& rules) {
-  if (path.empty() || path.front() != '/') {
+  if (path.empty() || !std::filesystem::path(path).is_absolute()) {
     throw PluginLoadError("plugin path '" + path + "' must be absolute");
   }
-  char resolved[PATH_MAX];
-  if (::realpath(path.c_str(), resolved) == nullptr) {
-    throw PluginLoadError("plugin " + path + ": " + std::strerror(errno));
+  auto checked = platform::check_trusted_file(
+      path, "plugin", platform::TrustRules{.allow_foreign_owner = rules.allow_non_root_owner});
+  if (!checked.problem.empty()) {
+    throw PluginLoadError(checked.problem);
   }
-  const std::string real(resolved);
-  struct stat file_stat {};
-  if (::stat(real.c_str(), &file_stat) != 0) {
-    throw PluginLoadError("plugin " + path + ": " + std::strerror(errno));
-  }
-  if (!S_ISREG(file_stat.st_mode)) {
-    throw PluginLoadError("plugin " + path + ": not a regular file");
-  }
-  if (auto problem = ownership_problem(file_stat, rules); !problem.empty()) {
-    throw PluginLoadError("plugin " + path + " refused: " + problem);
-  }
-  const auto directory = std::filesystem::path(real).parent_path().string();
-  struct stat dir_stat {};
-  if (::stat(directory.c_str(), &dir_stat) != 0) {
-    throw PluginLoadError("plugin directory " + directory + ": " + std::strerror(errno));
-  }
-  if (auto problem = ownership_problem(dir_stat, rules); !problem.empty()) {
-    throw PluginLoadError("plugin " + path + " refused: its directory " + directory + " is " +
-                          problem);
-  }
-  return real;
+  return checked.real_path;
 }
 
 }  // namespace

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "platform/linux/shared_library.hpp"
+#include "platform/shared_library.hpp"
 #include "quiesce/plugin_abi.h"
 
 namespace quiesce::writers::plugin {

@@ -1,5 +1,6 @@
 #include "quiesce/json_fields.hpp"
 
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 
@@ -73,7 +74,7 @@ std::optional<std::string> JsonFields::secret_file(std::string_view key) {
   if (!path) {
     return std::nullopt;
   }
-  if (path->empty() || path->front() != '/') {
+  if (path->empty() || !std::filesystem::path(*path).is_absolute()) {
     fail(key, "'" + *path + "' is not an absolute path");
   }
   std::ifstream in(*path);
