@@ -57,8 +57,13 @@ packages=(
   debhelper lintian rpm man-db
   # the libFuzzer harnesses (tests/fuzz): clang and its fuzzer runtime
   clang-14 libclang-rt-14-dev
-  # the Windows agent (docs/windows.md): the mingw-w64 cross compiler (posix threads
-  # variant: std::thread), wine to run its tests, wixl (msitools) for the MSI
+)
+
+# Only `dev.sh windows` installs these (the Windows agent, docs/windows.md):
+# the mingw-w64 cross compiler (posix threads variant: std::thread), wine to
+# run its tests, wixl (msitools) for the MSI. .ci/run does not run the
+# windows label yet, and wine alone is minutes of CI's install.
+windows_packages=(
   g++-mingw-w64-x86-64-posix wine wine64 msitools ninja-build
 )
 
@@ -77,7 +82,7 @@ as_root() {
 
 deps() {
   local missing=()
-  for p in "${packages[@]}"; do
+  for p in "${packages[@]}" "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -281,6 +286,6 @@ case "${1:-}" in
   demo) shift; deps; build; demo "$@" ;;
   bench) shift; deps; bench "$@" ;;
   package) deps; build; package ;;
-  windows) deps; windows ;;
+  windows) deps "${windows_packages[@]}"; windows ;;
   *) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 2 ;;
 esac
