@@ -9,27 +9,14 @@
 #include <cstring>
 #include <string_view>
 
+#include "platform/linux/file_ownership.hpp"
+
 namespace quiesce::writers::hooks {
 
 namespace {
 
 bool ends_with(std::string_view text, std::string_view suffix) {
   return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
-}
-
-// Why `st` may not be trusted to run as root ("" when it may): anyone who
-// can write it (or, for the directory, add files to it) could run code as root.
-std::string ownership_problem(const struct stat& st, const ScanRules& rules) {
-  if (!rules.allow_non_root_owner && st.st_uid != 0) {
-    return "owned by uid " + std::to_string(st.st_uid) + ", not root";
-  }
-  if ((st.st_mode & S_IWGRP) != 0) {
-    return "writable by its group";
-  }
-  if ((st.st_mode & S_IWOTH) != 0) {
-    return "writable by others";
-  }
-  return "";
 }
 
 }  // namespace
@@ -87,7 +74,7 @@ SingleScript check_single_script(const std::string& path, const ScanRules& rules
     // open-vm-tools would try to run it and fail; saying why is kinder.
     script.problem = "not executable";
   } else {
-    script.problem = ownership_problem(st, rules);
+    script.problem = platform::ownership_problem(st, rules.allow_non_root_owner);
   }
   return script;
 }
@@ -109,7 +96,7 @@ HookScan scan_hook_directory(const std::filesystem::path& directory, const ScanR
     scan.directory_error = "not a directory";
     return scan;
   }
-  if (auto problem = ownership_problem(dir_stat, rules); !problem.empty()) {
+  if (auto problem = platform::ownership_problem(dir_stat, rules.allow_non_root_owner); !problem.empty()) {
     scan.directory_error = problem;
     return scan;
   }
@@ -154,7 +141,7 @@ HookScan scan_hook_directory(const std::filesystem::path& directory, const ScanR
       scan.skipped.push_back({name, "not executable"});
       continue;
     }
-    if (auto problem = ownership_problem(st, rules); !problem.empty()) {
+    if (auto problem = platform::ownership_problem(st, rules.allow_non_root_owner); !problem.empty()) {
       scan.refused.push_back({name, problem});
       continue;
     }
