@@ -346,6 +346,7 @@ class FsfreezeWriter final : public Writer {
       return Status::non_retryable("cannot write the freeze record: " + error);
     }
     recorded_ = record.mounts;
+    record_kept_for_holder_ = 0;  // the record is this hold's now
     frozen_ = true;
 
     const auto started = Clock::now();
@@ -363,12 +364,13 @@ class FsfreezeWriter final : public Writer {
     }
     auto results = mount_results_from(reply.message);
     if (reply.message.verb == "FAILED") {
-      finish_release();
-      if (results && std::any_of(results->begin(), results->end(), [](const auto& r) {
-            return r.state == MountState::stuck;
-          })) {
+      const bool stuck = results && std::any_of(results->begin(), results->end(), [](const auto& r) {
+                           return r.state == MountState::stuck;
+                         });
+      if (stuck) {
         retire_holder();
       }
+      finish_release(stuck);
       bool busy = results && std::any_of(results->begin(), results->end(), [](const auto& r) {
                     return r.state == MountState::busy;
                   });
@@ -515,7 +517,7 @@ class FsfreezeWriter final : public Writer {
   }
 
   Status ensure_holder() {
-    std::erase_if(retired_, [](const auto& retired) { return retired->reap(); });
+    reap_retired_holders();
     if (holder_ && holder_->alive()) {
       return Status::ok();
     }
@@ -596,6 +598,9 @@ class FsfreezeWriter final : public Writer {
     // here instead of waiting for the rest of the phase.
     deadline = std::min(deadline, Clock::now() + holder_thaw_answer);
     platform::holder::Reply reply{ReplyStatus::holder_gone, {}, "freeze holder not running"};
+    // Set when the holder still has a FIFREEZE inside the kernel: see
+    // finish_release().
+    bool keep_record = false;
     if (holder_) {
       reply = holder_->request(Message{"THAW", {}, {}}, deadline, ctx.stop);
       // A FREEZE still being answered (after a timed-out freeze) is
@@ -618,6 +623,7 @@ class FsfreezeWriter final : public Writer {
       }
       if (reply.message.args.size() >= 3 && reply.message.args[2] == "1") {
         retire_holder();
+        keep_record = true;
       }
       std::vector<std::string> failures;
       if (auto results = mount_results_from(reply.message)) {
@@ -659,7 +665,7 @@ class FsfreezeWriter final : public Writer {
       }
     }
     note_broken(hold, broken);
-    finish_release();
+    finish_release(keep_record);
     return Status::ok();
   }
 
@@ -672,12 +678,35 @@ class FsfreezeWriter final : public Writer {
     }
   }
 
-  void finish_release() {
+  // `keep_record`: a retired holder still has a FIFREEZE inside the kernel.
+  // It thaws that filesystem when the call returns, unless it is killed
+  // first (systemd's final SIGKILL of the unit, the OOM killer): the call
+  // then completes in a dead process and nothing of ours would be left to
+  // thaw it. The record (with that holder's pid) stays for a restarted
+  // agent's start-up recovery, which thaws until the holder is gone; it is
+  // removed once the retired holder has exited (reap_retired_holders()) or
+  // replaced by the next freeze's record.
+  void finish_release(bool keep_record = false) {
     watch_.reset();
     frozen_ = false;
     recorded_.clear();
-    std::error_code ec;
-    fs::remove(record_path_, ec);
+    record_kept_for_holder_ = keep_record && !retired_.empty() ? retired_.back()->pid() : 0;
+    if (record_kept_for_holder_ == 0) {
+      std::error_code ec;
+      fs::remove(record_path_, ec);
+    }
+  }
+
+  void reap_retired_holders() {
+    std::erase_if(retired_, [](const auto& retired) { return retired->reap(); });
+    const bool still_retired = std::any_of(retired_.begin(), retired_.end(), [this](const auto& retired) {
+      return retired->pid() == record_kept_for_holder_;
+    });
+    if (record_kept_for_holder_ != 0 && !still_retired && !frozen_) {
+      std::error_code ec;
+      fs::remove(record_path_, ec);
+      record_kept_for_holder_ = 0;
+    }
   }
 
   WriterSpec spec_;
@@ -694,6 +723,7 @@ class FsfreezeWriter final : public Writer {
   platform::MountTableWatch prepared_watch_;
   std::unique_ptr<HolderClient> holder_;
   std::vector<std::unique_ptr<HolderClient>> retired_;  // see retire_holder()
+  pid_t record_kept_for_holder_ = 0;                     // see finish_release()
   std::unique_ptr<HolderWatch> watch_;                   // while frozen
   // Test-only (QUIESCE_TEST_INVERT_FREEZE_ORDER=1 in the agent's
   // environment): freeze in the reverse of the safe order, lower
