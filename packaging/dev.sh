@@ -135,8 +135,21 @@ run_tests() {
   fi
   # The guest runs alone afterwards: under TCG it takes both cores, and the
   # timing checks of the other labels would feel it.
-  ctest --test-dir "$build_dir" --output-on-failure -j "$jobs" --timeout 300 -LE '^vm$'
-  ctest --test-dir "$build_dir" --output-on-failure -L '^vm$'
+  ctest --test-dir "$build_dir" --output-on-failure -j "$jobs" --timeout 300 -LE '^vm$' ||
+    { failed_checks "$build_dir"; return 1; }
+  ctest --test-dir "$build_dir" --output-on-failure -L '^vm$' || { failed_checks "$build_dir"; return 1; }
+}
+
+# A long test log is often seen only in part (CI keeps its head and tail):
+# after a failing ctest, each failed doctest check is printed once more, last,
+# under the name of its test case.
+failed_checks() {
+  local log="$1/Testing/Temporary/LastTest.log"
+  [ -f "$log" ] || return 0
+  say "failed checks (all output: $log)"
+  awk '/TEST CASE:/ { test_case = $0 }
+       /: (ERROR|FATAL ERROR): / { print "--"; print test_case; left = 6 }
+       left > 0 { print; left-- }' "$log" | head -n 120
 }
 
 # The vm label: builds only what it runs; one guest boot, cases in sequence.
@@ -147,7 +160,7 @@ vm() {
   cmake --build "$build_dir" -j "$jobs" --target quiesce_vm_tests quiesce-agent quiescectl quiesce-freeze-holder \
     quiesce-host quiesce-writer-check
   say "running the vm label (image: tests/vm/build-debian-image.sh, cached in ${QUIESCE_VM_CACHE:-/var/cache/quiesce-vm})"
-  ctest --test-dir "$build_dir" --output-on-failure -L '^vm$' --verbose
+  ctest --test-dir "$build_dir" --output-on-failure -L '^vm$' --verbose || { failed_checks "$build_dir"; return 1; }
 }
 
 asan_dir=${ASAN_BUILD_DIR:-$repo/build-asan}
