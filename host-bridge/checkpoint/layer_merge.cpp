@@ -114,20 +114,12 @@ Status merge_out_layer(const std::string& disk, const std::filesystem::path& ove
   const std::string overlay = normal(overlay_path.string());
 
   // QEMU, when it runs: its chains, and no job of its own in the way.
-  std::optional<QmpClient> qmp;
-  if (!options.qmp_socket.empty() && std::filesystem::exists(options.qmp_socket, ec)) {
-    auto connected = QmpClient::connect(options.qmp_socket, std::min<std::chrono::milliseconds>(options.qmp_timeout, 5s));
-    if (connected) {
-      qmp.emplace(std::move(*connected));
-    } else if (connected.error().message.rfind("cannot connect to QMP socket", 0) != 0) {
-      // The socket listens but QEMU does not talk: it serves one QMP client
-      // at a time, and another holds it.
-      return Error{ErrorKind::conflict, "disk '" + disk + "': QEMU's QMP socket " + options.qmp_socket +
-                                            " does not answer (another QMP client holds it, such as a delete "
-                                            "merging with a block job): nothing deleted, try again later (" +
-                                            connected.error().message + ")"};
-    }
+  auto connected = QmpClient::connect_if_running(options.qmp_socket,
+                                                 std::min<std::chrono::milliseconds>(options.qmp_timeout, 5s));
+  if (!connected) {
+    return Error{connected.error().kind, "disk '" + disk + "': " + connected.error().message};
   }
+  std::optional<QmpClient> qmp = std::move(*connected);
   QemuView view;
   if (qmp) {
     auto jobs = list_block_jobs(*qmp);

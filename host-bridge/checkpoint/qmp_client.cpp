@@ -7,6 +7,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <thread>
 
 namespace quiesce::host {
 
@@ -65,6 +67,34 @@ Expected<QmpClient> QmpClient::connect(const std::string& socket_path, std::chro
     return caps.error();
   }
   return client;
+}
+
+Expected<std::optional<QmpClient>> QmpClient::connect_if_running(const std::string& socket_path,
+                                                                 std::chrono::milliseconds timeout) {
+  std::error_code ec;
+  if (socket_path.empty() || !std::filesystem::exists(socket_path, ec)) {
+    return std::optional<QmpClient>();
+  }
+  // How long a QEMU that resets connections may take to finish exiting.
+  const auto exiting_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  while (true) {
+    auto connected = connect(socket_path, timeout);
+    if (connected) {
+      return std::optional<QmpClient>(std::move(*connected));
+    }
+    const auto& message = connected.error().message;
+    if (message.rfind("cannot connect to QMP socket", 0) == 0) {
+      return std::optional<QmpClient>();
+    }
+    const bool silent = message.find("no reply within") != std::string::npos;
+    if (silent || std::chrono::steady_clock::now() > exiting_deadline) {
+      return Error{ErrorKind::conflict, "QEMU's QMP socket " + socket_path +
+                                            " does not answer (another QMP client holds it, such as a delete "
+                                            "merging with a block job): nothing deleted, try again later (" +
+                                            message + ")"};
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
 }
 
 QmpClient::~QmpClient() {

@@ -6,6 +6,7 @@
 // read and write has a deadline, so a hung QEMU cannot hang the host side.
 
 #include <chrono>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -19,6 +20,14 @@ class QmpClient {
   // Connects and negotiates capabilities; `timeout` bounds each step.
   [[nodiscard]] static Expected<QmpClient> connect(const std::string& socket_path,
                                                     std::chrono::milliseconds timeout);
+  // The client of the QEMU listening on `socket_path`, or nothing when none
+  // listens (no socket file, or nobody accepts). A QEMU that was just killed
+  // can still hold its listening socket for a moment after its memory is
+  // gone: the connect is accepted, then reset. That is QEMU going away, so it
+  // is retried until the socket refuses. A QEMU that accepts and stays silent
+  // (QMP serves one client at a time) is ErrorKind::conflict.
+  [[nodiscard]] static Expected<std::optional<QmpClient>> connect_if_running(const std::string& socket_path,
+                                                                            std::chrono::milliseconds timeout);
   ~QmpClient();
   QmpClient(QmpClient&& other) noexcept;
   QmpClient& operator=(QmpClient&& other) noexcept;
