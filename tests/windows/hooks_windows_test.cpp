@@ -170,7 +170,7 @@ TEST_CASE("windows hooks: a .bat hook runs at each phase with that phase's envir
 
 TEST_CASE("windows hooks: a non-zero exit fails the phase with the hook's output in the error") {
   HookFixture f;
-  f.add_batch("10-fails.bat", "echo flushing\r\necho database is locked 1>&2\r\nexit /b 3");
+  f.add_batch("10-fails.bat", "echo flushing\r\necho database is locked>&2\r\nexit /b 3");
   auto writer = f.make({});
 
   auto status = writer->prepare(f.ctx());

@@ -582,11 +582,14 @@ class VssWriter final : public Writer {
     }
     // As qemu-ga: no writable snapshots, so the final commit (which writes
     // to the snapshot) is skipped; client Windows has no TRANSPORTABLE.
-    LONG context = VSS_CTX_APP_ROLLBACK | VSS_VOLSNAP_ATTR_TRANSPORTABLE |
-                   VSS_VOLSNAP_ATTR_NO_AUTORECOVERY | VSS_VOLSNAP_ATTR_TXF_RECOVERY;
+    // (Two enums of the SDK combined: as LONGs, as SetContext takes them.)
+    const auto transportable = static_cast<LONG>(VSS_VOLSNAP_ATTR_TRANSPORTABLE);
+    LONG context = static_cast<LONG>(VSS_CTX_APP_ROLLBACK) | transportable |
+                   static_cast<LONG>(VSS_VOLSNAP_ATTR_NO_AUTORECOVERY) |
+                   static_cast<LONG>(VSS_VOLSNAP_ATTR_TXF_RECOVERY);
     hr = backup_->SetContext(context);
     if (hr == VSS_E_UNSUPPORTED_CONTEXT) {
-      context &= ~VSS_VOLSNAP_ATTR_TRANSPORTABLE;
+      context &= ~transportable;
       hr = backup_->SetContext(context);
     }
     if (FAILED(hr)) {

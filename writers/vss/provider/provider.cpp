@@ -10,8 +10,8 @@
 // waits. Every other call accepts what VSS asks and reports nothing.
 //
 // DllRegisterServer registers the COM class (HKLM\Software\Classes) and the
-// provider with VSS (IVssAdmin::RegisterProvider); the MSI and
-// `regsvr32 quiesce-vss-provider.dll` call it.
+// provider with VSS (IVssAdmin::RegisterProvider): `regsvr32
+// quiesce-vss-provider.dll` calls it, the MSI through QuiesceMsiRegister.
 #include <windows.h>
 
 #include <objbase.h>
@@ -39,6 +39,11 @@ std::atomic<long> server_locks{0};
 HANDLE open_event(const wchar_t* name) {
   return ::OpenEventW(EVENT_MODIFY_STATE | SYNCHRONIZE, FALSE, name);
 }
+
+// COM interfaces have no virtual destructor by design: an object is only
+// ever destroyed by its own Release, never deleted through an interface.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wnon-virtual-dtor"
 
 class Provider final : public IVssSoftwareSnapshotProvider,
                        public IVssProviderCreateSnapshotSet,
@@ -207,6 +212,8 @@ class ClassFactory final : public IClassFactory {
   }
 };
 
+#pragma GCC diagnostic pop
+
 ClassFactory factory;
 
 std::wstring module_path() {
@@ -305,6 +312,14 @@ STDAPI DllRegisterServer() {
   return hr;
 }
 
+// The same for the MSI (packaging/windows): a deferred custom action calls
+// a function of an installed DLL as UINT __stdcall f(MSIHANDLE) and wants a
+// Windows error code back, not an HRESULT. MSIHANDLE is an unsigned long
+// (msi.h); the handle is not used.
+UINT __stdcall QuiesceMsiRegister(unsigned long) {
+  return SUCCEEDED(DllRegisterServer()) ? ERROR_SUCCESS : ERROR_INSTALL_FAILURE;
+}
+
 STDAPI DllUnregisterServer() {
   const HRESULT hr = with_vss_admin([](IVssAdmin* admin) {
     const HRESULT removed = admin->UnregisterProvider(provider_id);
@@ -313,6 +328,10 @@ STDAPI DllUnregisterServer() {
   ::RegDeleteTreeW(HKEY_LOCAL_MACHINE, clsid_key.c_str());
   ::RegDeleteTreeW(HKEY_LOCAL_MACHINE, appid_key.c_str());
   return hr;
+}
+
+UINT __stdcall QuiesceMsiUnregister(unsigned long) {
+  return SUCCEEDED(DllUnregisterServer()) ? ERROR_SUCCESS : ERROR_INSTALL_FAILURE;
 }
 
 }  // extern "C"
