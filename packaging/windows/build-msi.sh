@@ -8,7 +8,11 @@
 #  - the VSS provider's registration: deferred custom actions, as
 #    LocalSystem, calling QuiesceMsiRegister in the installed
 #    quiesce-vss-provider.dll after InstallFiles, and QuiesceMsiUnregister
-#    before RemoveFiles at removal.
+#    before RemoveFiles at removal;
+#  - the access lists of C:\ProgramData\Quiesce and its hooks.d
+#    (LockPermissions): SYSTEM and the Administrators full control, Users
+#    read and execute. ProgramData's own list lets Users create files in
+#    new folders, which the hooks writer's trust check (rightly) refuses.
 set -euo pipefail
 
 if [ $# -ne 5 ]; then
@@ -41,5 +45,15 @@ msibuild "$out_abs" \
   -q "INSERT INTO \`CustomAction\` (\`Action\`, \`Type\`, \`Source\`, \`Target\`) VALUES ('RegisterProvider', 3089, 'ProviderDll', 'QuiesceMsiRegister')" \
   -q "INSERT INTO \`CustomAction\` (\`Action\`, \`Type\`, \`Source\`, \`Target\`) VALUES ('UnregisterProvider', 3153, 'ProviderDll', 'QuiesceMsiUnregister')" \
   -q "INSERT INTO \`InstallExecuteSequence\` (\`Action\`, \`Condition\`, \`Sequence\`) VALUES ('UnregisterProvider', 'REMOVE=\"ALL\"', 3450)" \
-  -q "INSERT INTO \`InstallExecuteSequence\` (\`Action\`, \`Condition\`, \`Sequence\`) VALUES ('RegisterProvider', 'NOT REMOVE=\"ALL\"', 4050)"
+  -q "INSERT INTO \`InstallExecuteSequence\` (\`Action\`, \`Condition\`, \`Sequence\`) VALUES ('RegisterProvider', 'NOT REMOVE=\"ALL\"', 4050)" \
+  -q "INSERT INTO \`CreateFolder\` (\`Directory_\`, \`Component_\`) VALUES ('DATADIR', 'DefaultConfig')" \
+  -q "CREATE TABLE \`LockPermissions\` (\`LockObject\` CHAR(72) NOT NULL, \`Table\` CHAR(32) NOT NULL, \`Domain\` CHAR(255), \`User\` CHAR(255) NOT NULL, \`Permission\` LONG PRIMARY KEY \`LockObject\`, \`Table\`, \`Domain\`, \`User\`)"
+# GENERIC_ALL = 268435456; GENERIC_READ | GENERIC_EXECUTE = 0xA0000000, as
+# the signed LONG the table holds.
+for folder in DATADIR HOOKSDIR; do
+  msibuild "$out_abs" \
+    -q "INSERT INTO \`LockPermissions\` (\`LockObject\`, \`Table\`, \`User\`, \`Permission\`) VALUES ('$folder', 'CreateFolder', 'SYSTEM', 268435456)" \
+    -q "INSERT INTO \`LockPermissions\` (\`LockObject\`, \`Table\`, \`User\`, \`Permission\`) VALUES ('$folder', 'CreateFolder', 'Administrators', 268435456)" \
+    -q "INSERT INTO \`LockPermissions\` (\`LockObject\`, \`Table\`, \`User\`, \`Permission\`) VALUES ('$folder', 'CreateFolder', 'Users', -1610612736)"
+done
 echo "built $out"
