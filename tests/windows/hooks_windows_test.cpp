@@ -254,3 +254,31 @@ TEST_CASE("windows hooks: a hook others may write is refused before anything run
         std::string::npos);
   CHECK(f.calls().empty());  // not even the trusted 10-first ran
 }
+
+TEST_CASE("windows hooks: a batch file whose name cmd.exe would expand is refused before any hook runs") {
+  HookFixture f;
+  f.add_batch("10-first.bat", "echo %~n0 %1>> \"%LOG%\"");
+  f.add_batch("20-100%.bat", "echo %~n0 %1>> \"%LOG%\"");
+  auto writer = f.make({});
+
+  auto status = writer->freeze(f.ctx());
+  REQUIRE_FALSE(status.is_ok());
+  INFO(status.error().message);
+  CHECK(status.error().error_class == quiesce::ErrorClass::non_retryable);
+  CHECK(status.error().message.find("20-100%.bat: its path has a character cmd.exe would interpret") !=
+        std::string::npos);
+  CHECK(f.calls().empty());
+}
+
+TEST_CASE("windows hooks: an .exe hook runs directly, with the phase's argument and environment") {
+  HookFixture f;
+  const auto program = this_executable_directory() / "quiesce_windows_test_exe_hook.exe";
+  REQUIRE(fs::exists(program));
+  fs::copy_file(program, f.dir() / "30-native.exe");
+  auto writer = f.make({});
+
+  REQUIRE(writer->prepare(f.ctx()).is_ok());
+  REQUIRE(writer->freeze(f.ctx()).is_ok());
+  CHECK(f.calls() == Calls{"30-native prepare prepare session-7", "30-native freeze freeze session-7"});
+  REQUIRE(writer->abort(f.ctx()).is_ok());
+}

@@ -20,12 +20,32 @@ namespace fs = std::filesystem;
 
 constexpr const char* not_runnable = "not a .bat, .cmd, .ps1 or .exe file";
 
-bool runnable(const fs::path& path) {
+std::string lower_extension(const fs::path& path) {
   auto extension = platform::win::narrow(path.extension().wstring());
   std::transform(extension.begin(), extension.end(), extension.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return extension;
+}
+
+bool runnable(const fs::path& path) {
+  const auto extension = lower_extension(path);
   return extension == ".bat" || extension == ".cmd" || extension == ".ps1" ||
          extension == ".exe";
+}
+
+// cmd.exe would expand or interpret these in a batch file's path even in
+// quotes (platform/win/subprocess.cpp refuses such a path too): found at
+// the scan, the whole phase is refused before any hook runs, rather than
+// failing half-way.
+std::string batch_path_problem(const fs::path& path) {
+  const auto extension = lower_extension(path);
+  if (extension != ".bat" && extension != ".cmd") {
+    return "";
+  }
+  if (path.wstring().find_first_of(L"\"%!&|<>^") != std::wstring::npos) {
+    return "its path has a character cmd.exe would interpret (\" % ! & | < > ^)";
+  }
+  return "";
 }
 
 // check_trusted_file's reason without the "hook <path>" it starts with:
@@ -60,7 +80,13 @@ SingleScript check_single_script(const std::string& path, const ScanRules& rules
     return script;
   }
   script.present = true;
-  script.problem = runnable(file) ? trust_problem(path, rules) : not_runnable;
+  if (!runnable(file)) {
+    script.problem = not_runnable;
+  } else if (auto problem = batch_path_problem(file); !problem.empty()) {
+    script.problem = problem;
+  } else {
+    script.problem = trust_problem(path, rules);
+  }
   return script;
 }
 
@@ -115,6 +141,10 @@ HookScan scan_hook_directory(const fs::path& directory, const ScanRules& rules) 
     }
     if (!runnable(path)) {
       scan.skipped.push_back({name, not_runnable});
+      continue;
+    }
+    if (auto problem = batch_path_problem(path); !problem.empty()) {
+      scan.refused.push_back({name, problem});
       continue;
     }
     if (auto problem = trust_problem(path_text, rules); !problem.empty()) {

@@ -26,12 +26,14 @@
 #include <vswriter.h>
 #include <vsbackup.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <future>
 #include <mutex>
 #include <optional>
 #include <queue>
+#include <stop_token>
 #include <string>
 #include <thread>
 #include <vector>
@@ -275,7 +277,7 @@ class VssWriter final : public Writer {
     (void)release_everything("writer shutdown");
   }
 
-  Status identify(const PhaseContext& ctx, Identity& out) override {
+  Status identify(const PhaseContext&, Identity& out) override {
     auto& meta = out.metadata;
     meta["backup_type"] = options_.backup_type == vss::BackupType::full ? "full" : "copy";
     meta["provider_id"] = guid_text(vss_provider::provider_id);
@@ -286,14 +288,6 @@ class VssWriter final : public Writer {
                                    std::to_string(options_.freeze_window_requested.count()) +
                                    " ms: VSS holds writes for at most " +
                                    std::to_string(vss::vss_hold_limit.count()) + " ms";
-    }
-    const auto session_window = std::chrono::duration_cast<std::chrono::milliseconds>(
-        ctx.hold_deadline - ctx.deadline);
-    if (ctx.hold_deadline > ctx.deadline) {
-      auto window = vss::clamp_freeze_window(session_window, options_.freeze_window);
-      if (window.clamped) {
-        meta["freeze_window_note"] = window.note;
-      }
     }
     auto volumes = nlohmann::json::array();
     for (const auto& volume : options_.volumes) {
@@ -326,11 +320,13 @@ class VssWriter final : public Writer {
                                    "not called)");
     }
     const auto now = Clock::now();
-    auto session_window = std::chrono::milliseconds::max();
-    if (ctx.hold_deadline > now && ctx.hold_deadline != Clock::time_point::max()) {
-      session_window = std::chrono::duration_cast<std::chrono::milliseconds>(ctx.hold_deadline - now);
-    }
-    window_ = vss::clamp_freeze_window(session_window, options_.freeze_window);
+    const bool session_has_window =
+        ctx.hold_deadline > now && ctx.hold_deadline != Clock::time_point::max();
+    window_ = session_has_window
+                  ? vss::clamp_freeze_window(
+                        std::chrono::duration_cast<std::chrono::milliseconds>(ctx.hold_deadline - now),
+                        options_.freeze_window)
+                  : vss::FreezeWindow{options_.freeze_window, false, ""};
     if (window_.clamped) {
       log().warn("vss '{}': {}", spec_.name, window_.note);
     }
@@ -340,7 +336,7 @@ class VssWriter final : public Writer {
       return Status::error(error_class_of(failed->hr), "vss: freeze: " + failed->message() +
                                                            "; the backup was aborted, nothing is held");
     }
-    frozen_at_ = Clock::now();
+    start_window_watch();
     log().info("vss '{}': the VSS writers are frozen and Quiesce's provider holds them "
                "(at most {} ms)",
                spec_.name, window_.effective.count());
@@ -351,8 +347,14 @@ class VssWriter final : public Writer {
     if (!snapshot_) {
       return Status::ok();  // idempotent: nothing is held
     }
+    stop_window_watch();
     std::string broken;
     auto failed = com_.call([&]() -> std::optional<VssError> { return end_snapshot_set(broken); });
+    if (window_expired_ && broken.empty()) {
+      broken = "the hold was released after the freeze window of " +
+               std::to_string(window_.effective.count()) + " ms, before thaw (VSS holds writes " +
+               "for at most " + std::to_string(vss::vss_hold_limit.count()) + " ms)";
+    }
     if (!broken.empty()) {
       hold.continuous = false;
       hold.detail = "vss: " + broken;
@@ -760,9 +762,37 @@ class VssWriter final : public Writer {
     return Status::error(*worst, "vss: at " + phase + ", VSS writer(s) failed: " + text);
   }
 
+  // Ends the hold when the (clamped) window has passed and thaw has not
+  // come: the provider returns, VSS thaws, nothing waits on VSS's own
+  // timeout. Thaw then reports the hold as broken.
+  void start_window_watch() {
+    window_expired_ = false;
+    const auto until = Clock::now() + window_.effective;
+    window_watch_ = std::jthread([this, until](std::stop_token stop) {
+      std::mutex mutex;
+      std::condition_variable_any wake;
+      std::unique_lock lock(mutex);
+      if (!wake.wait_until(lock, stop, until, [] { return false; }) && !stop.stop_requested()) {
+        window_expired_ = true;
+        ::SetEvent(thaw_.handle);  // a kernel event: safe from any thread
+        log().warn("vss '{}': the freeze window of {} ms passed before thaw; the VSS writers "
+                   "are released",
+                   spec_.name, window_.effective.count());
+      }
+    });
+  }
+
+  void stop_window_watch() {
+    if (window_watch_.joinable()) {
+      window_watch_.request_stop();
+      window_watch_.join();
+    }
+  }
+
   // Lets the provider go (if it holds), aborts the backup, drops every
   // object: whatever state the session is in. Idempotent.
   Status release_everything(const std::string& why) {
+    stop_window_watch();
     if (!backup_ && !snapshot_) {
       return Status::ok();
     }
@@ -806,7 +836,8 @@ class VssWriter final : public Writer {
   Event timed_out_;
   std::vector<WriterStatus> last_status_;
   vss::FreezeWindow window_{vss::default_freeze_window, false, ""};
-  Clock::time_point frozen_at_{};
+  std::atomic<bool> window_expired_{false};
+  std::jthread window_watch_;  // between freeze and thaw/abort
   ComThread com_;  // last: the first to go, after its last call returned
 };
 
