@@ -315,7 +315,7 @@ class VssWriter final : public Writer {
   }
 
   Status freeze(const PhaseContext& ctx) override {
-    if (!backup_) {
+    if (!has_backup()) {
       return Status::non_retryable("vss: freeze without a prepared backup (prepare failed or was "
                                    "not called)");
     }
@@ -344,7 +344,7 @@ class VssWriter final : public Writer {
   }
 
   Status thaw(const PhaseContext&, HoldReport& hold) override {
-    if (!snapshot_) {
+    if (!has_snapshot_set()) {
       return Status::ok();  // idempotent: nothing is held
     }
     stop_window_watch();
@@ -380,6 +380,11 @@ class VssWriter final : public Writer {
 
  private:
   spdlog::logger& log() { return *env_.logger; }
+
+  // backup_ and snapshot_ belong to the COM thread (identify sets backup_
+  // there for a moment even outside a session): asked there too.
+  bool has_backup() { return com_.call([this] { return static_cast<bool>(backup_); }); }
+  bool has_snapshot_set() { return com_.call([this] { return static_cast<bool>(snapshot_); }); }
 
   // Each VSS writer as a Quiesce writer state (DESIGN.md), with VSS's own.
   nlohmann::json writers_json() const {
@@ -793,7 +798,7 @@ class VssWriter final : public Writer {
   // object: whatever state the session is in. Idempotent.
   Status release_everything(const std::string& why) {
     stop_window_watch();
-    if (!backup_ && !snapshot_) {
+    if (!has_backup() && !has_snapshot_set()) {
       return Status::ok();
     }
     auto failed = com_.call([&]() -> std::optional<VssError> {
