@@ -38,6 +38,8 @@ using win::widen;
 constexpr std::chrono::milliseconds drain_after_exit{200};
 // How often the pipes are looked at while the program runs.
 constexpr DWORD poll_interval_ms = 10;
+// How long a terminated program is waited for before going on.
+constexpr DWORD terminate_wait_ms = 5000;
 
 class Handle {
  public:
@@ -399,8 +401,14 @@ SubprocessResult run_subprocess(const SubprocessSpec& spec) {
     }
     if (killed) {
       // Everything in the job, at once: a batch file's children included.
-      ::TerminateJobObject(job.get(), 1);
-      ::WaitForSingleObject(process_handle.get(), INFINITE);
+      // Bounded: should the job refuse (it cannot, short of a broken
+      // handle), the program itself is terminated and the caller is not
+      // held beyond the deadline for long.
+      if (!::TerminateJobObject(job.get(), 1) ||
+          ::WaitForSingleObject(process_handle.get(), terminate_wait_ms) != WAIT_OBJECT_0) {
+        ::TerminateProcess(process_handle.get(), 1);
+        ::WaitForSingleObject(process_handle.get(), terminate_wait_ms);
+      }
       break;
     }
   }
