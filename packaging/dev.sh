@@ -61,9 +61,8 @@ packages=(
 
 # Only `dev.sh windows` installs these (the Windows agent, docs/windows.md):
 # the mingw-w64 cross compiler (posix threads variant: std::thread), wine to
-# run its tests, wixl (its own package on Debian 12) and msitools (msibuild,
-# msiinfo) for the MSI. .ci/run does not run the windows label yet, and
-# wine alone is minutes of CI's install.
+# run its tests, wixl (msitools) for the MSI. .ci/run does not run the
+# windows label yet, and wine alone is minutes of CI's install.
 windows_packages=(
   g++-mingw-w64-x86-64-posix wine wine64 wixl msitools ninja-build
 )
