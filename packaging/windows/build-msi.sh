@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Windows agent's MSI (docs/windows.md) with msitools:
-#   packaging/windows/build-msi.sh OUT.msi VERSION AGENT_EXE PROVIDER_DLL CONFIG_JSON
+#   [STRIP=x86_64-w64-mingw32-strip] packaging/windows/build-msi.sh OUT.msi VERSION AGENT_EXE PROVIDER_DLL CONFIG_JSON
 # wixl compiles quiesce-agent.wxs; then msibuild adds, in SQL, what wixl
 # 0.101 cannot write:
 #  - the default config's component: Permanent (a removal keeps it) and
@@ -32,6 +32,11 @@ trap 'rm -rf "$stage"' EXIT
 cp "$agent" "$stage/quiesce-agent.exe"
 cp "$provider" "$stage/quiesce-vss-provider.dll"
 cp "$config" "$stage/agent.json"
+# The build keeps debug information (RelWithDebInfo); the package does not
+# need it: STRIP names the cross strip (CMake passes CMAKE_STRIP).
+if [ -n "${STRIP:-}" ]; then
+  "$STRIP" --strip-debug "$stage/quiesce-agent.exe" "$stage/quiesce-vss-provider.dll"
+fi
 out_abs=$(cd "$(dirname "$out")" && pwd)/$(basename "$out")
 rm -f "$out_abs"
 (cd "$stage" && wixl -a x64 -D Version="$version" -o "$out_abs" "$here/quiesce-agent.wxs")
