@@ -64,7 +64,7 @@ packages=(
 # run its tests, wixl (msitools) for the MSI. .ci/run does not run the
 # windows label yet, and wine alone is minutes of CI's install.
 windows_packages=(
-  g++-mingw-w64-x86-64-posix wine wine64 msitools ninja-build
+  g++-mingw-w64-x86-64-posix wine wine64 wixl msitools ninja-build
 )
 
 say() { printf '\n== %s\n' "$*"; }

@@ -1,9 +1,5 @@
 #include "writers/hooks/hooks_writer.hpp"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
@@ -17,10 +13,10 @@
 
 #include <spdlog/logger.h>
 
-#include "platform/linux/lingering_output.hpp"
-#include "platform/linux/subprocess.hpp"
+#include "platform/subprocess.hpp"
 #include "quiesce/json_fields.hpp"
 #include "writers/hooks/hook_directory.hpp"
+#include "writers/hooks/hook_system.hpp"
 
 namespace quiesce::writers {
 
@@ -33,12 +29,6 @@ using platform::OutputStream;
 using platform::SubprocessResult;
 using platform::SubprocessSpec;
 
-constexpr const char* default_directory = "/etc/quiesce/hooks.d";
-// open-vm-tools runs these around its backupScripts.d directory (scriptOps.c:
-// the freeze script before the directory's scripts, the thaw script after
-// them at thaw and at freezeFail); the vmware style does the same.
-constexpr const char* default_legacy_freeze_script = "/usr/sbin/pre-freeze-script";
-constexpr const char* default_legacy_thaw_script = "/usr/sbin/post-thaw-script";
 // The name under which the legacy pair stands in the list of hooks that
 // froze; a '/' cannot occur in a directory entry's name, so no hook clashes.
 constexpr const char* legacy_slot_name = "/legacy-scripts";
@@ -48,10 +38,7 @@ constexpr std::chrono::milliseconds default_timeout{30000};
 // Between SIGTERM and SIGKILL for a hook that overran: enough for a script
 // to clean up, short next to any freeze window.
 constexpr std::chrono::milliseconds kill_grace{1000};
-constexpr std::size_t max_output_bytes = 64 * 1024;
-// The environment's PATH: what hook scripts expect of a root shell, and
-// nothing the agent's own environment might have added.
-constexpr const char* hook_path = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+constexpr std::size_t max_output_bytes = hooks::max_hook_output_bytes;
 
 enum class Style { quiesce, qemu, vmware };
 
@@ -78,8 +65,18 @@ std::string_view hook_phase_name(Phase phase) {
   return "unknown";
 }
 
+// Absolute for the OS the agent runs on ("/..." on Linux, "C:\\..." on Windows).
+bool is_absolute_path(const std::string& path) {
+  return std::filesystem::path(path).is_absolute();
+}
+
+bool ends_in_separator(const std::string& path) {
+  return !path.empty() && (path.back() == '/' ||
+                           path.back() == static_cast<char>(std::filesystem::path::preferred_separator));
+}
+
 struct HooksOptions {
-  std::string directory = default_directory;
+  std::string directory;
   Style style = Style::quiesce;
   std::chrono::milliseconds timeout = default_timeout;
   bool allow_non_root_owner = false;
@@ -91,23 +88,26 @@ HooksOptions parse_options(const nlohmann::json& json) {
   HooksOptions options;
   JsonFields fields(json, "options");
   const bool explicit_directory = fields.has("directory");
-  options.directory = fields.string("directory", std::string(default_directory));
-  if (options.directory.empty() || options.directory.front() != '/') {
+  options.directory = fields.string("directory", hooks::default_hook_directory());
+  if (!is_absolute_path(options.directory)) {
     throw FieldError(fields.path_of("directory"),
                      "'" + options.directory + "' is not an absolute path");
   }
-  while (options.directory.size() > 1 && options.directory.back() == '/') {
+  // A root ("/", "C:\\") keeps its separator: it is what makes it a root.
+  while (ends_in_separator(options.directory) &&
+         std::filesystem::path(options.directory).has_relative_path()) {
     options.directory.pop_back();
   }
   // The default directory may be absent (no hooks installed); one named in
   // the config is expected to be there, and a typo must not go unnoticed.
   if (explicit_directory) {
-    struct stat st {};
-    if (::stat(options.directory.c_str(), &st) != 0) {
+    std::error_code ec;
+    const auto status = std::filesystem::status(options.directory, ec);
+    if (!std::filesystem::exists(status)) {
       throw FieldError(fields.path_of("directory"),
                        "'" + options.directory + "' does not exist");
     }
-    if (!S_ISDIR(st.st_mode)) {
+    if (!std::filesystem::is_directory(status)) {
       throw FieldError(fields.path_of("directory"),
                        "'" + options.directory + "' is not a directory");
     }
@@ -127,9 +127,9 @@ HooksOptions parse_options(const nlohmann::json& json) {
       fields.integer("timeout_ms", default_timeout.count(), 1, 24LL * 3600 * 1000));
   options.allow_non_root_owner = fields.boolean("allow_non_root_owner", false);
   for (const auto& [key, fallback, target] :
-       {std::tuple{"legacy_freeze_script", default_legacy_freeze_script,
+       {std::tuple{"legacy_freeze_script", hooks::default_legacy_freeze_script(),
                    &options.legacy_freeze_script},
-        std::tuple{"legacy_thaw_script", default_legacy_thaw_script,
+        std::tuple{"legacy_thaw_script", hooks::default_legacy_thaw_script(),
                    &options.legacy_thaw_script}}) {
     if (fields.has(key) && options.style != Style::vmware) {
       throw FieldError(fields.path_of(key), "only the vmware style runs legacy scripts");
@@ -137,7 +137,7 @@ HooksOptions parse_options(const nlohmann::json& json) {
     *target = fields.string(key, options.style == Style::vmware ? fallback : "");
     // "" turns the legacy script off; anything else is a full path, as the
     // ones open-vm-tools has compiled in.
-    if (!target->empty() && target->front() != '/') {
+    if (!target->empty() && !is_absolute_path(*target)) {
       throw FieldError(fields.path_of(key), "'" + *target + "' is not an absolute path");
     }
   }
@@ -226,14 +226,13 @@ SubprocessSpec hook_spec(const std::string& path, std::string_view argument, Pha
                          const std::string& session_id, const std::string& writer, Style style) {
   SubprocessSpec spec;
   spec.argv = {path, std::string(argument)};
-  spec.env = {
-      hook_path,
+  spec.env = hooks::hook_base_environment();
+  spec.env.insert(spec.env.end(), {
       "QUIESCE_SESSION_ID=" + session_id,
       "QUIESCE_PHASE=" + std::string(hook_phase_name(phase)),
       "QUIESCE_WRITER=" + writer,
       "QUIESCE_HOOK_STYLE=" + std::string(style_name(style)),
-      "LANG=C",
-  };
+  });
   spec.max_output_bytes = max_output_bytes;
   spec.kill_grace = kill_grace;
   return spec;
@@ -481,7 +480,7 @@ class HooksWriter final : public Writer {
     }
     std::error_code ec;
     if (held.empty()) {
-      helper_pipes_.clear();
+      helper_output_.forget_pipe_ids();
       std::filesystem::remove(path, ec);
       return;
     }
@@ -489,10 +488,10 @@ class HooksWriter final : public Writer {
                         {"writer", spec_.name},
                         {"session_id", session_.session_id},
                         {"style", style_name(options_.style)},
-                        {"agent_pid", static_cast<std::int64_t>(::getpid())},
+                        {"agent_pid", platform::current_process_id()},
                         {"timeout_ms", options_.timeout.count()},
                         {"allow_non_root_owner", options_.allow_non_root_owner},
-                        {"helper_pipes", helper_pipes_},
+                        {"helper_pipes", helper_output_.pipe_ids()},
                         {"hooks", nlohmann::json::array()}};
     for (const auto& hook : held) {
       if (auto target = release_target(hook)) {
@@ -584,44 +583,6 @@ class HooksWriter final : public Writer {
                            std::string(hook_phase_name(phase)) + ": ");
   }
 
-  // A helper the hook left running still holds this pipe: read on, so its
-  // next write does not die of SIGPIPE (and take its cleanup with it), and
-  // its lines still reach the log. See lingering_output.hpp for why not a file.
-  void keep_reading(const std::string& hook_name, const std::string& argument,
-                    OutputStream stream, int fd) {
-    auto logger = env_.logger;
-    const auto writer = spec_.name;
-    const auto* stream_name = stream == OutputStream::out ? "stdout" : "stderr";
-    log().info("hooks '{}': {} {} exited; something it left running still holds its {}, "
-               "read on until it closes",
-               writer, hook_name, argument, stream_name);
-    auto on_line = [logger, writer, hook_name](OutputStream s, std::string_view line) {
-      if (s == OutputStream::out) {
-        logger->info("hooks '{}': {} (background): {}", writer, hook_name, line);
-      } else {
-        logger->warn("hooks '{}': {} (background, stderr): {}", writer, hook_name, line);
-      }
-    };
-    auto on_closed = [logger, writer, hook_name, stream_name](std::size_t dropped) {
-      logger->info("hooks '{}': {}: every background writer of its {} has closed it", writer,
-                   hook_name, stream_name);
-      if (dropped > 0) {
-        logger->warn("hooks '{}': {}: {} byte(s) of background output not logged", writer,
-                     hook_name, dropped);
-      }
-    };
-    struct stat st {};
-    if (::fstat(fd, &st) == 0) {
-      // For a restart after a crash: it finds the pipe again by its inode.
-      helper_pipes_.push_back(static_cast<std::uint64_t>(st.st_ino));
-    }
-    if (!lingering_.adopt(fd, stream, on_line, on_closed, max_output_bytes)) {
-      log().warn("hooks '{}': too many hook helpers hold output pipes; closing the {} of {} "
-                 "(its next write there fails)",
-                 writer, stream_name, hook_name);
-    }
-  }
-
   SubprocessResult run_hook(const Hook& hook, Phase phase, const PhaseContext& ctx) {
     return run_hook(hook, hook_phase_name(phase), phase, ctx);
   }
@@ -650,10 +611,8 @@ class HooksWriter final : public Writer {
         log().warn("hooks '{}': {} (stderr): {}", writer, hook.name, line);
       }
     };
-    spec.hand_over = [this, hook_name = hook.name, argument = std::string(argument)](
-                         OutputStream stream, int fd) {
-      keep_reading(hook_name, argument, stream, fd);
-    };
+    spec.hand_over =
+        helper_output_.hand_over(env_.logger, spec_.name, hook.name, std::string(argument));
 
     log().info("hooks '{}': running {} {}", writer, hook.path, argument);
     auto result = platform::run_subprocess(spec);
@@ -707,56 +666,8 @@ class HooksWriter final : public Writer {
   WriterEnvironment env_;
   SessionHooks session_;
   // Last, so it stops (and stops calling into the logger) before the rest goes.
-  // Inodes of the pipes handed to lingering_ (recorded, see recover_stale_hooks).
-  std::vector<std::uint64_t> helper_pipes_;
-  platform::LingeringOutput lingering_;
+  hooks::HelperOutput helper_output_;
 };
-
-// The helpers a dead agent's hooks left running write to pipes nobody reads
-// any more; the first write after the release (mysql-flush.sh's) would kill
-// them with SIGPIPE before their unlock and cleanup. A pipe can be opened
-// again through /proc/<pid>/fd of a process that holds it: that makes the
-// restarted agent a reader before it runs the releases.
-std::size_t reattach_helper_pipes(const nlohmann::json& inodes,
-                                  platform::LingeringOutput& reader,
-                                  const std::shared_ptr<spdlog::logger>& logger,
-                                  const std::string& writer) {
-  std::vector<std::string> wanted;
-  for (const auto& inode : inodes) {
-    if (inode.is_number_unsigned()) {
-      wanted.push_back("pipe:[" + std::to_string(inode.get<std::uint64_t>()) + "]");
-    }
-  }
-  std::size_t attached = 0;
-  std::error_code ec;
-  for (const auto& process : std::filesystem::directory_iterator("/proc", ec)) {
-    const auto pid = process.path().filename().string();
-    if (wanted.empty() || pid.find_first_not_of("0123456789") != std::string::npos) {
-      continue;
-    }
-    std::error_code fd_ec;
-    for (const auto& fd : std::filesystem::directory_iterator(process.path() / "fd", fd_ec)) {
-      std::error_code link_ec;
-      const auto target = std::filesystem::read_symlink(fd.path(), link_ec).string();
-      auto it = std::find(wanted.begin(), wanted.end(), target);
-      if (link_ec || it == wanted.end()) {
-        continue;
-      }
-      const int read_end = ::open(fd.path().c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-      if (read_end < 0) {
-        continue;
-      }
-      wanted.erase(it);
-      auto on_line = [logger, writer](OutputStream, std::string_view line) {
-        logger->warn("hooks recovery: '{}' helper (background): {}", writer, line);
-      };
-      if (reader.adopt(read_end, OutputStream::err, on_line, {}, max_output_bytes)) {
-        ++attached;
-      }
-    }
-  }
-  return attached;
-}
 
 }  // namespace
 
@@ -779,12 +690,9 @@ StaleHooksReport recover_stale_hooks(const std::string& run_dir,
     report.records.push_back(path.string());
     // The record says what runs as root: only one that nobody but the
     // agent's own user could have written is trusted.
-    struct stat st {};
-    if (::stat(path.c_str(), &st) != 0 || st.st_uid != ::geteuid() ||
-        (st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
-      logger.error("hooks recovery: {} is not owned by the agent's user or is writable by "
-                   "others; not running what it lists, removing it",
-                   path.string());
+    if (auto problem = hooks::record_problem(path.string()); !problem.empty()) {
+      logger.error("hooks recovery: {} {}; not running what it lists, removing it",
+                   path.string(), problem);
       fs::remove(path, ec);
       continue;
     }
@@ -811,7 +719,7 @@ StaleHooksReport recover_stale_hooks(const std::string& run_dir,
     const auto& hooks = json.at("hooks");
     if (helper_output != nullptr && json.contains("helper_pipes")) {
       const auto attached =
-          reattach_helper_pipes(json["helper_pipes"], *helper_output, logger_ptr, writer);
+          hooks::reattach_helper_pipes(json["helper_pipes"], *helper_output, logger_ptr, writer);
       if (attached > 0) {
         logger.info("hooks recovery: reading the output pipes of {} helper(s) its hooks left "
                     "running, so their writes do not kill them",

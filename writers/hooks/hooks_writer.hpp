@@ -5,10 +5,11 @@
 // `freeze` / `thaw` / `freezeFail`) run unmodified with the matching style.
 //
 // options:
-//   "directory":            "/etc/quiesce/hooks.d"
+//   "directory":            "/etc/quiesce/hooks.d" (Windows: C:\ProgramData\Quiesce\hooks.d)
 //   "style":                "quiesce" | "qemu" | "vmware"
 //   "timeout_ms":           30000    per hook, never beyond the call's deadline
 //   "allow_non_root_owner": false    tests only: accept hooks not owned by root
+//                                    (Windows: by SYSTEM or the Administrators)
 //   "legacy_freeze_script": "/usr/sbin/pre-freeze-script"   vmware style only
 //   "legacy_thaw_script":   "/usr/sbin/post-thaw-script"    vmware style only
 
@@ -19,8 +20,11 @@
 
 #include <spdlog/logger.h>
 
-#include "platform/linux/lingering_output.hpp"
 #include "quiesce/writer_registry.hpp"
+
+namespace quiesce::platform {
+class LingeringOutput;  // platform/linux/lingering_output.hpp (POSIX only)
+}
 
 namespace quiesce::writers {
 
