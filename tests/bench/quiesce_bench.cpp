@@ -62,7 +62,7 @@ void usage() {
   std::cerr << "usage: quiesce_bench [--rounds N] [--scaling-rounds N] [--startup-rounds N]\n"
                "                     [--idle-seconds S] [--dirty-kib K] [--counts 1,4,16]\n"
                "                     [--writers 1,8,32] [--out DIR] [--bin DIR] [--qga PATH]\n"
-               "                     [--no-qga]\n"
+               "                     [--no-qga] [--baseline-bin DIR]\n"
                "       quiesce_bench layouts [--sessions N] [--hang-timeout S] [--only a,b]\n"
                "                     [--out DIR] [--bin DIR] [--qga PATH] [--no-qga]\n"
                "       quiesce_bench databases [--rounds N] [--pgbench-clients N] [--out DIR]\n"
@@ -70,7 +70,9 @@ void usage() {
                "Run as root. Writes DIR/summary.csv, DIR/samples.csv, DIR/footprint.csv,\n"
                "DIR/bench-hold.png (gnuplot) and prints the tables; `layouts` writes\n"
                "DIR/layouts.csv: sessions on stacked storage (loop on loop, dm, btrfs,\n"
-               "overlay...) through Quiesce and qemu-ga, hung / left frozen / hold ms.\n";
+               "overlay...) through Quiesce and qemu-ga, hung / left frozen / hold ms.\n"
+               "--baseline-bin DIR: another build's quiesce-agent and holder, run as one\n"
+               "more contender in the same rounds (before/after from one run).\n";
 }
 
 std::vector<int> parse_list(const std::string& text) {
@@ -562,11 +564,18 @@ int run_bench(const Options& options) {
   std::vector<FootprintRow> footprint;
   {
     std::map<int, std::unique_ptr<Agent>> agents;
+    std::map<int, std::unique_ptr<Agent>> baselines;  // --baseline-bin: the "before" build
     std::map<int, std::unique_ptr<RawFreezer>> raw;
     for (int n : options.counts) {
       agents[n] = std::make_unique<Agent>(options.bin_dir, run_fs / ("agent-" + std::to_string(n)),
                                           dir / ("state-" + std::to_string(n)),
                                           nlohmann::json::array({fsfreeze_writer(loops.mounts(n))}));
+      if (!options.baseline_bin.empty()) {
+        baselines[n] = std::make_unique<Agent>(
+            options.baseline_bin, run_fs / ("baseline-" + std::to_string(n)),
+            dir / ("state-baseline-" + std::to_string(n)),
+            nlohmann::json::array({fsfreeze_writer(loops.mounts(n))}));
+      }
       raw[n] = std::make_unique<RawFreezer>(loops.mounts(n));
     }
     std::unique_ptr<Qga> qga;
@@ -578,6 +587,9 @@ int run_bench(const Options& options) {
     // Warm-up: starts the freeze holders and faults everything in.
     for (int n : options.counts) {
       (void)agents[n]->round();
+      if (!baselines.empty()) {
+        (void)baselines[n]->round();
+      }
     }
 
     std::cout << "== hold window: " << options.rounds << " rounds, clean and with "
@@ -586,6 +598,9 @@ int run_bench(const Options& options) {
     std::vector<std::string> contenders{"raw_seq", "raw_par", "quiesce", "qemu_ga"};
     if (!qga) {
       contenders.pop_back();
+    }
+    if (!baselines.empty()) {
+      contenders.push_back("baseline");
     }
     for (int round = 0; round < options.rounds && !interrupted(); ++round) {
       for (const std::string data : {"clean", "dirty"}) {
@@ -606,6 +621,11 @@ int run_bench(const Options& options) {
               results.add(key("quiesce_host"), r.hold_host_ms);
               results.add(key("quiesce_agent"), r.hold_agent_ms);
               results.add(key("quiesce_round_trip"), r.round_trip_ms);
+            } else if (contender == "baseline") {
+              auto r = baselines[n]->round();
+              results.add(key("baseline_host"), r.hold_host_ms);
+              results.add(key("baseline_agent"), r.hold_agent_ms);
+              results.add(key("baseline_round_trip"), r.round_trip_ms);
             } else {
               results.add(key("qemu_ga"), qga->round(loops.mounts(n)));
             }
@@ -647,10 +667,13 @@ int run_bench(const Options& options) {
               << std::flush;
     FootprintRow agent_row{"quiesce-agent", {}, 0, 0, 0, 0};
     FootprintRow qga_row{"qemu-ga", {}, 0, 0, 0, 0};
+    FootprintRow baseline_row{"quiesce-agent before", {}, 0, 0, 0, 0};
     std::unique_ptr<Agent> agent;
+    std::unique_ptr<Agent> baseline;
     std::unique_ptr<Qga> qga;
     for (int round = 0; round < options.startup_rounds && !interrupted(); ++round) {
       agent.reset();
+      baseline.reset();
       qga.reset();
       // Alternate who starts first.
       auto start_agent = [&] {
@@ -664,10 +687,20 @@ int run_bench(const Options& options) {
           qga_row.ready_ms.push_back(qga->ready_ms());
         }
       };
+      auto start_baseline = [&] {
+        if (!options.baseline_bin.empty()) {
+          baseline = std::make_unique<Agent>(
+              options.baseline_bin, run_fs / "footprint-baseline", dir / "state-footprint-baseline",
+              nlohmann::json::array({fsfreeze_writer(loops.mounts(n))}));
+          baseline_row.ready_ms.push_back(baseline->ready_ms());
+        }
+      };
       if (round % 2 == 0) {
         start_agent();
         start_qga();
+        start_baseline();
       } else {
+        start_baseline();
         start_qga();
         start_agent();
       }
@@ -678,10 +711,21 @@ int run_bench(const Options& options) {
       if (qga) {
         qga_row.rss_fresh_kib = usage_of({qga->pid()}).rss_kib;
       }
+      if (baseline) {
+        baseline_row.rss_fresh_kib = usage_of({baseline->pid()}).rss_kib;
+      }
       loops.clean(n);
       // qemu-ga has no helper to start, and a thaw outside its jail would
       // thaw every frozen filesystem on the machine: it is measured as started.
       (void)agent->round();
+      if (baseline) {
+        loops.clean(n);
+        (void)baseline->round();
+        std::this_thread::sleep_for(300ms);
+        auto pids = children_of(baseline->pid());
+        pids.insert(pids.begin(), baseline->pid());
+        baseline_row.rss_after_kib = usage_of(pids).rss_kib;
+      }
       std::this_thread::sleep_for(500ms);
       auto agent_pids = [&] {
         auto pids = children_of(agent->pid());
@@ -703,6 +747,9 @@ int run_bench(const Options& options) {
     footprint.push_back(agent_row);
     if (options.with_qga) {
       footprint.push_back(qga_row);
+    }
+    if (!options.baseline_bin.empty()) {
+      footprint.push_back(baseline_row);  // after qemu-ga's: the targets read rows 0 and 1
     }
   }
 
@@ -756,6 +803,25 @@ int run_bench(const Options& options) {
   print_table({"fs", "data", "raw seq", "raw par (floor)", "qemu-ga", "Quiesce hold (host)",
                "Quiesce hold_ms (agent)", "Quiesce round trip", "Q/par", "Q/seq", "Q/qemu-ga"},
               rows);
+  if (!options.baseline_bin.empty()) {
+    std::cout << "\nBefore (--baseline-bin " << options.baseline_bin.string()
+              << ") and after (this build), same rounds, ms, median / p90\n\n";
+    rows.clear();
+    for (const std::string data : {"clean", "dirty"}) {
+      for (int n : options.counts) {
+        auto get = [&](const std::string& name) { return results.summary({"hold", n, data, name}); };
+        auto before = get("baseline_host");
+        auto after = get("quiesce_host");
+        rows.push_back({std::to_string(n), data, cell(before), cell(after),
+                        ratio(after.median, before.median), cell(get("baseline_agent")),
+                        cell(get("quiesce_agent")), cell(get("baseline_round_trip")),
+                        cell(get("quiesce_round_trip"))});
+      }
+    }
+    print_table({"fs", "data", "hold before", "hold after", "after/before", "hold_ms before",
+                 "hold_ms after", "round trip before", "round trip after"},
+                rows);
+  }
 
   std::cout << "\nScaling: delay writers (10 ms freeze each, one level) + fsfreeze, hold ms, "
                "median / p90\n\n";
@@ -821,7 +887,7 @@ int run_bench(const Options& options) {
   hold_target(1, "clean", "raw_seq", 1.5, 1.0);
   hold_target(4, "clean", "raw_par", 1.5, 1.0);
   hold_target(16, "dirty", "raw_par", 1.5, 0.1);
-  if (footprint.size() == 2 && footprint[1].rss_fresh_kib > 0) {
+  if (footprint.size() >= 2 && footprint[1].who == "qemu-ga" && footprint[1].rss_fresh_kib > 0) {
     const auto& agent_row = footprint[0];
     const auto& qga_row = footprint[1];
     rows.push_back({"idle RSS, agent fresh <= qemu-ga's",
