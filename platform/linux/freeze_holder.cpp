@@ -78,6 +78,11 @@ struct Hold {
   explicit Hold(std::size_t count) : slots(count) {}
   std::vector<Slot> slots;  // never resized after construction
   std::atomic<bool> release{false};
+  // Who answers the FREEZE request, decided by one exchange: the freeze
+  // thread (FROZEN, written the moment the last filesystem froze, without
+  // waking the main thread first) or the main thread (FAILED, when it ends
+  // the hold while freezing). Whoever loses leaves the answer to the other.
+  std::atomic<bool> reply_claimed{false};
   bool ignore_frozen = false;
   // Written by the freeze thread only; read by the main thread after the join.
   std::string error;
@@ -219,14 +224,17 @@ void for_each_in_parallel(const std::vector<Slot*>& batch, const std::function<v
     return;
   }
   std::vector<std::thread> threads;
-  threads.reserve(batch.size());
-  for (auto* slot : batch) {
+  threads.reserve(batch.size() - 1);
+  for (auto slot = batch.begin(); slot + 1 != batch.end(); ++slot) {
     try {
-      threads.emplace_back([&action, slot] { action(*slot); });
+      threads.emplace_back([&action, slot = *slot] { action(*slot); });
     } catch (const std::system_error&) {
-      action(*slot);  // out of threads: do this one here rather than fail the freeze
+      action(**slot);  // out of threads: do this one here rather than fail the freeze
     }
   }
+  // The last one on this thread, which would otherwise only wait: one
+  // thread fewer to start and to wake inside the hold window.
+  action(*batch.back());
   for (auto& thread : threads) {
     thread.join();
   }
@@ -314,6 +322,11 @@ class Holder {
         begin_terminate("poll failed: " + errno_text(errno));
         continue;
       }
+      // Whatever woke the main thread, a FROZEN the freeze thread already
+      // sent comes first: PONG, THAW and the deadlines must see the hold frozen.
+      if (state_ == State::freezing && hold_->reply_claimed.load()) {
+        settle_frozen();
+      }
       if ((fds[1].revents & POLLIN) != 0) {
         on_signal();
       }
@@ -358,13 +371,41 @@ class Holder {
 
   Message with_results(Message message) const {
     if (hold_) {
-      for (const auto& slot : hold_->slots) {
-        message.rows.push_back(to_row(MountResult{reported_state(slot.state.load()),
-                                                  slot.request.mount_id,
-                                                  slot.error_number.load(), slot.request.path}));
-      }
+      add_results(*hold_, message);
     }
     return message;
+  }
+
+  static void add_results(const Hold& hold, Message& message) {
+    for (const auto& slot : hold.slots) {
+      message.rows.push_back(to_row(MountResult{reported_state(slot.state.load()),
+                                                slot.request.mount_id, slot.error_number.load(),
+                                                slot.request.path}));
+    }
+  }
+
+  // The freeze thread answered FROZEN itself (see on_freeze): from here the
+  // hold is frozen. The thread has only its done signal left to write, so
+  // the join is short; it must come before anything else is sent, so that
+  // FROZEN is on the socket ahead of whatever the main thread answers next.
+  void settle_frozen() {
+    if (operation_.joinable()) {
+      operation_.join();
+    }
+    state_ = State::frozen;
+    arm_timer(hold_deadline_ns_);
+  }
+
+  // Before the main thread ends a hold that is still freezing: true when it
+  // now owns the answer to FREEZE (the freeze thread will not send FROZEN),
+  // false when the freeze thread had already answered FROZEN, in which case
+  // the hold is settled as frozen and the caller takes the frozen path.
+  bool take_freeze_reply() {
+    if (!hold_->reply_claimed.exchange(true)) {
+      return true;
+    }
+    settle_frozen();
+    return false;
   }
 
   void send_event(const std::string& reason) {
@@ -377,6 +418,9 @@ class Holder {
       return;
     }
     terminating_ = true;
+    if (state_ == State::freezing) {
+      (void)take_freeze_reply();
+    }
     if (state_ == State::freezing) {
       release_now("the freeze holder is terminating: " + reason);
       send_event(hold_detail_);
@@ -461,12 +505,23 @@ class Holder {
     // a THAW keep being handled while FIFREEZE waits for writeback.
     operation_ = std::thread([this, hold] {
       freeze_all(*hold);
+      // FROZEN goes out from here, the moment the last filesystem froze:
+      // handing it to the main thread first would add a wake-up inside the
+      // hold window. The main thread learns of it through reply_claimed.
+      if (hold->error.empty() && !hold->reply_claimed.exchange(true)) {
+        Message frozen{"FROZEN", {}, {}};
+        add_results(*hold, frozen);
+        send(frozen);
+      }
       std::uint64_t one = 1;
       [[maybe_unused]] auto n = ::write(done_fd_, &one, sizeof one);
     });
   }
 
   void on_thaw() {
+    if (state_ == State::freezing) {
+      (void)take_freeze_reply();
+    }
     if (state_ == State::freezing) {
       release_now("a thaw was requested while freezing");
       send(with_results(Message{"FAILED", {freeze_error_}, {}}));
@@ -485,6 +540,12 @@ class Holder {
   }
 
   void on_deadline() {
+    if (state_ == State::freezing) {
+      (void)take_freeze_reply();
+      if (state_ == State::frozen) {
+        return;  // the freeze deadline fired after FROZEN was sent: the hold timer is armed now
+      }
+    }
     if (state_ == State::freezing) {
       const bool hold_over = hold_deadline_ns_ > 0 && monotonic_ns() >= hold_deadline_ns_;
       release_now(hold_over ? "the hold deadline passed while freezing"
@@ -512,6 +573,9 @@ class Holder {
     }
     if (state_ != State::freezing) {
       return;
+    }
+    if (!take_freeze_reply()) {
+      return;  // the freeze thread answered FROZEN; settled as frozen
     }
     freeze_error_ = hold_->error;
     if (!freeze_error_.empty()) {

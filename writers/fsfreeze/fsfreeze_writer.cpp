@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include "platform/linux/freeze_holder_client.hpp"
 #include "platform/linux/fsfreeze.hpp"
@@ -160,28 +161,27 @@ std::string errno_suffix(int error_number) {
   return std::string(" (") + (name != nullptr ? name : std::to_string(error_number)) + ")";
 }
 
-// While a hold is on, watches the freeze holder's connection. A holder
-// that dies (SIGKILL, the OOM killer) cannot thaw anything, and nothing
-// would until this writer's thaw at the end of the window; the watch thaws
-// from the record the moment the connection hangs up.
+// Watches the freeze holder's connection for as long as that holder
+// lives, and acts while a hold is armed. A holder that dies (SIGKILL, the
+// OOM killer) cannot thaw anything, and nothing would until this writer's
+// thaw at the end of the window; the watch thaws from the record the
+// moment the connection hangs up. It is started with the holder (outside
+// any hold window) and only armed and disarmed around a hold, so that a
+// freeze and a thaw neither start nor join a thread.
 class HolderWatch {
  public:
-  HolderWatch(int connection_fd, std::vector<fsfreeze::RecordedMount> mounts)
-      : wake_fd_(::eventfd(0, EFD_CLOEXEC)) {
-    thread_ = std::thread([this, connection_fd, mounts = std::move(mounts)] {
+  explicit HolderWatch(int connection_fd) : wake_fd_(::eventfd(0, EFD_CLOEXEC)) {
+    thread_ = std::thread([this, connection_fd] {
       std::array<pollfd, 2> fds{{{connection_fd, 0, 0}, {wake_fd_, POLLIN, 0}}};
       while (::poll(fds.data(), fds.size(), -1) < 0 && errno == EINTR) {
       }
       if ((fds[0].revents & (POLLHUP | POLLERR)) == 0) {
-        return;  // woken: the hold ends normally
+        return;  // woken: the holder is being retired or replaced
       }
-      auto outcome = fsfreeze::thaw_recorded(mounts);
+      // The connection stays hung up: nothing more to watch for.
       std::lock_guard lock(mutex_);
-      lost_ = "the freeze holder died while holding; thawed " +
-              std::to_string(outcome.thawed.size()) + " filesystem(s) from the record at once";
-      if (!outcome.failed.empty()) {
-        lost_ += " (could not thaw: " + join(outcome.failed) + ")";
-      }
+      gone_ = true;
+      thaw_if_armed();
     });
   }
   ~HolderWatch() {
@@ -193,16 +193,46 @@ class HolderWatch {
   HolderWatch(const HolderWatch&) = delete;
   HolderWatch& operator=(const HolderWatch&) = delete;
 
-  // What happened, once the holder died during the hold; "" otherwise.
-  [[nodiscard]] std::string lost() {
+  // From FROZEN on: the mounts to thaw if the holder dies. A holder that is
+  // already gone is acted on here and now.
+  void arm(std::vector<fsfreeze::RecordedMount> mounts) {
     std::lock_guard lock(mutex_);
-    return lost_;
+    mounts_ = std::move(mounts);
+    armed_ = true;
+    lost_.clear();
+    if (gone_) {
+      thaw_if_armed();
+    }
+  }
+
+  // The hold ends: what happened, once the holder died during it; "" otherwise.
+  [[nodiscard]] std::string disarm() {
+    std::lock_guard lock(mutex_);
+    armed_ = false;
+    mounts_.clear();
+    return std::exchange(lost_, {});
   }
 
  private:
+  void thaw_if_armed() {
+    if (!armed_) {
+      return;
+    }
+    armed_ = false;
+    auto outcome = fsfreeze::thaw_recorded(mounts_);
+    lost_ = "the freeze holder died while holding; thawed " +
+            std::to_string(outcome.thawed.size()) + " filesystem(s) from the record at once";
+    if (!outcome.failed.empty()) {
+      lost_ += " (could not thaw: " + join(outcome.failed) + ")";
+    }
+  }
+
   int wake_fd_;
   std::thread thread_;
   std::mutex mutex_;
+  bool gone_ = false;   // the connection hung up
+  bool armed_ = false;  // a hold is on: thaw mounts_ if the holder dies
+  std::vector<fsfreeze::RecordedMount> mounts_;
   std::string lost_;
 };
 
@@ -399,7 +429,7 @@ class FsfreezeWriter final : public Writer {
       }
     }
     last_frozen_ = frozen;
-    watch_ = std::make_unique<HolderWatch>(holder_->connection_fd(), recorded_);
+    watch_->arm(recorded_);
     log().info("fsfreeze writer '{}': froze {} filesystem(s) in {} ms: {}", spec_.name,
                frozen.size(),
                std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count(),
@@ -512,6 +542,7 @@ class FsfreezeWriter final : public Writer {
                "kernel; it thaws that filesystem when the call returns, the next session uses a "
                "new holder",
                spec_.name, holder_->pid());
+    watch_.reset();  // before the connection it polls is closed
     holder_->retire();
     retired_.push_back(std::move(holder_));
   }
@@ -519,8 +550,12 @@ class FsfreezeWriter final : public Writer {
   Status ensure_holder() {
     reap_retired_holders();
     if (holder_ && holder_->alive()) {
+      if (!watch_) {
+        watch_ = std::make_unique<HolderWatch>(holder_->connection_fd());
+      }
       return Status::ok();
     }
+    watch_.reset();  // before the connection it polls is closed
     if (holder_) {
       log().warn("fsfreeze writer '{}': {}; starting a new one", spec_.name,
                  holder_->exit_description());
@@ -531,6 +566,7 @@ class FsfreezeWriter final : public Writer {
     if (!holder_) {
       return Status::non_retryable(error);
     }
+    watch_ = std::make_unique<HolderWatch>(holder_->connection_fd());
     return Status::ok();
   }
 
@@ -586,8 +622,7 @@ class FsfreezeWriter final : public Writer {
   Status release(const PhaseContext& ctx, HoldReport& hold) {
     std::string holder_lost;
     if (watch_) {
-      holder_lost = watch_->lost();
-      watch_.reset();
+      holder_lost = watch_->disarm();
     }
     auto deadline = ctx.deadline;
     if (deadline == Clock::time_point{}) {
@@ -656,6 +691,7 @@ class FsfreezeWriter final : public Writer {
                         : "the freeze holder died while holding (" + why + ")";
       }
       if (holder_) {
+        watch_.reset();  // before the connection it polls is closed
         holder_->retire();
         retired_.push_back(std::move(holder_));
       }
@@ -687,7 +723,9 @@ class FsfreezeWriter final : public Writer {
   // removed once the retired holder has exited (reap_retired_holders()) or
   // replaced by the next freeze's record.
   void finish_release(bool keep_record = false) {
-    watch_.reset();
+    if (watch_) {
+      (void)watch_->disarm();
+    }
     frozen_ = false;
     recorded_.clear();
     record_kept_for_holder_ = keep_record && !retired_.empty() ? retired_.back()->pid() : 0;
@@ -724,7 +762,7 @@ class FsfreezeWriter final : public Writer {
   std::unique_ptr<HolderClient> holder_;
   std::vector<std::unique_ptr<HolderClient>> retired_;  // see retire_holder()
   pid_t record_kept_for_holder_ = 0;                     // see finish_release()
-  std::unique_ptr<HolderWatch> watch_;                   // while frozen
+  std::unique_ptr<HolderWatch> watch_;  // holder_'s; declared after it, so destroyed first
   // Test-only (QUIESCE_TEST_INVERT_FREEZE_ORDER=1 in the agent's
   // environment): freeze in the reverse of the safe order, lower
   // filesystems first, to force the deadlock the holder must survive.
