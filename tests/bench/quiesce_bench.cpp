@@ -487,6 +487,8 @@ struct FootprintRow {
   std::string who;
   std::vector<double> ready_ms;
   double rss_fresh_kib = 0;
+  double pss_fresh_kib = 0;   // shared library pages divided among their users
+  double anon_fresh_kib = 0;  // heap and stacks
   double rss_after_kib = 0;   // with the fsfreeze holder, after one freeze
   double idle_cpu_ms = 0;
   long idle_switches = 0;
@@ -707,12 +709,18 @@ int run_bench(const Options& options) {
     }
     if (agent) {
       std::this_thread::sleep_for(300ms);
-      agent_row.rss_fresh_kib = usage_of({agent->pid()}).rss_kib;
+      auto fresh = [](FootprintRow& row, pid_t pid) {
+        const auto usage = usage_of({pid});
+        row.rss_fresh_kib = usage.rss_kib;
+        row.pss_fresh_kib = usage.pss_kib;
+        row.anon_fresh_kib = usage.anon_kib;
+      };
+      fresh(agent_row, agent->pid());
       if (qga) {
-        qga_row.rss_fresh_kib = usage_of({qga->pid()}).rss_kib;
+        fresh(qga_row, qga->pid());
       }
       if (baseline) {
-        baseline_row.rss_fresh_kib = usage_of({baseline->pid()}).rss_kib;
+        fresh(baseline_row, baseline->pid());
       }
       loops.clean(n);
       // qemu-ga has no helper to start, and a thaw outside its jail would
@@ -842,23 +850,25 @@ int run_bench(const Options& options) {
   std::cout << "\nFootprint\n\n";
   rows.clear();
   std::ofstream footprint_csv(options.out_dir / "footprint.csv");
-  footprint_csv << "process,ready_median_ms,ready_p90_ms,rss_fresh_kib,rss_after_freeze_kib,"
-                   "idle_cpu_ms,idle_context_switches,idle_seconds\n";
+  footprint_csv << "process,ready_median_ms,ready_p90_ms,rss_fresh_kib,pss_fresh_kib,anon_fresh_kib,"
+                   "rss_after_freeze_kib,idle_cpu_ms,idle_context_switches,idle_seconds\n";
   for (const auto& row : footprint) {
     auto ready = summarise(row.ready_ms);
     std::ostringstream rss_fresh;
     std::ostringstream rss_after;
     std::ostringstream cpu;
-    rss_fresh << std::fixed << std::setprecision(1) << row.rss_fresh_kib / 1024 << " MiB";
+    rss_fresh << std::fixed << std::setprecision(1) << row.rss_fresh_kib / 1024 << " MiB ("
+              << row.pss_fresh_kib / 1024 << " / " << row.anon_fresh_kib / 1024 << ")";
     rss_after << std::fixed << std::setprecision(1) << row.rss_after_kib / 1024 << " MiB";
     cpu << std::fixed << std::setprecision(0) << row.idle_cpu_ms << " ms";
     rows.push_back({row.who, cell(ready), rss_fresh.str(), rss_after.str(), cpu.str(),
                      std::to_string(row.idle_switches)});
     footprint_csv << row.who << "," << ready.median << "," << ready.p90 << ","
-                  << row.rss_fresh_kib << "," << row.rss_after_kib << "," << row.idle_cpu_ms
+                  << row.rss_fresh_kib << "," << row.pss_fresh_kib << "," << row.anon_fresh_kib << ","
+                  << row.rss_after_kib << "," << row.idle_cpu_ms
                   << "," << row.idle_switches << "," << options.idle_seconds << "\n";
   }
-  print_table({"process", "start-to-ready ms", "RSS fresh", "RSS after a freeze (+holder)",
+  print_table({"process", "start-to-ready ms", "RSS fresh (PSS / anon)", "RSS after a freeze (+holder)",
                "CPU over idle", "wakeups over idle (ctx switches)"},
               rows);
 
