@@ -38,6 +38,10 @@ struct Options {
   int startup_rounds = 5;
   int idle_seconds = 10;
   int dirty_kib = 1024;
+  // A pause before each contender's turn, so that its freeze does not
+  // follow the previous contender's thaw of the same filesystems within a
+  // few ms: the kernel's freeze then skips its RCU grace periods (below).
+  int settle_ms = 0;
   std::vector<int> counts{1, 4, 16};
   std::vector<int> writer_counts{1, 8, 32};
   fs::path out_dir = "bench-out";
@@ -62,7 +66,7 @@ void usage() {
   std::cerr << "usage: quiesce_bench [--rounds N] [--scaling-rounds N] [--startup-rounds N]\n"
                "                     [--idle-seconds S] [--dirty-kib K] [--counts 1,4,16]\n"
                "                     [--writers 1,8,32] [--out DIR] [--bin DIR] [--qga PATH]\n"
-               "                     [--no-qga] [--baseline-bin DIR]\n"
+               "                     [--no-qga] [--baseline-bin DIR] [--settle-ms MS]\n"
                "       quiesce_bench layouts [--sessions N] [--hang-timeout S] [--only a,b]\n"
                "                     [--out DIR] [--bin DIR] [--qga PATH] [--no-qga]\n"
                "       quiesce_bench databases [--rounds N] [--pgbench-clients N] [--out DIR]\n"
@@ -72,7 +76,10 @@ void usage() {
                "DIR/layouts.csv: sessions on stacked storage (loop on loop, dm, btrfs,\n"
                "overlay...) through Quiesce and qemu-ga, hung / left frozen / hold ms.\n"
                "--baseline-bin DIR: another build's quiesce-agent and holder, run as one\n"
-               "more contender in the same rounds (before/after from one run).\n";
+               "more contender in the same rounds (before/after from one run).\n"
+               "--settle-ms MS: pause before each contender's turn, so every freeze takes\n"
+               "the kernel's cold path (no thaw of the same filesystem just before), as a\n"
+               "backup minutes after the last one does.\n";
 }
 
 std::vector<int> parse_list(const std::string& text) {
@@ -114,6 +121,8 @@ Options parse_options(int argc, char** argv) {
       options.startup_rounds = std::stoi(value());
     } else if (flag == "--idle-seconds") {
       options.idle_seconds = std::stoi(value());
+    } else if (flag == "--settle-ms") {
+      options.settle_ms = std::stoi(value());
     } else if (flag == "--dirty-kib") {
       options.dirty_kib = std::stoi(value());
     } else if (flag == "--counts") {
@@ -608,6 +617,17 @@ int run_bench(const Options& options) {
       for (const std::string data : {"clean", "dirty"}) {
         for (int n : options.counts) {
           for (const auto& contender : rotated(contenders, round)) {
+            // FIFREEZE takes sb_writers' per-CPU rw-semaphores for write,
+            // each waiting for an RCU grace period unless the same
+            // filesystem was thawed within about one grace period: measured
+            // at load 5, 0.3-5 ms right after a thaw, ~30 ms 10 ms or more
+            // after. Without a pause a contender's freeze follows the
+            // previous contender's thaw; one with more work before its
+            // FIFREEZE (Quiesce's create and prepare) pays the cold path
+            // more often than the raw loops and qemu-ga do.
+            if (options.settle_ms > 0) {
+              std::this_thread::sleep_for(std::chrono::milliseconds(options.settle_ms));
+            }
             if (data == "dirty") {
               loops.dirty(n, options.dirty_kib);
             } else {
