@@ -69,7 +69,10 @@ std::string normalise_mount_path(const std::string& path) {
   return normal;
 }
 
-FsfreezeOptions parse_options(const nlohmann::json& json, const platform::MountTable& table) {
+// `checked`: the selection made to check the options, for the writer's
+// first identify to reuse.
+FsfreezeOptions parse_options(const nlohmann::json& json, const platform::MountTable& table,
+                              fsfreeze::Selection& checked) {
   FsfreezeOptions options;
   JsonFields fields(json, "options");
   const bool has_mounts = fields.has("mounts");
@@ -124,6 +127,7 @@ FsfreezeOptions parse_options(const nlohmann::json& json, const platform::MountT
     const auto& [index, message] = selection.errors.front();
     throw FieldError(fields.path_of("mounts") + "[" + std::to_string(index) + "]", message);
   }
+  checked = std::move(selection);
   return options;
 }
 
@@ -238,11 +242,17 @@ class HolderWatch {
 
 class FsfreezeWriter final : public Writer {
  public:
-  FsfreezeWriter(WriterSpec spec, FsfreezeOptions options, WriterEnvironment env)
+  // `checked` and `checked_watch`: the selection the factory made to check
+  // the options, and a watch on the mount table started before it read it.
+  FsfreezeWriter(WriterSpec spec, FsfreezeOptions options, WriterEnvironment env,
+                 fsfreeze::Selection checked,
+                 std::unique_ptr<platform::MountTableWatch> checked_watch)
       : spec_(std::move(spec)),
         options_(std::move(options)),
         env_(std::move(env)),
-        record_path_(fsfreeze::record_path(env_.run_dir, spec_.name)) {
+        record_path_(fsfreeze::record_path(env_.run_dir, spec_.name)),
+        checked_(std::move(checked)),
+        checked_watch_(std::move(checked_watch)) {
     if (::access(options_.holder_path.c_str(), X_OK) != 0) {
       log().warn("fsfreeze writer '{}': freeze holder {} not found; freezing will fail",
                  spec_.name, options_.holder_path);
@@ -270,8 +280,19 @@ class FsfreezeWriter final : public Writer {
 
   Status identify(const PhaseContext& ctx, Identity& out) override {
     fsfreeze::Selection selection;
-    if (auto status = select(selection, ctx.mountpoints); !status.is_ok()) {
-      return status;
+    // The agent's first identify comes a few ms after the factory selected
+    // the same filesystems to check the options: that selection is reused
+    // when the mount table has not changed since (one poll(2)), which takes
+    // a walk of mountinfo and /sys (~1 ms) out of the agent's start.
+    const bool reuse_checked = checked_watch_ && !ctx.mountpoints && !checked_watch_->changed();
+    if (reuse_checked) {
+      selection = std::move(checked_);
+    }
+    checked_watch_.reset();  // once only: later identifies read the table
+    if (!reuse_checked) {
+      if (auto status = select(selection, ctx.mountpoints); !status.is_ok()) {
+        return status;
+      }
     }
     for (const auto& filesystem : selection.filesystems) {
       out.components.push_back({{"kind", "filesystem"},
@@ -759,6 +780,9 @@ class FsfreezeWriter final : public Writer {
   };
   std::optional<PreparedSelection> prepared_;
   platform::MountTableWatch prepared_watch_;
+  // The factory's selection, for the first identify (see identify()).
+  fsfreeze::Selection checked_;
+  std::unique_ptr<platform::MountTableWatch> checked_watch_;
   std::unique_ptr<HolderClient> holder_;
   std::vector<std::unique_ptr<HolderClient>> retired_;  // see retire_holder()
   pid_t record_kept_for_holder_ = 0;                     // see finish_release()
@@ -783,12 +807,18 @@ void register_fsfreeze_writer(WriterRegistry& registry) {
                      "agent dies",
       .create = [](const WriterSpec& spec,
                    const WriterEnvironment& env) -> std::unique_ptr<Writer> {
+        // Watching from before the table is read: a mount or unmount after
+        // this point makes the first identify select again.
+        auto watch = std::make_unique<platform::MountTableWatch>();
+        watch->start();
         auto table = platform::read_mountinfo();
         if (!table.table) {
           throw FieldError("options", table.error);
         }
-        return std::make_unique<FsfreezeWriter>(spec, parse_options(spec.options, *table.table),
-                                                env);
+        fsfreeze::Selection checked;
+        auto options = parse_options(spec.options, *table.table, checked);
+        return std::make_unique<FsfreezeWriter>(spec, std::move(options), env, std::move(checked),
+                                                std::move(watch));
       },
   });
 }
