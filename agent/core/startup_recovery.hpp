@@ -13,11 +13,12 @@
 #include <string>
 
 #include <spdlog/logger.h>
-#include <spdlog/sinks/ringbuffer_sink.h>
 
 #include "platform/linux/lingering_output.hpp"
 
 namespace quiesce::agent {
+
+class RecoveryLogMemory;  // what recovery logged, until the agent's log is open
 
 class StartupRecovery {
  public:
@@ -30,7 +31,7 @@ class StartupRecovery {
   void replay_to(spdlog::logger& logger) const;
 
  private:
-  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> memory_;
+  std::shared_ptr<RecoveryLogMemory> memory_;
   std::shared_ptr<spdlog::logger> logger_;
   // Reads the pipes of hook helpers a dead instance left running, for as
   // long as this object lives (the agent's): what they write after the

@@ -455,6 +455,14 @@ ProcessUsage usage_of(const std::vector<pid_t>& pids) {
         usage.rss_kib += std::stod(line.substr(6));
       }
     }
+    std::ifstream rollup(base + "/smaps_rollup");
+    while (std::getline(rollup, line)) {
+      if (line.starts_with("Pss:")) {
+        usage.pss_kib += std::stod(line.substr(4));
+      } else if (line.starts_with("Anonymous:")) {
+        usage.anon_kib += std::stod(line.substr(10));
+      }
+    }
     std::ifstream stat(base + "/stat");
     std::string text((std::istreambuf_iterator<char>(stat)), {});
     auto close_paren = text.rfind(')');

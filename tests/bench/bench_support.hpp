@@ -121,6 +121,8 @@ class QgaClient {
 
 struct ProcessUsage {
   double rss_kib = 0;       // the process and its children listed in `pids`
+  double pss_kib = 0;       // the same, shared pages divided among their users (smaps_rollup)
+  double anon_kib = 0;      // the same, anonymous memory only (heap, stacks)
   double cpu_ms = 0;        // utime + stime
   long context_switches = 0;  // every thread, voluntary + involuntary: wakeups
 };

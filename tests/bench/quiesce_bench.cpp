@@ -38,6 +38,10 @@ struct Options {
   int startup_rounds = 5;
   int idle_seconds = 10;
   int dirty_kib = 1024;
+  // A pause before each contender's turn, so that its freeze does not
+  // follow the previous contender's thaw of the same filesystems within a
+  // few ms: the kernel's freeze then skips its RCU grace periods (below).
+  int settle_ms = 0;
   std::vector<int> counts{1, 4, 16};
   std::vector<int> writer_counts{1, 8, 32};
   fs::path out_dir = "bench-out";
@@ -62,7 +66,7 @@ void usage() {
   std::cerr << "usage: quiesce_bench [--rounds N] [--scaling-rounds N] [--startup-rounds N]\n"
                "                     [--idle-seconds S] [--dirty-kib K] [--counts 1,4,16]\n"
                "                     [--writers 1,8,32] [--out DIR] [--bin DIR] [--qga PATH]\n"
-               "                     [--no-qga]\n"
+               "                     [--no-qga] [--baseline-bin DIR] [--settle-ms MS]\n"
                "       quiesce_bench layouts [--sessions N] [--hang-timeout S] [--only a,b]\n"
                "                     [--out DIR] [--bin DIR] [--qga PATH] [--no-qga]\n"
                "       quiesce_bench databases [--rounds N] [--pgbench-clients N] [--out DIR]\n"
@@ -70,7 +74,12 @@ void usage() {
                "Run as root. Writes DIR/summary.csv, DIR/samples.csv, DIR/footprint.csv,\n"
                "DIR/bench-hold.png (gnuplot) and prints the tables; `layouts` writes\n"
                "DIR/layouts.csv: sessions on stacked storage (loop on loop, dm, btrfs,\n"
-               "overlay...) through Quiesce and qemu-ga, hung / left frozen / hold ms.\n";
+               "overlay...) through Quiesce and qemu-ga, hung / left frozen / hold ms.\n"
+               "--baseline-bin DIR: another build's quiesce-agent and holder, run as one\n"
+               "more contender in the same rounds (before/after from one run).\n"
+               "--settle-ms MS: pause before each contender's turn, so every freeze takes\n"
+               "the kernel's cold path (no thaw of the same filesystem just before), as a\n"
+               "backup minutes after the last one does.\n";
 }
 
 std::vector<int> parse_list(const std::string& text) {
@@ -112,6 +121,8 @@ Options parse_options(int argc, char** argv) {
       options.startup_rounds = std::stoi(value());
     } else if (flag == "--idle-seconds") {
       options.idle_seconds = std::stoi(value());
+    } else if (flag == "--settle-ms") {
+      options.settle_ms = std::stoi(value());
     } else if (flag == "--dirty-kib") {
       options.dirty_kib = std::stoi(value());
     } else if (flag == "--counts") {
@@ -485,6 +496,8 @@ struct FootprintRow {
   std::string who;
   std::vector<double> ready_ms;
   double rss_fresh_kib = 0;
+  double pss_fresh_kib = 0;   // shared library pages divided among their users
+  double anon_fresh_kib = 0;  // heap and stacks
   double rss_after_kib = 0;   // with the fsfreeze holder, after one freeze
   double idle_cpu_ms = 0;
   long idle_switches = 0;
@@ -562,11 +575,18 @@ int run_bench(const Options& options) {
   std::vector<FootprintRow> footprint;
   {
     std::map<int, std::unique_ptr<Agent>> agents;
+    std::map<int, std::unique_ptr<Agent>> baselines;  // --baseline-bin: the "before" build
     std::map<int, std::unique_ptr<RawFreezer>> raw;
     for (int n : options.counts) {
       agents[n] = std::make_unique<Agent>(options.bin_dir, run_fs / ("agent-" + std::to_string(n)),
                                           dir / ("state-" + std::to_string(n)),
                                           nlohmann::json::array({fsfreeze_writer(loops.mounts(n))}));
+      if (!options.baseline_bin.empty()) {
+        baselines[n] = std::make_unique<Agent>(
+            options.baseline_bin, run_fs / ("baseline-" + std::to_string(n)),
+            dir / ("state-baseline-" + std::to_string(n)),
+            nlohmann::json::array({fsfreeze_writer(loops.mounts(n))}));
+      }
       raw[n] = std::make_unique<RawFreezer>(loops.mounts(n));
     }
     std::unique_ptr<Qga> qga;
@@ -578,6 +598,9 @@ int run_bench(const Options& options) {
     // Warm-up: starts the freeze holders and faults everything in.
     for (int n : options.counts) {
       (void)agents[n]->round();
+      if (!baselines.empty()) {
+        (void)baselines[n]->round();
+      }
     }
 
     std::cout << "== hold window: " << options.rounds << " rounds, clean and with "
@@ -587,10 +610,24 @@ int run_bench(const Options& options) {
     if (!qga) {
       contenders.pop_back();
     }
+    if (!baselines.empty()) {
+      contenders.push_back("baseline");
+    }
     for (int round = 0; round < options.rounds && !interrupted(); ++round) {
       for (const std::string data : {"clean", "dirty"}) {
         for (int n : options.counts) {
           for (const auto& contender : rotated(contenders, round)) {
+            // FIFREEZE takes sb_writers' per-CPU rw-semaphores for write,
+            // each waiting for an RCU grace period unless the same
+            // filesystem was thawed within about one grace period: measured
+            // at load 5, 0.3-5 ms right after a thaw, ~30 ms 10 ms or more
+            // after. Without a pause a contender's freeze follows the
+            // previous contender's thaw; one with more work before its
+            // FIFREEZE (Quiesce's create and prepare) pays the cold path
+            // more often than the raw loops and qemu-ga do.
+            if (options.settle_ms > 0) {
+              std::this_thread::sleep_for(std::chrono::milliseconds(options.settle_ms));
+            }
             if (data == "dirty") {
               loops.dirty(n, options.dirty_kib);
             } else {
@@ -606,6 +643,11 @@ int run_bench(const Options& options) {
               results.add(key("quiesce_host"), r.hold_host_ms);
               results.add(key("quiesce_agent"), r.hold_agent_ms);
               results.add(key("quiesce_round_trip"), r.round_trip_ms);
+            } else if (contender == "baseline") {
+              auto r = baselines[n]->round();
+              results.add(key("baseline_host"), r.hold_host_ms);
+              results.add(key("baseline_agent"), r.hold_agent_ms);
+              results.add(key("baseline_round_trip"), r.round_trip_ms);
             } else {
               results.add(key("qemu_ga"), qga->round(loops.mounts(n)));
             }
@@ -647,10 +689,13 @@ int run_bench(const Options& options) {
               << std::flush;
     FootprintRow agent_row{"quiesce-agent", {}, 0, 0, 0, 0};
     FootprintRow qga_row{"qemu-ga", {}, 0, 0, 0, 0};
+    FootprintRow baseline_row{"quiesce-agent before", {}, 0, 0, 0, 0};
     std::unique_ptr<Agent> agent;
+    std::unique_ptr<Agent> baseline;
     std::unique_ptr<Qga> qga;
     for (int round = 0; round < options.startup_rounds && !interrupted(); ++round) {
       agent.reset();
+      baseline.reset();
       qga.reset();
       // Alternate who starts first.
       auto start_agent = [&] {
@@ -664,24 +709,51 @@ int run_bench(const Options& options) {
           qga_row.ready_ms.push_back(qga->ready_ms());
         }
       };
+      auto start_baseline = [&] {
+        if (!options.baseline_bin.empty()) {
+          baseline = std::make_unique<Agent>(
+              options.baseline_bin, run_fs / "footprint-baseline", dir / "state-footprint-baseline",
+              nlohmann::json::array({fsfreeze_writer(loops.mounts(n))}));
+          baseline_row.ready_ms.push_back(baseline->ready_ms());
+        }
+      };
       if (round % 2 == 0) {
         start_agent();
         start_qga();
+        start_baseline();
       } else {
+        start_baseline();
         start_qga();
         start_agent();
       }
     }
     if (agent) {
       std::this_thread::sleep_for(300ms);
-      agent_row.rss_fresh_kib = usage_of({agent->pid()}).rss_kib;
+      auto fresh = [](FootprintRow& row, pid_t pid) {
+        const auto usage = usage_of({pid});
+        row.rss_fresh_kib = usage.rss_kib;
+        row.pss_fresh_kib = usage.pss_kib;
+        row.anon_fresh_kib = usage.anon_kib;
+      };
+      fresh(agent_row, agent->pid());
       if (qga) {
-        qga_row.rss_fresh_kib = usage_of({qga->pid()}).rss_kib;
+        fresh(qga_row, qga->pid());
+      }
+      if (baseline) {
+        fresh(baseline_row, baseline->pid());
       }
       loops.clean(n);
       // qemu-ga has no helper to start, and a thaw outside its jail would
       // thaw every frozen filesystem on the machine: it is measured as started.
       (void)agent->round();
+      if (baseline) {
+        loops.clean(n);
+        (void)baseline->round();
+        std::this_thread::sleep_for(300ms);
+        auto pids = children_of(baseline->pid());
+        pids.insert(pids.begin(), baseline->pid());
+        baseline_row.rss_after_kib = usage_of(pids).rss_kib;
+      }
       std::this_thread::sleep_for(500ms);
       auto agent_pids = [&] {
         auto pids = children_of(agent->pid());
@@ -703,6 +775,9 @@ int run_bench(const Options& options) {
     footprint.push_back(agent_row);
     if (options.with_qga) {
       footprint.push_back(qga_row);
+    }
+    if (!options.baseline_bin.empty()) {
+      footprint.push_back(baseline_row);  // after qemu-ga's: the targets read rows 0 and 1
     }
   }
 
@@ -756,6 +831,25 @@ int run_bench(const Options& options) {
   print_table({"fs", "data", "raw seq", "raw par (floor)", "qemu-ga", "Quiesce hold (host)",
                "Quiesce hold_ms (agent)", "Quiesce round trip", "Q/par", "Q/seq", "Q/qemu-ga"},
               rows);
+  if (!options.baseline_bin.empty()) {
+    std::cout << "\nBefore (--baseline-bin " << options.baseline_bin.string()
+              << ") and after (this build), same rounds, ms, median / p90\n\n";
+    rows.clear();
+    for (const std::string data : {"clean", "dirty"}) {
+      for (int n : options.counts) {
+        auto get = [&](const std::string& name) { return results.summary({"hold", n, data, name}); };
+        auto before = get("baseline_host");
+        auto after = get("quiesce_host");
+        rows.push_back({std::to_string(n), data, cell(before), cell(after),
+                        ratio(after.median, before.median), cell(get("baseline_agent")),
+                        cell(get("quiesce_agent")), cell(get("baseline_round_trip")),
+                        cell(get("quiesce_round_trip"))});
+      }
+    }
+    print_table({"fs", "data", "hold before", "hold after", "after/before", "hold_ms before",
+                 "hold_ms after", "round trip before", "round trip after"},
+                rows);
+  }
 
   std::cout << "\nScaling: delay writers (10 ms freeze each, one level) + fsfreeze, hold ms, "
                "median / p90\n\n";
@@ -776,23 +870,25 @@ int run_bench(const Options& options) {
   std::cout << "\nFootprint\n\n";
   rows.clear();
   std::ofstream footprint_csv(options.out_dir / "footprint.csv");
-  footprint_csv << "process,ready_median_ms,ready_p90_ms,rss_fresh_kib,rss_after_freeze_kib,"
-                   "idle_cpu_ms,idle_context_switches,idle_seconds\n";
+  footprint_csv << "process,ready_median_ms,ready_p90_ms,rss_fresh_kib,pss_fresh_kib,anon_fresh_kib,"
+                   "rss_after_freeze_kib,idle_cpu_ms,idle_context_switches,idle_seconds\n";
   for (const auto& row : footprint) {
     auto ready = summarise(row.ready_ms);
     std::ostringstream rss_fresh;
     std::ostringstream rss_after;
     std::ostringstream cpu;
-    rss_fresh << std::fixed << std::setprecision(1) << row.rss_fresh_kib / 1024 << " MiB";
+    rss_fresh << std::fixed << std::setprecision(1) << row.rss_fresh_kib / 1024 << " MiB ("
+              << row.pss_fresh_kib / 1024 << " / " << row.anon_fresh_kib / 1024 << ")";
     rss_after << std::fixed << std::setprecision(1) << row.rss_after_kib / 1024 << " MiB";
     cpu << std::fixed << std::setprecision(0) << row.idle_cpu_ms << " ms";
     rows.push_back({row.who, cell(ready), rss_fresh.str(), rss_after.str(), cpu.str(),
                      std::to_string(row.idle_switches)});
     footprint_csv << row.who << "," << ready.median << "," << ready.p90 << ","
-                  << row.rss_fresh_kib << "," << row.rss_after_kib << "," << row.idle_cpu_ms
+                  << row.rss_fresh_kib << "," << row.pss_fresh_kib << "," << row.anon_fresh_kib << ","
+                  << row.rss_after_kib << "," << row.idle_cpu_ms
                   << "," << row.idle_switches << "," << options.idle_seconds << "\n";
   }
-  print_table({"process", "start-to-ready ms", "RSS fresh", "RSS after a freeze (+holder)",
+  print_table({"process", "start-to-ready ms", "RSS fresh (PSS / anon)", "RSS after a freeze (+holder)",
                "CPU over idle", "wakeups over idle (ctx switches)"},
               rows);
 
@@ -821,7 +917,7 @@ int run_bench(const Options& options) {
   hold_target(1, "clean", "raw_seq", 1.5, 1.0);
   hold_target(4, "clean", "raw_par", 1.5, 1.0);
   hold_target(16, "dirty", "raw_par", 1.5, 0.1);
-  if (footprint.size() == 2 && footprint[1].rss_fresh_kib > 0) {
+  if (footprint.size() >= 2 && footprint[1].who == "qemu-ga" && footprint[1].rss_fresh_kib > 0) {
     const auto& agent_row = footprint[0];
     const auto& qga_row = footprint[1];
     rows.push_back({"idle RSS, agent fresh <= qemu-ga's",

@@ -162,6 +162,39 @@ TEST_CASE("fsfreeze: a mount made between prepare and freeze makes freeze select
   CHECK(probe.finished_within(5s));
 }
 
+TEST_CASE("fsfreeze: a mount made between the writer's creation and its first identify is seen") {
+  // The first identify reuses the selection the factory made to check the
+  // options only while the mount table is unchanged. Here another
+  // filesystem is bound over the listed mount point after the writer was
+  // created: identify must describe what is mounted there now.
+  quiesce::test::TempDir dir("fsfreeze-root");
+  LoopFs selected(dir.path(), "selected", "ext4");
+  LoopFs other(dir.path(), "other", "ext4");
+  {
+    // Unchanged table: the factory's selection, the listed filesystem.
+    WriterUnderTest under(dir.path() / "run", {{"mounts", {selected.mount_point()}}});
+    quiesce::Identity identity;
+    REQUIRE(under.writer->identify(context(), identity).is_ok());
+    REQUIRE(identity.components.size() == 1);
+    CHECK(identity.components[0]["source"] == selected.device());
+  }
+  WriterUnderTest under(dir.path() / "run", {{"mounts", {selected.mount_point()}}});
+  struct BindMount {
+    std::string path;
+    ~BindMount() {
+      if (!path.empty()) {
+        quiesce::test::unmount(path);
+      }
+    }
+  } bind;
+  quiesce::test::must_run({"mount", "--bind", other.mount_point(), selected.mount_point()});
+  bind.path = selected.mount_point();
+  quiesce::Identity identity;
+  REQUIRE(under.writer->identify(context(), identity).is_ok());
+  REQUIRE(identity.components.size() == 1);
+  CHECK(identity.components[0]["source"] == other.device());
+}
+
 TEST_CASE("fsfreeze: SIGKILL of the agent thaws everything within a second") {
   quiesce::test::TempDir dir("fsfreeze-root");
   LoopFs ext4(dir.path(), "ext4", "ext4");

@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include "platform/linux/freeze_holder_client.hpp"
 #include "platform/linux/fsfreeze.hpp"
@@ -68,7 +69,10 @@ std::string normalise_mount_path(const std::string& path) {
   return normal;
 }
 
-FsfreezeOptions parse_options(const nlohmann::json& json, const platform::MountTable& table) {
+// `checked`: the selection made to check the options, for the writer's
+// first identify to reuse.
+FsfreezeOptions parse_options(const nlohmann::json& json, const platform::MountTable& table,
+                              fsfreeze::Selection& checked) {
   FsfreezeOptions options;
   JsonFields fields(json, "options");
   const bool has_mounts = fields.has("mounts");
@@ -123,6 +127,7 @@ FsfreezeOptions parse_options(const nlohmann::json& json, const platform::MountT
     const auto& [index, message] = selection.errors.front();
     throw FieldError(fields.path_of("mounts") + "[" + std::to_string(index) + "]", message);
   }
+  checked = std::move(selection);
   return options;
 }
 
@@ -160,28 +165,27 @@ std::string errno_suffix(int error_number) {
   return std::string(" (") + (name != nullptr ? name : std::to_string(error_number)) + ")";
 }
 
-// While a hold is on, watches the freeze holder's connection. A holder
-// that dies (SIGKILL, the OOM killer) cannot thaw anything, and nothing
-// would until this writer's thaw at the end of the window; the watch thaws
-// from the record the moment the connection hangs up.
+// Watches the freeze holder's connection for as long as that holder
+// lives, and acts while a hold is armed. A holder that dies (SIGKILL, the
+// OOM killer) cannot thaw anything, and nothing would until this writer's
+// thaw at the end of the window; the watch thaws from the record the
+// moment the connection hangs up. It is started with the holder (outside
+// any hold window) and only armed and disarmed around a hold, so that a
+// freeze and a thaw neither start nor join a thread.
 class HolderWatch {
  public:
-  HolderWatch(int connection_fd, std::vector<fsfreeze::RecordedMount> mounts)
-      : wake_fd_(::eventfd(0, EFD_CLOEXEC)) {
-    thread_ = std::thread([this, connection_fd, mounts = std::move(mounts)] {
+  explicit HolderWatch(int connection_fd) : wake_fd_(::eventfd(0, EFD_CLOEXEC)) {
+    thread_ = std::thread([this, connection_fd] {
       std::array<pollfd, 2> fds{{{connection_fd, 0, 0}, {wake_fd_, POLLIN, 0}}};
       while (::poll(fds.data(), fds.size(), -1) < 0 && errno == EINTR) {
       }
       if ((fds[0].revents & (POLLHUP | POLLERR)) == 0) {
-        return;  // woken: the hold ends normally
+        return;  // woken: the holder is being retired or replaced
       }
-      auto outcome = fsfreeze::thaw_recorded(mounts);
+      // The connection stays hung up: nothing more to watch for.
       std::lock_guard lock(mutex_);
-      lost_ = "the freeze holder died while holding; thawed " +
-              std::to_string(outcome.thawed.size()) + " filesystem(s) from the record at once";
-      if (!outcome.failed.empty()) {
-        lost_ += " (could not thaw: " + join(outcome.failed) + ")";
-      }
+      gone_ = true;
+      thaw_if_armed();
     });
   }
   ~HolderWatch() {
@@ -193,26 +197,62 @@ class HolderWatch {
   HolderWatch(const HolderWatch&) = delete;
   HolderWatch& operator=(const HolderWatch&) = delete;
 
-  // What happened, once the holder died during the hold; "" otherwise.
-  [[nodiscard]] std::string lost() {
+  // From FROZEN on: the mounts to thaw if the holder dies. A holder that is
+  // already gone is acted on here and now.
+  void arm(std::vector<fsfreeze::RecordedMount> mounts) {
     std::lock_guard lock(mutex_);
-    return lost_;
+    mounts_ = std::move(mounts);
+    armed_ = true;
+    lost_.clear();
+    if (gone_) {
+      thaw_if_armed();
+    }
+  }
+
+  // The hold ends: what happened, once the holder died during it; "" otherwise.
+  [[nodiscard]] std::string disarm() {
+    std::lock_guard lock(mutex_);
+    armed_ = false;
+    mounts_.clear();
+    return std::exchange(lost_, {});
   }
 
  private:
+  void thaw_if_armed() {
+    if (!armed_) {
+      return;
+    }
+    armed_ = false;
+    auto outcome = fsfreeze::thaw_recorded(mounts_);
+    lost_ = "the freeze holder died while holding; thawed " +
+            std::to_string(outcome.thawed.size()) + " filesystem(s) from the record at once";
+    if (!outcome.failed.empty()) {
+      lost_ += " (could not thaw: " + join(outcome.failed) + ")";
+    }
+  }
+
   int wake_fd_;
   std::thread thread_;
   std::mutex mutex_;
+  bool gone_ = false;   // the connection hung up
+  bool armed_ = false;  // a hold is on: thaw mounts_ if the holder dies
+  std::vector<fsfreeze::RecordedMount> mounts_;
   std::string lost_;
 };
 
 class FsfreezeWriter final : public Writer {
  public:
-  FsfreezeWriter(WriterSpec spec, FsfreezeOptions options, WriterEnvironment env)
+  // `checked` and `checked_watch`: the selection the factory made to check
+  // the options, and a watch on the mount table started before it read it.
+  FsfreezeWriter(WriterSpec spec, FsfreezeOptions options, WriterEnvironment env,
+                 fsfreeze::Selection checked,
+                 std::unique_ptr<platform::MountTableWatch> checked_watch)
       : spec_(std::move(spec)),
         options_(std::move(options)),
         env_(std::move(env)),
-        record_path_(fsfreeze::record_path(env_.run_dir, spec_.name)) {
+        record_path_(fsfreeze::record_path(env_.run_dir, spec_.name)),
+        checked_(std::move(checked)),
+        checked_watch_(std::move(checked_watch)) {
     if (::access(options_.holder_path.c_str(), X_OK) != 0) {
       log().warn("fsfreeze writer '{}': freeze holder {} not found; freezing will fail",
                  spec_.name, options_.holder_path);
@@ -240,8 +280,19 @@ class FsfreezeWriter final : public Writer {
 
   Status identify(const PhaseContext& ctx, Identity& out) override {
     fsfreeze::Selection selection;
-    if (auto status = select(selection, ctx.mountpoints); !status.is_ok()) {
-      return status;
+    // The agent's first identify comes a few ms after the factory selected
+    // the same filesystems to check the options: that selection is reused
+    // when the mount table has not changed since (one poll(2)), which takes
+    // a walk of mountinfo and /sys (~1 ms) out of the agent's start.
+    const bool reuse_checked = checked_watch_ && !ctx.mountpoints && !checked_watch_->changed();
+    if (reuse_checked) {
+      selection = std::move(checked_);
+    }
+    checked_watch_.reset();  // once only: later identifies read the table
+    if (!reuse_checked) {
+      if (auto status = select(selection, ctx.mountpoints); !status.is_ok()) {
+        return status;
+      }
     }
     for (const auto& filesystem : selection.filesystems) {
       out.components.push_back({{"kind", "filesystem"},
@@ -399,7 +450,7 @@ class FsfreezeWriter final : public Writer {
       }
     }
     last_frozen_ = frozen;
-    watch_ = std::make_unique<HolderWatch>(holder_->connection_fd(), recorded_);
+    watch_->arm(recorded_);
     log().info("fsfreeze writer '{}': froze {} filesystem(s) in {} ms: {}", spec_.name,
                frozen.size(),
                std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count(),
@@ -512,6 +563,7 @@ class FsfreezeWriter final : public Writer {
                "kernel; it thaws that filesystem when the call returns, the next session uses a "
                "new holder",
                spec_.name, holder_->pid());
+    watch_.reset();  // before the connection it polls is closed
     holder_->retire();
     retired_.push_back(std::move(holder_));
   }
@@ -519,8 +571,12 @@ class FsfreezeWriter final : public Writer {
   Status ensure_holder() {
     reap_retired_holders();
     if (holder_ && holder_->alive()) {
+      if (!watch_) {
+        watch_ = std::make_unique<HolderWatch>(holder_->connection_fd());
+      }
       return Status::ok();
     }
+    watch_.reset();  // before the connection it polls is closed
     if (holder_) {
       log().warn("fsfreeze writer '{}': {}; starting a new one", spec_.name,
                  holder_->exit_description());
@@ -531,6 +587,7 @@ class FsfreezeWriter final : public Writer {
     if (!holder_) {
       return Status::non_retryable(error);
     }
+    watch_ = std::make_unique<HolderWatch>(holder_->connection_fd());
     return Status::ok();
   }
 
@@ -586,8 +643,7 @@ class FsfreezeWriter final : public Writer {
   Status release(const PhaseContext& ctx, HoldReport& hold) {
     std::string holder_lost;
     if (watch_) {
-      holder_lost = watch_->lost();
-      watch_.reset();
+      holder_lost = watch_->disarm();
     }
     auto deadline = ctx.deadline;
     if (deadline == Clock::time_point{}) {
@@ -656,6 +712,7 @@ class FsfreezeWriter final : public Writer {
                         : "the freeze holder died while holding (" + why + ")";
       }
       if (holder_) {
+        watch_.reset();  // before the connection it polls is closed
         holder_->retire();
         retired_.push_back(std::move(holder_));
       }
@@ -687,7 +744,9 @@ class FsfreezeWriter final : public Writer {
   // removed once the retired holder has exited (reap_retired_holders()) or
   // replaced by the next freeze's record.
   void finish_release(bool keep_record = false) {
-    watch_.reset();
+    if (watch_) {
+      (void)watch_->disarm();
+    }
     frozen_ = false;
     recorded_.clear();
     record_kept_for_holder_ = keep_record && !retired_.empty() ? retired_.back()->pid() : 0;
@@ -721,10 +780,13 @@ class FsfreezeWriter final : public Writer {
   };
   std::optional<PreparedSelection> prepared_;
   platform::MountTableWatch prepared_watch_;
+  // The factory's selection, for the first identify (see identify()).
+  fsfreeze::Selection checked_;
+  std::unique_ptr<platform::MountTableWatch> checked_watch_;
   std::unique_ptr<HolderClient> holder_;
   std::vector<std::unique_ptr<HolderClient>> retired_;  // see retire_holder()
   pid_t record_kept_for_holder_ = 0;                     // see finish_release()
-  std::unique_ptr<HolderWatch> watch_;                   // while frozen
+  std::unique_ptr<HolderWatch> watch_;  // holder_'s; declared after it, so destroyed first
   // Test-only (QUIESCE_TEST_INVERT_FREEZE_ORDER=1 in the agent's
   // environment): freeze in the reverse of the safe order, lower
   // filesystems first, to force the deadlock the holder must survive.
@@ -745,12 +807,18 @@ void register_fsfreeze_writer(WriterRegistry& registry) {
                      "agent dies",
       .create = [](const WriterSpec& spec,
                    const WriterEnvironment& env) -> std::unique_ptr<Writer> {
+        // Watching from before the table is read: a mount or unmount after
+        // this point makes the first identify select again.
+        auto watch = std::make_unique<platform::MountTableWatch>();
+        watch->start();
         auto table = platform::read_mountinfo();
         if (!table.table) {
           throw FieldError("options", table.error);
         }
-        return std::make_unique<FsfreezeWriter>(spec, parse_options(spec.options, *table.table),
-                                                env);
+        fsfreeze::Selection checked;
+        auto options = parse_options(spec.options, *table.table, checked);
+        return std::make_unique<FsfreezeWriter>(spec, std::move(options), env, std::move(checked),
+                                                std::move(watch));
       },
   });
 }

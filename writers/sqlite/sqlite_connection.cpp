@@ -7,6 +7,8 @@
 #include <array>
 #include <thread>
 
+#include "writers/sqlite/sqlite_api.hpp"
+
 namespace quiesce::writers::sqlite {
 
 namespace {
@@ -98,31 +100,31 @@ Status classify_sqlite_error(int rc, const std::string& path, std::string_view a
 Connection::Connection(std::string path, sqlite3* db)
     : path_(std::move(path)), db_(db), identity_(file_identity(path_)) {
   // Result codes as precise as SQLite can make them (SQLITE_BUSY_RECOVERY...).
-  sqlite3_extended_result_codes(db_, 1);
-  sqlite3_busy_handler(db_, &Connection::on_busy, this);
+  sqlite_api().sqlite3_extended_result_codes(db_, 1);
+  sqlite_api().sqlite3_busy_handler(db_, &Connection::on_busy, this);
 }
 
 Connection::~Connection() {
   // close_v2 never fails: with statements still open it defers the close.
   // Closing also ends any open transaction, releasing its locks.
-  sqlite3_close_v2(db_);
+  sqlite_api().sqlite3_close_v2(db_);
 }
 
 Status Connection::open(const std::string& path, std::unique_ptr<Connection>& out) {
   sqlite3* db = nullptr;
   // Never SQLITE_OPEN_CREATE: a typo in the config must not make an empty
   // database that the writer then "protects".
-  const int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_EXRESCODE,
+  const int rc = sqlite_api().sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_EXRESCODE,
                                  nullptr);
   if (rc != SQLITE_OK) {
-    std::string detail = db != nullptr ? sqlite3_errmsg(db) : "";
-    sqlite3_close_v2(db);
+    std::string detail = db != nullptr ? sqlite_api().sqlite3_errmsg(db) : "";
+    sqlite_api().sqlite3_close_v2(db);
     return classify_sqlite_error(rc, path, "open it", detail, WaitEnd::none, milliseconds(0));
   }
   // SQLite quietly falls back to read-only when the OS refuses write access;
   // a read-only connection cannot take the write lock, so say so now.
-  if (sqlite3_db_readonly(db, "main") == 1) {
-    sqlite3_close_v2(db);
+  if (sqlite_api().sqlite3_db_readonly(db, "main") == 1) {
+    sqlite_api().sqlite3_close_v2(db);
     return classify_sqlite_error(SQLITE_READONLY, path, "open it read-write",
                                  "opened read-only", WaitEnd::none, milliseconds(0));
   }
@@ -171,12 +173,12 @@ Status Connection::failure(int rc, std::string_view action) const {
   const auto waited = waited_ ? std::chrono::duration_cast<milliseconds>(Clock::now() -
                                                                          wait_started_)
                               : milliseconds(0);
-  return classify_sqlite_error(rc, path_, action, sqlite3_errmsg(db_), wait_end_, waited);
+  return classify_sqlite_error(rc, path_, action, sqlite_api().sqlite3_errmsg(db_), wait_end_, waited);
 }
 
 Status Connection::exec(std::string_view action, const char* sql, const WaitBudget& budget) {
   start_wait(budget);
-  const int rc = sqlite3_exec(db_, sql, nullptr, nullptr, nullptr);
+  const int rc = sqlite_api().sqlite3_exec(db_, sql, nullptr, nullptr, nullptr);
   if (rc != SQLITE_OK) {
     return failure(rc, action);
   }
@@ -189,7 +191,7 @@ namespace {
 class Statement {
  public:
   Statement() = default;
-  ~Statement() { sqlite3_finalize(stmt_); }
+  ~Statement() { sqlite_api().sqlite3_finalize(stmt_); }
   Statement(const Statement&) = delete;
   Statement& operator=(const Statement&) = delete;
   sqlite3_stmt** out() { return &stmt_; }
@@ -205,13 +207,13 @@ Status Connection::query_text(std::string_view action, const char* sql, const Wa
                               std::string& out) {
   start_wait(budget);
   Statement statement;
-  int rc = sqlite3_prepare_v2(db_, sql, -1, statement.out(), nullptr);
+  int rc = sqlite_api().sqlite3_prepare_v2(db_, sql, -1, statement.out(), nullptr);
   if (rc != SQLITE_OK) {
     return failure(rc, action);
   }
-  rc = sqlite3_step(statement.get());
+  rc = sqlite_api().sqlite3_step(statement.get());
   if (rc == SQLITE_ROW) {
-    const unsigned char* text = sqlite3_column_text(statement.get(), 0);
+    const unsigned char* text = sqlite_api().sqlite3_column_text(statement.get(), 0);
     out = text != nullptr ? reinterpret_cast<const char*>(text) : "";
     return Status::ok();
   }
@@ -242,7 +244,7 @@ Status Connection::checkpoint_truncate(const WaitBudget& budget, int& wal_frames
   start_wait(budget);
   wal_frames = -1;
   checkpointed_frames = -1;
-  const int rc = sqlite3_wal_checkpoint_v2(db_, "main", SQLITE_CHECKPOINT_TRUNCATE, &wal_frames,
+  const int rc = sqlite_api().sqlite3_wal_checkpoint_v2(db_, "main", SQLITE_CHECKPOINT_TRUNCATE, &wal_frames,
                                            &checkpointed_frames);
   if (rc != SQLITE_OK) {
     return failure(rc, "checkpoint its WAL (wal_checkpoint(TRUNCATE))");
@@ -250,6 +252,6 @@ Status Connection::checkpoint_truncate(const WaitBudget& budget, int& wal_frames
   return Status::ok();
 }
 
-bool Connection::in_transaction() const { return sqlite3_get_autocommit(db_) == 0; }
+bool Connection::in_transaction() const { return sqlite_api().sqlite3_get_autocommit(db_) == 0; }
 
 }  // namespace quiesce::writers::sqlite

@@ -14,6 +14,7 @@
 
 #include "platform/linux/mountinfo.hpp"
 #include "quiesce/json_fields.hpp"
+#include "writers/sqlite/sqlite_api.hpp"
 #include "writers/sqlite/sqlite_connection.hpp"
 
 namespace quiesce::writers {
@@ -138,7 +139,7 @@ class SqliteWriter final : public Writer {
       }
       out.components.push_back(std::move(component));
     }
-    out.metadata["sqlite_version"] = sqlite3_libversion();
+    out.metadata["sqlite_version"] = sqlite::sqlite_api().sqlite3_libversion();
     out.metadata["busy_timeout_ms"] = options_.busy_timeout.count();
     if (!table.table) {
       out.metadata["mountinfo_error"] = table.error;
@@ -354,7 +355,11 @@ void register_sqlite_writer(WriterRegistry& registry) {
       .default_level = Level::database,
       .description = "holds a write lock on SQLite databases; checkpoints their WAL first",
       .create = [](const WriterSpec& spec, const WriterEnvironment& env) -> std::unique_ptr<Writer> {
-        return std::make_unique<SqliteWriter>(spec, parse_options(spec.options), env);
+        auto options = parse_options(spec.options);
+        // libsqlite3 is loaded here, when the config names a sqlite writer,
+        // so that a missing library fails config loading and --check-config.
+        (void)sqlite::sqlite_api();
+        return std::make_unique<SqliteWriter>(spec, std::move(options), env);
       },
   });
 }
