@@ -9,7 +9,9 @@
 #include <chrono>
 #include <fstream>
 #include <iostream>
+#include <string>
 #include <thread>
+#include <utility>
 
 #include "platform/linux/freeze_holder_client.hpp"
 #include "platform/linux/mountinfo.hpp"
@@ -118,6 +120,31 @@ TEST_CASE("fsfreeze: nested mounts are frozen children first") {
   CHECK(probe.finished_within(5s));
 }
 
+namespace {
+
+// `source` bound over `target` for the life of the object, or until the test
+// unmounts it itself and calls release(): unmounted even when a check fails
+// half-way.
+class BindMount {
+ public:
+  BindMount(const std::string& source, std::string target) : target_(std::move(target)) {
+    quiesce::test::must_run({"mount", "--bind", source, target_});
+  }
+  ~BindMount() {
+    if (!target_.empty()) {
+      quiesce::test::unmount(target_);
+    }
+  }
+  BindMount(const BindMount&) = delete;
+  BindMount& operator=(const BindMount&) = delete;
+  void release() { target_.clear(); }
+
+ private:
+  std::string target_;
+};
+
+}  // namespace
+
 TEST_CASE("fsfreeze: a mount made between prepare and freeze makes freeze select again") {
   // freeze reuses prepare's selection only while the mount table is
   // unchanged. Here another filesystem is bound over the selected mount
@@ -129,17 +156,7 @@ TEST_CASE("fsfreeze: a mount made between prepare and freeze makes freeze select
   LoopFs other(dir.path(), "other", "ext4");
   WriterUnderTest under(dir.path() / "run", {{"mounts", {selected.mount_point()}}});
   REQUIRE(under.writer->prepare(context()).is_ok());
-  // Unmounted by the test below, or here when it fails half-way.
-  struct BindMount {
-    std::string path;
-    ~BindMount() {
-      if (!path.empty()) {
-        quiesce::test::unmount(path);
-      }
-    }
-  } bind;
-  quiesce::test::must_run({"mount", "--bind", other.mount_point(), selected.mount_point()});
-  bind.path = selected.mount_point();
+  BindMount bind(other.mount_point(), selected.mount_point());
   auto status = under.writer->freeze(context());
   if (status.is_ok()) {
     quiesce::HoldReport hold;
@@ -152,7 +169,7 @@ TEST_CASE("fsfreeze: a mount made between prepare and freeze makes freeze select
   }
   // Unchanged table: prepare's selection is used and the freeze holds.
   quiesce::test::unmount(selected.mount_point());
-  bind.path.clear();
+  bind.release();
   REQUIRE(under.writer->prepare(context()).is_ok());
   REQUIRE(under.writer->freeze(context()).is_ok());
   WriteProbe probe(selected.mount_point());
@@ -179,16 +196,7 @@ TEST_CASE("fsfreeze: a mount made between the writer's creation and its first id
     CHECK(identity.components[0]["source"] == selected.device());
   }
   WriterUnderTest under(dir.path() / "run", {{"mounts", {selected.mount_point()}}});
-  struct BindMount {
-    std::string path;
-    ~BindMount() {
-      if (!path.empty()) {
-        quiesce::test::unmount(path);
-      }
-    }
-  } bind;
-  quiesce::test::must_run({"mount", "--bind", other.mount_point(), selected.mount_point()});
-  bind.path = selected.mount_point();
+  BindMount bind(other.mount_point(), selected.mount_point());
   quiesce::Identity identity;
   REQUIRE(under.writer->identify(context(), identity).is_ok());
   REQUIRE(identity.components.size() == 1);
