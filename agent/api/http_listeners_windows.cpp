@@ -17,13 +17,14 @@ namespace detail {
 
 using PipeStream = asio::windows::stream_handle;
 
-// A pipe has no half-close: after the last response the connection closes.
-// Data written before CloseHandle stays readable by the client, so there is
-// no RST to linger for.
+// A pipe has no half-close. Closing our end at once could discard a last
+// response the client has not read yet (DisconnectNamedPipe does; wine's
+// CloseHandle may), so the session lingers as on TCP: it reads until the
+// client, having read the response, closes its end (or the linger timeout).
 template <>
 struct StreamOps<PipeStream> {
   static void cancel(PipeStream& pipe, ErrorCode& ec) { pipe.cancel(ec); }
-  static bool shutdown_send(PipeStream&, ErrorCode&) { return false; }
+  static bool shutdown_send(PipeStream&, ErrorCode&) { return true; }
   static void close(PipeStream& pipe, ErrorCode& ec) { pipe.close(ec); }
 };
 
@@ -134,6 +135,7 @@ class PipeAcceptor : public std::enable_shared_from_this<PipeAcceptor> {
       connection.close(ignored);
       return;
     }
+    server_.logger->debug("http: {} connected", peer.description);
     const Admission admission = server_.admit(peer);
     if (admission == Admission::hang_up) {
       connection.close(ignored);
