@@ -272,9 +272,13 @@ int main(int argc, char** argv) {
           "Brings applications and file systems to a consistent state while the host snapshots the disks.";
       definition.executable = this_executable();
       definition.arguments = {"--service", "--config", absolute_path(config_path)};
-      if (const auto error = quiesce::platform::win::install_service(definition); !error.empty()) {
+      std::vector<std::string> warnings;
+      if (const auto error = quiesce::platform::win::install_service(definition, warnings); !error.empty()) {
         std::cerr << "quiesce-agent: " << error << "\n";
         return kExitFailure;
+      }
+      for (const auto& warning : warnings) {
+        std::cerr << "quiesce-agent: warning: " << warning << "\n";
       }
       std::cout << "service " << kServiceName << " installed (automatic start): sc start " << kServiceName << "\n";
       return kExitOk;

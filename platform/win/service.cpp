@@ -221,7 +221,7 @@ BOOL WINAPI console_handler(DWORD event) {
 
 }  // namespace
 
-std::string install_service(const ServiceDefinition& definition) {
+std::string install_service(const ServiceDefinition& definition, std::vector<std::string>& warnings) {
   const ScHandle manager(::OpenSCManagerW(nullptr, nullptr, SC_MANAGER_CONNECT | SC_MANAGER_CREATE_SERVICE));
   if (!manager) {
     return "cannot open the service control manager: " + last_error_text();
@@ -264,7 +264,13 @@ std::string install_service(const ServiceDefinition& definition) {
   // agent exits 1 on a runtime failure without crashing).
   SERVICE_FAILURE_ACTIONS_FLAG on_non_crash{TRUE};
   if (!::ChangeServiceConfig2W(service.handle, SERVICE_CONFIG_FAILURE_ACTIONS_FLAG, &on_non_crash)) {
-    return undo("cannot set the service's recovery on non-crash failures");
+    if (::GetLastError() != ERROR_INVALID_LEVEL) {
+      return undo("cannot set the service's recovery on non-crash failures");
+    }
+    // A service manager without this level (wine's) still restarts after a
+    // crash; an exit with a failure code is then not restarted.
+    warnings.push_back("this service manager cannot restart the agent after a non-crash failure "
+                       "(SERVICE_CONFIG_FAILURE_ACTIONS_FLAG: " + last_error_text() + "); it restarts it after crashes only");
   }
   return "";
 }

@@ -33,8 +33,10 @@ struct ServiceDefinition {
 
 // CreateService (own process, auto start, LocalSystem), its description and
 // its recovery actions. Returns "" or why not (already installed, not an
-// administrator...); an error leaves nothing half-installed.
-[[nodiscard]] std::string install_service(const ServiceDefinition& definition);
+// administrator...); an error leaves nothing half-installed. `warnings` gets
+// what the service manager would not do but the service works without
+// (wine's has no "recover after a non-crash failure" setting).
+[[nodiscard]] std::string install_service(const ServiceDefinition& definition, std::vector<std::string>& warnings);
 // Stops the service if it runs (waiting up to `stop_timeout`), then
 // DeleteService. Returns "" or why not.
 [[nodiscard]] std::string uninstall_service(const std::string& name,

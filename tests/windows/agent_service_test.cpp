@@ -7,8 +7,6 @@
 #include <winsock2.h>
 #include <ws2tcpip.h>
 #include <windows.h>
-#include <aclapi.h>
-#include <sddl.h>
 
 #include <chrono>
 #include <filesystem>
@@ -146,23 +144,19 @@ struct ServiceCleanup {
   }
 };
 
-// A token file the agent accepts: owned by us, readable by SYSTEM and the
-// Administrators only (what the installer's icacls does).
-void write_token_file(const std::filesystem::path& path, const std::string& token) {
-  std::ofstream(path) << token << "\n";
-  PSECURITY_DESCRIPTOR descriptor = nullptr;
-  REQUIRE(::ConvertStringSecurityDescriptorToSecurityDescriptorW(L"D:P(A;;FA;;;SY)(A;;FA;;;BA)", SDDL_REVISION_1,
-                                                                 &descriptor, nullptr));
-  BOOL present = FALSE;
-  BOOL defaulted = FALSE;
-  PACL dacl = nullptr;
-  REQUIRE(::GetSecurityDescriptorDacl(descriptor, &present, &dacl, &defaulted));
-  std::wstring name = path.wstring();
-  const DWORD rc = ::SetNamedSecurityInfoW(name.data(), SE_FILE_OBJECT,
-                                           DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
-                                           nullptr, nullptr, dacl, nullptr);
-  ::LocalFree(descriptor);
-  REQUIRE(rc == ERROR_SUCCESS);
+// The API token, in a file the agent accepts: made by the label's fixture
+// (tests/windows/CMakeLists.txt) from the Linux side with mode 0600. Wine
+// derives a file's access list from its Unix mode and back: an access list
+// set from here (SetNamedSecurityInfo, what the installer's icacls does)
+// came back as mode 0775, world-readable, which the agent rightly refuses.
+const std::filesystem::path token_file =
+    std::filesystem::absolute(std::filesystem::path(QUIESCE_BUILD_DIR) / "tests" / "windows" / "service-token");
+
+std::string read_token() {
+  std::ifstream in(token_file);
+  std::string token;
+  std::getline(in, token);
+  return token;
 }
 
 std::uint16_t free_tcp_port() {
@@ -324,7 +318,7 @@ struct Winsock {
 
 struct AgentSetup {
   quiesce::test::TempDir dir{"quiesce-service"};
-  std::string token = "token-" + random_suffix() + "-0123456789abcdef";
+  std::string token = read_token();
   std::uint16_t port = free_tcp_port();
   std::string api_pipe = R"(\\.\pipe\quiesce-test-)" + random_suffix();
   std::string qga_pipe = R"(\\.\pipe\quiesce-qga-test-)" + random_suffix();
@@ -332,11 +326,11 @@ struct AgentSetup {
   std::filesystem::path log = dir / "agent.log";
 
   AgentSetup() {
-    write_token_file(dir / "token", token);
+    REQUIRE_MESSAGE(token.size() >= 16, "no token in ", token_file.string(), " (made by the test's fixture)");
     json document = {
         {"listen",
          {{"pipe", {{"name", api_pipe}}},
-          {"tcp", {{"address", "127.0.0.1"}, {"port", port}, {"token_file", (dir / "token").string()}}}}},
+          {"tcp", {{"address", "127.0.0.1"}, {"port", port}, {"token_file", token_file.string()}}}}},
         {"log", {{"target", "file"}, {"file", log.string()}, {"level", "debug"}}},
         {"qga", {{"pipe", {{"name", qga_pipe}}}}},
         {"state_dir", (dir / "state").string()},
