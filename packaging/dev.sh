@@ -25,7 +25,7 @@
 #   packaging/dev.sh windows  cross-build the Windows agent with mingw-w64 in WIN_BUILD_DIR
 #                           (default build-win) and run the windows label under wine
 #                           (docs/windows.md); `windows-test`: only the label, on that tree
-#   packaging/dev.sh deps | build
+#   packaging/dev.sh deps | windows-deps | build
 # Environment: BUILD_DIR (default build), QUIESCE_WERROR=ON to fail on warnings,
 # JOBS (default: number of cores).
 set -euo pipefail
@@ -63,7 +63,8 @@ packages=(
 # Only `dev.sh windows` installs these (the Windows agent, docs/windows.md):
 # the mingw-w64 cross compiler (posix threads variant: std::thread), wine to
 # run its tests, wixl (msitools) for the MSI. Wine alone is minutes of
-# install: .ci/run installs them in its idle-priority builds, beside the tests.
+# install; .ci/run installs them up front (`windows-deps`: apt must not run
+# beside the test command, whose VM image build uses apt-get download).
 windows_packages=(
   g++-mingw-w64-x86-64-posix wine wine64 msitools ninja-build
 )
@@ -302,5 +303,6 @@ case "${1:-}" in
   package) deps; build; package ;;
   windows) deps "${windows_packages[@]}"; windows_build; windows_test ;;
   windows-test) deps "${windows_packages[@]}"; windows_test ;;
+  windows-deps) deps "${windows_packages[@]}" ;;
   *) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 2 ;;
 esac
