@@ -27,6 +27,7 @@ constexpr DWORD kReadChunk = 64 * 1024;
 // no cheap notification for a device interface appearing, and the port
 // appears only when the driver is installed (rare, and logged).
 constexpr DWORD kPortRecheckMs = 10'000;
+constexpr DWORD kEmptyReadPauseMs = 100;
 
 class UniqueHandle {
  public:
@@ -133,7 +134,13 @@ struct QgaChannels::Impl {
           break;
       }
       if (got == 0) {
-        continue;  // a zero-byte message: nothing to feed
+        // Nothing read (a zero-byte message, or a port whose driver
+        // completes reads empty while the host is away): pause before the
+        // next read so that can never become a busy loop.
+        if (::WaitForSingleObject(stop_event.get(), kEmptyReadPauseMs) == WAIT_OBJECT_0) {
+          return true;
+        }
+        continue;
       }
       const auto output = connection.feed(std::string_view(buffer.data(), got));
       std::size_t written = 0;
