@@ -74,6 +74,21 @@ std::vector<std::uint32_t> parse_cids(JsonFields& fields, const std::string& key
   return out;
 }
 
+// A named pipe's "name": a local pipe, \\.\pipe\NAME (Windows' limit is 256
+// characters; NAME holds no backslash). Parsed on every OS, so a Linux
+// config naming a pipe gets the "Windows transport" error, not this one.
+std::string parse_pipe_name(JsonFields& fields, std::optional<std::string> fallback) {
+  std::string name = fields.string("name", std::move(fallback));
+  constexpr std::string_view prefix = R"(\\.\pipe\)";
+  if (name.rfind(prefix, 0) != 0 || name.size() == prefix.size() || name.size() > 256 ||
+      name.find('\\', prefix.size()) != std::string::npos) {
+    throw FieldError(fields.path_of("name"),
+                     "expected a local pipe name \\\\.\\pipe\\NAME (no further backslash, at most 256 "
+                     "characters), got '" + name + "'");
+  }
+  return name;
+}
+
 void parse_listen(JsonFields listen, api::ServerConfig& server) {
   // unix: on by default (Linux); false turns it off.
   if (const auto* unix_value = listen.raw("unix"); unix_value != nullptr && unix_value->is_boolean()) {
@@ -151,14 +166,7 @@ void parse_listen(JsonFields listen, api::ServerConfig& server) {
   } else if (pipe_value != nullptr || server.pipe) {
     auto pipe_fields = listen.object("pipe");
     api::PipeListener pipe;
-    pipe.name = pipe_fields.string("name", pipe.name);
-    constexpr std::string_view pipe_prefix = R"(\\.\pipe\)";
-    if (pipe.name.rfind(pipe_prefix, 0) != 0 || pipe.name.size() == pipe_prefix.size() ||
-        pipe.name.size() > 256 || pipe.name.find('\\', pipe_prefix.size()) != std::string::npos) {
-      throw FieldError(pipe_fields.path_of("name"),
-                       "expected a local pipe name \\\\.\\pipe\\NAME (no further backslash, at most 256 "
-                       "characters), got '" + pipe.name + "'");
-    }
+    pipe.name = parse_pipe_name(pipe_fields, pipe.name);
     pipe_fields.reject_unknown();
     server.pipe = pipe;
   }
@@ -258,14 +266,7 @@ void parse_qga(JsonFields fields, QgaConfig& qga, const SessionLimits& session) 
   if (const auto* pipe_value = fields.raw("pipe"); pipe_value != nullptr && !pipe_value->is_null()) {
     auto pipe_fields = fields.object("pipe", true);
     qga::QgaPipe pipe;
-    pipe.name = pipe_fields.string("name");
-    constexpr std::string_view pipe_prefix = R"(\\.\pipe\)";
-    if (pipe.name.rfind(pipe_prefix, 0) != 0 || pipe.name.size() == pipe_prefix.size() ||
-        pipe.name.size() > 256 || pipe.name.find('\\', pipe_prefix.size()) != std::string::npos) {
-      throw FieldError(pipe_fields.path_of("name"),
-                       "expected a local pipe name \\\\.\\pipe\\NAME (no further backslash, at most 256 "
-                       "characters), got '" + pipe.name + "'");
-    }
+    pipe.name = parse_pipe_name(pipe_fields, std::nullopt);
     pipe_fields.reject_unknown();
     qga.channels.pipe = pipe;
   }
