@@ -256,6 +256,8 @@ void set_default_listeners(ServerConfig& config) {
   config.vsock = VsockListener{};
 }
 
+const char* available_listeners() { return "unix, vsock or tcp"; }
+
 std::string unsupported_listener(const ServerConfig& config) {
   if (config.pipe) {
     return "listen.pipe: named pipes are a Windows transport (Linux has listen.unix)";

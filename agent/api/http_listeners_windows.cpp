@@ -198,6 +198,8 @@ void prepare_tcp_acceptor(Acceptor& acceptor) {
 
 void set_default_listeners(ServerConfig& config) { config.pipe = PipeListener{}; }
 
+const char* available_listeners() { return "pipe or tcp"; }
+
 std::string unsupported_listener(const ServerConfig& config) {
   if (config.unix_socket) {
     return "listen.unix: Unix sockets are a Linux transport (Windows has listen.pipe)";

@@ -134,6 +134,8 @@ class HttpServer {
 // Windows), and "" or why a configured one cannot be served here, naming
 // the field ("listen.pipe: named pipes are a Windows transport").
 void set_default_listeners(ServerConfig& config);
+// The listeners this OS serves, for "no transport left" ("unix, vsock or tcp").
+[[nodiscard]] const char* available_listeners();
 [[nodiscard]] std::string unsupported_listener(const ServerConfig& config);
 
 }  // namespace quiesce::api

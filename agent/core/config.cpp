@@ -175,7 +175,7 @@ void parse_listen(JsonFields listen, api::ServerConfig& server) {
     throw FieldError(unsupported.substr(0, unsupported.find(':')), unsupported.substr(unsupported.find(':') + 2));
   }
   if (!server.unix_socket && !server.vsock && !server.tcp && !server.pipe) {
-    throw FieldError("listen", "no transport left: enable unix, vsock or tcp");
+    throw FieldError("listen", std::string("no transport left: enable ") + api::available_listeners());
   }
 }
 

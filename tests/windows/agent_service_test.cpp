@@ -372,6 +372,11 @@ TEST_CASE("--check-config refuses bad configs with the field and the reason, and
   CHECK(bad_pipe.exit_code == 3);
   CHECK_MESSAGE(bad_pipe.output.find("listen.pipe.name") != std::string::npos, bad_pipe.output);
 
+  const auto nothing_left = check(with_dirs(R"("listen": {"pipe": false})"));
+  CHECK(nothing_left.exit_code == 3);
+  CHECK_MESSAGE(nothing_left.output.find("listen: no transport left: enable pipe or tcp") != std::string::npos,
+                nothing_left.output);
+
   const auto relative = check(R"({"state_dir": "state"})");
   CHECK(relative.exit_code == 3);
   CHECK_MESSAGE(relative.output.find("state_dir: must be an absolute path") != std::string::npos, relative.output);
