@@ -19,6 +19,20 @@ endforeach()
 # windows.h, and no min/max macros breaking std::min.
 add_compile_definitions(_WIN32_WINNT=0x0601 WIN32_LEAN_AND_MEAN NOMINMAX)
 
+# std::counting_semaphore on winpthreads' sem_t instead of libstdc++'s atomic
+# wait. Without futexes, GCC 12.2's atomic wait loses wakeups (GCC PR 106183,
+# fixed in 12.3 and 13: __waiter_pool::_M_do_wait does not re-check the value
+# under the pool's mutex and _M_notify does not take it). std::stop_callback's
+# destructor waits on such a semaphore while request_stop() runs the callback
+# in another thread, which is exactly what leaving a condition_variable_any
+# wait with a stop_token does when the stop wakes it (the coordinator's
+# watchdog, every writer worker): now and then that thread hung forever, and
+# the engine tests stalled in one wine process after some dozens of
+# coordinators (docs/windows.md). Real Windows has the same bug; the fix is
+# the toolchain's, for every translation unit (it changes std::stop_callback's
+# layout, so all must agree).
+add_compile_definitions(_GLIBCXX_USE_POSIX_SEMAPHORE=1)
+
 add_library(Boost::headers INTERFACE IMPORTED)
 target_include_directories(Boost::headers SYSTEM INTERFACE "${QUIESCE_WIN_DEPS_INCLUDE}")
 target_link_libraries(Boost::headers INTERFACE ws2_32 mswsock)

@@ -9,8 +9,9 @@
 #                           to build its cached image; docs/testing-in-a-guest.md)
 #   packaging/dev.sh vm     as root: only the vm label
 #   packaging/dev.sh asan   build the unit tests with ASan+UBSan and run them
-#   packaging/dev.sh idle-builds  build the ASan and libFuzzer trees at idle CPU and I/O
-#                           priority (.ci/run runs it beside the test command)
+#   packaging/dev.sh idle-builds [windows]  build the ASan and libFuzzer trees (and the
+#                           Windows tree) at idle CPU and I/O priority (.ci/run runs it beside
+#                           the test command)
 #   packaging/dev.sh fuzz [SECONDS]  build the libFuzzer harnesses (clang, ASan+UBSan) in
 #                           build-fuzz and run each for SECONDS (default 300; CI runs 15)
 #   packaging/dev.sh bench [ARGS]  as root: hold window vs raw FIFREEZE and qemu-ga,
@@ -23,8 +24,8 @@
 #                           from that build tree (docs/packaging.md), lintian on the .debs
 #   packaging/dev.sh windows  cross-build the Windows agent with mingw-w64 in WIN_BUILD_DIR
 #                           (default build-win) and run the windows label under wine
-#                           (docs/windows.md)
-#   packaging/dev.sh deps | build
+#                           (docs/windows.md); `windows-test`: only the label, on that tree
+#   packaging/dev.sh deps | windows-deps | build
 # Environment: BUILD_DIR (default build), QUIESCE_WERROR=ON to fail on warnings,
 # JOBS (default: number of cores).
 set -euo pipefail
@@ -61,8 +62,9 @@ packages=(
 
 # Only `dev.sh windows` installs these (the Windows agent, docs/windows.md):
 # the mingw-w64 cross compiler (posix threads variant: std::thread), wine to
-# run its tests, wixl (msitools) for the MSI. .ci/run does not run the
-# windows label yet, and wine alone is minutes of CI's install.
+# run its tests, wixl (msitools) for the MSI. Wine alone is minutes of
+# install; .ci/run installs them up front (`windows-deps`: apt must not run
+# beside the test command, whose VM image build uses apt-get download).
 windows_packages=(
   g++-mingw-w64-x86-64-posix wine wine64 wixl msitools ninja-build
 )
@@ -260,31 +262,41 @@ demo() {
 # $build_dir/idle-builds.log.
 idle_builds() {
   mkdir -p "$build_dir"
-  say "building the ASan and libFuzzer trees at idle priority (log: $build_dir/idle-builds.log)"
+  say "building the ASan and libFuzzer trees${1:+ and the $1 tree} at idle priority (log: $build_dir/idle-builds.log)"
   local status=0
-  ( asan_build && fuzz_build ) >"$build_dir/idle-builds.log" 2>&1 || status=$?
+  ( asan_build && fuzz_build && if [ "${1:-}" = windows ]; then windows_build; fi ) \
+    >"$build_dir/idle-builds.log" 2>&1 || status=$?
   [ "$status" -eq 0 ] || tail -n 40 "$build_dir/idle-builds.log" >&2
   return "$status"
 }
 
 # The Windows agent (docs/windows.md): cross-built in its own tree, never
 # mixed with the Linux one, and its windows label run under wine. The wine
-# prefix lives in that tree and is created once (wineboot, ~15 s).
-windows() {
-  local dir=${WIN_BUILD_DIR:-$repo/build-win}
-  say "cross-building the Windows agent in $dir"
-  cmake -S "$repo" -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+# prefix lives in that tree and is created once (wineboot, ~15 s). Each part
+# prints its wall time.
+win_dir=${WIN_BUILD_DIR:-$repo/build-win}
+windows_build() {
+  local started=$SECONDS
+  say "cross-building the Windows agent in $win_dir"
+  cmake -S "$repo" -B "$win_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_TOOLCHAIN_FILE="$repo/cmake/mingw-w64-x86_64.cmake" \
     -DQUIESCE_WERROR="${QUIESCE_WERROR:-OFF}" >/dev/null
-  cmake --build "$dir" -j "$jobs"
-  export WINEPREFIX="$dir/wine-prefix" WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
+  cmake --build "$win_dir" -j "$jobs"
+  say "windows build took $((SECONDS - started)) s"
+}
+windows_test() {
+  local started=$SECONDS
+  export WINEPREFIX="$win_dir/wine-prefix" WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
   if [ ! -f "$WINEPREFIX/system.reg" ]; then
     say "creating the wine prefix $WINEPREFIX"
     wineboot --init >/dev/null 2>&1
     wineserver --wait
   fi
   say "running the windows label under wine"
-  (cd "$dir" && ctest -L windows --output-on-failure)
+  local status=0
+  (cd "$win_dir" && ctest -L windows --output-on-failure) || status=$?
+  say "windows label took $((SECONDS - started)) s"
+  return "$status"
 }
 
 case "${1:-}" in
@@ -292,13 +304,18 @@ case "${1:-}" in
   build) deps; build ;;
   test) deps; start_vm_images; build; wait_vm_images; run_tests ;;
   vm) deps; vm ;;
-  idle-builds) deps; exec chrt --idle 0 ionice -c 3 "$0" idle-builds-now ;;
-  idle-builds-now) idle_builds ;;
+  # `idle-builds windows`: the Windows tree too (its packages installed first).
+  idle-builds) shift
+    if [ "${1:-}" = windows ]; then deps "${windows_packages[@]}"; else deps; fi
+    exec chrt --idle 0 ionice -c 3 "$0" idle-builds-now "$@" ;;
+  idle-builds-now) shift; idle_builds "$@" ;;
   asan) deps; asan ;;
   fuzz) shift; deps; fuzz "$@" ;;
   demo) shift; deps; build; demo "$@" ;;
   bench) shift; deps; bench "$@" ;;
   package) deps; build; package ;;
-  windows) deps "${windows_packages[@]}"; windows ;;
+  windows) deps "${windows_packages[@]}"; windows_build; windows_test ;;
+  windows-test) deps "${windows_packages[@]}"; windows_test ;;
+  windows-deps) deps "${windows_packages[@]}" ;;
   *) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 2 ;;
 esac

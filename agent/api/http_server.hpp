@@ -1,7 +1,8 @@
 #pragma once
 // The agent's HTTP/1.1 server (Boost.Beast). One implementation serves every
-// transport (Unix socket, AF_VSOCK, TCP) through Asio's generic stream
-// protocol, so the same API and limits apply everywhere.
+// transport (Unix socket, AF_VSOCK, TCP on Linux; TCP and a named pipe on
+// Windows), so the same API, token check and limits apply everywhere. The
+// listeners only one OS has are in agent/api/http_listeners_<os>.cpp.
 //
 // Threading: one I/O thread runs all sockets. Request handlers never run on
 // it (DESIGN.md invariant 6): each request is handed to a small pool of
@@ -22,7 +23,7 @@ namespace quiesce::api {
 // qga: a v1 request carried by qemu-guest-agent's `quiesce-api` command over
 // the qga channel (agent/qga/), not by this server; dbus: a method call on
 // org.quiesce.Agent1 (agent/dbus/).
-enum class Transport { unix_socket, vsock, tcp, qga, dbus };
+enum class Transport { unix_socket, vsock, tcp, qga, dbus, named_pipe };
 
 struct Peer {
   Transport transport = Transport::unix_socket;
@@ -31,6 +32,10 @@ struct Peer {
   // Unix sockets only: the connecting process (SO_PEERCRED), for audit logs.
   std::optional<std::uint32_t> unix_uid;
   std::optional<std::int32_t> unix_pid;
+  // Named pipes only: the client's account ("NT AUTHORITY\\SYSTEM") and
+  // process (GetNamedPipeClientProcessId), for audit logs.
+  std::optional<std::string> windows_account;
+  std::optional<std::uint32_t> windows_pid;
 };
 
 struct Request {
@@ -83,8 +88,16 @@ struct TcpListener {
   std::string token;  // bearer token every request must carry
 };
 
+// Windows: local tools (quiescectl, scripts) reach the agent on a named
+// pipe that only SYSTEM and the Administrators may open (its DACL), the
+// Unix socket's 0660 root:quiesce in Windows terms.
+struct PipeListener {
+  std::string name = R"(\\.\pipe\quiesce-agent)";
+};
+
 struct ServerConfig {
   std::optional<UnixListener> unix_socket;
+  std::optional<PipeListener> pipe;
   std::optional<VsockListener> vsock;
   std::optional<TcpListener> tcp;
   ServerLimits limits;
@@ -115,5 +128,14 @@ class HttpServer {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// What the config may ask of this OS's listeners (agent/core/config.cpp):
+// the listeners on by default ("unix" and "vsock" on Linux, "pipe" on
+// Windows), and "" or why a configured one cannot be served here, naming
+// the field ("listen.pipe: named pipes are a Windows transport").
+void set_default_listeners(ServerConfig& config);
+// The listeners this OS serves, for "no transport left" ("unix, vsock or tcp").
+[[nodiscard]] const char* available_listeners();
+[[nodiscard]] std::string unsupported_listener(const ServerConfig& config);
 
 }  // namespace quiesce::api

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "platform/addresses.hpp"
+#include "platform/defaults.hpp"
 #include "platform/secret_file.hpp"
 #include "platform/system_log.hpp"
 #include "quiesce/json_nesting.hpp"
@@ -73,15 +74,30 @@ std::vector<std::uint32_t> parse_cids(JsonFields& fields, const std::string& key
   return out;
 }
 
+// A named pipe's "name": a local pipe, \\.\pipe\NAME (Windows' limit is 256
+// characters; NAME holds no backslash). Parsed on every OS, so a Linux
+// config naming a pipe gets the "Windows transport" error, not this one.
+std::string parse_pipe_name(JsonFields& fields, std::optional<std::string> fallback) {
+  std::string name = fields.string("name", std::move(fallback));
+  constexpr std::string_view prefix = R"(\\.\pipe\)";
+  if (name.rfind(prefix, 0) != 0 || name.size() == prefix.size() || name.size() > 256 ||
+      name.find('\\', prefix.size()) != std::string::npos) {
+    throw FieldError(fields.path_of("name"),
+                     "expected a local pipe name \\\\.\\pipe\\NAME (no further backslash, at most 256 "
+                     "characters), got '" + name + "'");
+  }
+  return name;
+}
+
 void parse_listen(JsonFields listen, api::ServerConfig& server) {
-  // unix: on by default; false turns it off.
+  // unix: on by default (Linux); false turns it off.
   if (const auto* unix_value = listen.raw("unix"); unix_value != nullptr && unix_value->is_boolean()) {
     if (unix_value->get<bool>()) {
       server.unix_socket = api::UnixListener{};
     } else {
       server.unix_socket.reset();
     }
-  } else {
+  } else if (unix_value != nullptr || server.unix_socket) {
     auto unix_fields = listen.object("unix");
     api::UnixListener unix_listener;
     unix_listener.path = unix_fields.string("path", unix_listener.path);
@@ -104,7 +120,7 @@ void parse_listen(JsonFields listen, api::ServerConfig& server) {
     server.unix_socket = unix_listener;
   }
 
-  // vsock: on by default when the kernel has it; false turns it off.
+  // vsock: on by default (Linux) when the kernel has it; false turns it off.
   if (const auto* vsock_value = listen.raw("vsock");
       vsock_value != nullptr && vsock_value->is_boolean()) {
     if (vsock_value->get<bool>()) {
@@ -112,7 +128,7 @@ void parse_listen(JsonFields listen, api::ServerConfig& server) {
     } else {
       server.vsock.reset();
     }
-  } else {
+  } else if (vsock_value != nullptr || server.vsock) {
     auto vsock_fields = listen.object("vsock");
     api::VsockListener vsock;
     vsock.port = static_cast<std::uint32_t>(
@@ -140,9 +156,26 @@ void parse_listen(JsonFields listen, api::ServerConfig& server) {
     tcp_fields.reject_unknown();
     server.tcp = tcp;
   }
+  // pipe (Windows): on by default there; false turns it off.
+  if (const auto* pipe_value = listen.raw("pipe"); pipe_value != nullptr && pipe_value->is_boolean()) {
+    if (pipe_value->get<bool>()) {
+      server.pipe = api::PipeListener{};
+    } else {
+      server.pipe.reset();
+    }
+  } else if (pipe_value != nullptr || server.pipe) {
+    auto pipe_fields = listen.object("pipe");
+    api::PipeListener pipe;
+    pipe.name = parse_pipe_name(pipe_fields, pipe.name);
+    pipe_fields.reject_unknown();
+    server.pipe = pipe;
+  }
   listen.reject_unknown();
-  if (!server.unix_socket && !server.vsock && !server.tcp) {
-    throw FieldError("listen", "no transport left: enable unix, vsock or tcp");
+  if (const auto unsupported = api::unsupported_listener(server); !unsupported.empty()) {
+    throw FieldError(unsupported.substr(0, unsupported.find(':')), unsupported.substr(unsupported.find(':') + 2));
+  }
+  if (!server.unix_socket && !server.vsock && !server.tcp && !server.pipe) {
+    throw FieldError("listen", std::string("no transport left: enable ") + api::available_listeners());
   }
 }
 
@@ -217,7 +250,7 @@ void parse_qga(JsonFields fields, QgaConfig& qga, const SessionLimits& session) 
     } else {
       qga.channels.virtio_serial_path = port->get<std::string>();
       if (!qga.channels.virtio_serial_path.empty() &&
-          qga.channels.virtio_serial_path.front() != '/') {
+          !platform::is_absolute_path(qga.channels.virtio_serial_path)) {
         throw FieldError(fields.path_of("virtio_serial_path"), "must be an absolute path");
       }
     }
@@ -229,6 +262,13 @@ void parse_qga(JsonFields fields, QgaConfig& qga, const SessionLimits& session) 
     unix_socket.mode = parse_mode(unix_fields, "mode", unix_socket.mode);
     unix_fields.reject_unknown();
     qga.channels.unix_socket = unix_socket;
+  }
+  if (const auto* pipe_value = fields.raw("pipe"); pipe_value != nullptr && !pipe_value->is_null()) {
+    auto pipe_fields = fields.object("pipe", true);
+    qga::QgaPipe pipe;
+    pipe.name = parse_pipe_name(pipe_fields, std::nullopt);
+    pipe_fields.reject_unknown();
+    qga.channels.pipe = pipe;
   }
   // allowed_cids is checked even while vsock_port is off (null, the
   // documented default), so turning the port on cannot reveal a bad list.
@@ -258,6 +298,9 @@ void parse_qga(JsonFields fields, QgaConfig& qga, const SessionLimits& session) 
   qga.channels.max_connections = static_cast<std::size_t>(fields.integer(
       "max_connections", static_cast<std::int64_t>(qga.channels.max_connections), 1, 1024));
   fields.reject_unknown();
+  if (const auto unsupported = unsupported_qga_channel(qga.channels); !unsupported.empty()) {
+    throw FieldError(unsupported.substr(0, unsupported.find(':')), unsupported.substr(unsupported.find(':') + 2));
+  }
 }
 
 void parse_dbus(JsonFields fields, DbusConfig& dbus) {
@@ -293,7 +336,7 @@ void parse_log(JsonFields fields, LogConfig& log) {
   }
   if (log.target == "file") {
     log.file = fields.string("file");
-    if (log.file.empty() || log.file.front() != '/') {
+    if (!platform::is_absolute_path(log.file)) {
       throw FieldError(fields.path_of("file"), "must be an absolute path");
     }
   } else if (fields.has("file")) {
@@ -466,8 +509,11 @@ bool valid_writer_name(const std::string& name) {
 AgentConfig parse_config(const nlohmann::json& document, const WriterRegistry& registry) {
   JsonFields root(document, "");
   AgentConfig config;
-  config.server.unix_socket = api::UnixListener{};
-  config.server.vsock = api::VsockListener{};
+  api::set_default_listeners(config.server);
+  const auto defaults = platform::agent_defaults();
+  config.state_dir = defaults.state_dir;
+  config.run_dir = defaults.run_dir;
+  config.qga.channels.virtio_serial_path = defaults.qga_port;
   parse_listen(root.object("listen"), config.server);
   parse_limits(root.object("limits"), config.server.limits);
   parse_session(root.object("session"), config.session);
@@ -478,7 +524,7 @@ AgentConfig parse_config(const nlohmann::json& document, const WriterRegistry& r
   config.run_dir = root.string("run_dir", config.run_dir);
   for (const auto* key : {"state_dir", "run_dir"}) {
     const auto& dir = std::string(key) == "state_dir" ? config.state_dir : config.run_dir;
-    if (dir.empty() || dir.front() != '/') {
+    if (!platform::is_absolute_path(dir)) {
       throw FieldError(key, "must be an absolute path");
     }
     // Missing is fine (the agent creates it on first use); anything but a

@@ -91,6 +91,10 @@ std::vector<ConfiguredWriter> create_writers(const AgentConfig& config,
                                              const WriterRegistry& registry,
                                              const WriterEnvironment& environment);
 
+// "" or why a configured qga channel cannot be served on this OS, naming the
+// field (per OS: core/config_<os>.cpp).
+[[nodiscard]] std::string unsupported_qga_channel(const qga::QgaChannelsConfig& channels);
+
 // Reads a bearer token file that must be owned by root (or the agent's own
 // user) and unreadable by group and others.
 std::string read_token_file(const std::string& path, const std::string& field_path);

@@ -1,14 +1,16 @@
 #pragma once
 // The byte movers of the qga protocol (docs/qga.md): the virtio-serial port
 // the host reaches through QEMU, and Unix-socket and vsock listeners that
-// speak the same protocol. Nothing here knows what the bytes mean: each
+// speak the same protocol (qga_channels.cpp); on Windows the port
+// \\.\Global\org.qemu.guest_agent.0 and a named pipe
+// (qga_channels_windows.cpp, the same class). Nothing here knows what the bytes mean: each
 // stream gets a QgaConnection from the factory and is fed to it.
 //
 // Threads: one per listener, one for the virtio-serial port and one per
 // socket connection (a freeze blocks its connection's thread while the
 // writers run; other connections and the HTTP API keep answering). Every
 // wait is a poll() that also watches one stop eventfd, so stop() never
-// hangs on a blocked read. Plain POSIX: no Asio or Beast here.
+// hangs on a blocked read. Plain POSIX (Win32 on Windows): no Asio or Beast here.
 
 #include <spdlog/logger.h>
 
@@ -36,12 +38,19 @@ struct QgaVsock {
   std::vector<std::uint32_t> allowed_cids{2};  // VMADDR_CID_HOST
 };
 
+// Windows: local tools speak qga on a named pipe (SYSTEM and the
+// Administrators only), as Linux's qga.unix_socket.
+struct QgaPipe {
+  std::string name;  // \\.\pipe\NAME
+};
+
 struct QgaChannelsConfig {
   // "" turns the port off. It may not exist yet: the channel waits for it.
   std::string virtio_serial_path = kDefaultVirtioSerialPath;
   std::optional<QgaUnixSocket> unix_socket;
   std::optional<QgaVsock> vsock;
-  // Socket connections served at once, over every socket listener; one more
+  std::optional<QgaPipe> pipe;  // Windows only
+  // Socket (and pipe) connections served at once, over every socket listener; one more
   // is accepted and closed at once (the client sees EOF, not a hang).
   std::size_t max_connections = 16;
 };

@@ -103,6 +103,21 @@ TEST_CASE("config errors name the field and what is wrong") {
   CHECK(error_of(json::parse(R"([1, 2])")) == "expected an object, got array [1,2]");
 }
 
+TEST_CASE("named pipes are a Windows transport: Linux refuses them naming the field") {
+  using nlohmann::json;
+  CHECK(error_of(json::parse(R"({"listen": {"pipe": {"name": "\\\\.\\pipe\\quiesce"}}})")) ==
+        "listen.pipe: named pipes are a Windows transport (Linux has listen.unix)");
+  CHECK(error_of(json::parse(R"({"listen": {"pipe": true}})")) ==
+        "listen.pipe: named pipes are a Windows transport (Linux has listen.unix)");
+  CHECK(error_of(json::parse(R"({"qga": {"pipe": {"name": "\\\\.\\pipe\\qga"}}})")) ==
+        "qga.pipe: named pipes are a Windows transport (Linux has qga.unix_socket)");
+  // A malformed name is named as such first, on every OS.
+  CHECK(error_of(json::parse(R"({"listen": {"pipe": {"name": "quiesce"}}})"))
+            .find("listen.pipe.name: expected a local pipe name") == 0);
+  auto registry = builtin_registry();
+  CHECK_FALSE(parse_config(json::object(), registry).server.pipe);
+}
+
 TEST_CASE("the TCP token file must be private and long enough") {
   test::TempDir dir;
   const auto path = (dir / "token").string();

@@ -1,0 +1,16 @@
+// What the config accepts on Windows only (config.cpp is shared).
+#include "agent/core/config.hpp"
+
+namespace quiesce::agent {
+
+std::string unsupported_qga_channel(const qga::QgaChannelsConfig& channels) {
+  if (channels.unix_socket) {
+    return "qga.unix_socket: Unix sockets are a Linux transport (Windows has qga.pipe)";
+  }
+  if (channels.vsock) {
+    return "qga.vsock_port: vsock is not served on Windows yet (docs/windows.md)";
+  }
+  return "";
+}
+
+}  // namespace quiesce::agent

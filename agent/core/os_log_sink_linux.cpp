@@ -1,0 +1,21 @@
+#include "agent/core/os_log_sink.hpp"
+
+#include <unistd.h>
+
+#include <cstdlib>
+
+#include "agent/core/journald_sink.hpp"
+
+namespace quiesce::agent {
+
+spdlog::sink_ptr make_os_log_sink(const LogConfig& config) {
+  // "stderr" under systemd is the journal already (JOURNAL_STREAM): native
+  // records carry the session, writer and phase fields besides the text.
+  if (config.target == "journald" ||
+      (config.target == "stderr" && is_journal_stream(STDERR_FILENO, std::getenv("JOURNAL_STREAM")))) {
+    return std::make_shared<JournaldSink>("quiesce-agent");
+  }
+  return nullptr;
+}
+
+}  // namespace quiesce::agent
