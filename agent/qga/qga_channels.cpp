@@ -276,7 +276,6 @@ struct QgaChannels::Impl {
   }
 
   void serve_socket(int fd, const std::string& peer) {
-    logger->debug("qga: {} connected", peer);
     auto connection = factory(peer, /*can_close=*/true);
     std::string buffer(kReadChunk, '\0');
     while (!stop_requested()) {
@@ -307,7 +306,9 @@ struct QgaChannels::Impl {
         break;
       }
     }
-    logger->debug("qga: {} disconnected", peer);
+    // At the level of the service\'s "connected" line: the log is flushed at
+    // info, and a reader must see both ends of every connection.
+    logger->info("qga: {} disconnected", peer);
   }
 
   // ---- the virtio-serial port ----------------------------------------------

@@ -239,10 +239,11 @@ struct QgaChannels::Impl {
       entry.thread = std::thread([this, handle = client_pipe.release(), peer, &entry]() {
         UniqueHandle owned(handle);
         try {
-          logger->debug("qga: {} connected", peer);
           auto connection = factory(peer, /*can_close=*/true);
           pump(owned.get(), *connection, peer);
-          logger->debug("qga: {} disconnected", peer);
+          // At the level of the service\'s "connected" line: the log is flushed at
+          // info, and a reader must see both ends of every connection.
+          logger->info("qga: {} disconnected", peer);
         } catch (const std::exception& e) {
           logger->error("qga: {} connection failed: {}", peer, e.what());
         }

@@ -76,9 +76,10 @@ std::int64_t millisecond_id() {
       .count();
 }
 
-// Connections the agent still counts, from its log: the channel logs
-// "qga: unix connected" at info when it takes one and "qga: unix
-// disconnected" when its reader sees the hang-up.
+// Connections the agent still counts, from its log: the qga service logs
+// "qga: unix connected" at info when it takes one, and the channel logs
+// "qga: unix disconnected" at info when its reader sees the hang-up (both at
+// info: the file log is flushed at info, so neither waits in a buffer).
 std::size_t qga_connections_open(const QgaAgent& qga) {
   std::istringstream log(qga.log());
   std::size_t opened = 0;
@@ -86,7 +87,7 @@ std::size_t qga_connections_open(const QgaAgent& qga) {
   for (std::string line; std::getline(log, line);) {
     if (line.find(" info ") != std::string::npos && line.find("qga: unix connected") != std::string::npos) {
       ++opened;
-    } else if (line.find("qga: unix disconnected") != std::string::npos) {
+    } else if (line.find(" info ") != std::string::npos && line.find("qga: unix disconnected") != std::string::npos) {
       ++closed;
     }
   }
