@@ -895,6 +895,13 @@ int run_bench(const Options& options) {
   // Issue #16's targets, each met or missed with what was measured.
   std::cout << "\nTargets (issue #16)\n\n";
   rows.clear();
+  // A missed target carries what this run measured about why, and what
+  // would close it (the measurements behind each: docs/performance.md,
+  // "Where a clean hold's fixed milliseconds go", "Footprint", "Start to ready").
+  auto target_row = [&](const std::string& target, const std::string& measured, bool met,
+                        const std::string& why_missed) {
+    rows.push_back({target, measured, verdict(met), met ? std::string() : why_missed});
+  };
   auto hold_target = [&](int n, const std::string& data, const std::string& floor_name,
                          double floor_limit, double qga_limit) {
     auto get = [&](const std::string& name) { return results.summary({"hold", n, data, name}).median; };
@@ -905,14 +912,20 @@ int run_bench(const Options& options) {
     const double qga = get("qemu_ga");
     const double floor_ms = get(floor_name);
     const std::string label = std::to_string(n) + " " + data + " fs";
+    // What the agent adds to the kernel's own freeze, in this run.
+    const std::string over_floor =
+        "+" + fixed(q - floor_ms, 2) + " ms over " + floor_name +
+        ": the agent's hops (request, coordinator, writer worker, holder and back, ~1 ms quiet) and "
+        "FIFREEZE itself, slower right after another contender's thaw is warm; closing it: fewer thread "
+        "handoffs in the hold (the worker-per-writer design keeps two each way), compare with --settle-ms 100";
     if (qga > 0) {
-      rows.push_back({"hold, " + label + " <= " + fixed(qga_limit) + "x qemu-ga",
-                      fixed(q, 2) + " vs " + fixed(qga, 2) + " ms (" + ratio(q, qga) + ")",
-                      verdict(q <= qga_limit * qga)});
+      target_row("hold, " + label + " <= " + fixed(qga_limit) + "x qemu-ga",
+                 fixed(q, 2) + " vs " + fixed(qga, 2) + " ms (" + ratio(q, qga) + ")", q <= qga_limit * qga,
+                 over_floor);
     }
-    rows.push_back({"hold, " + label + " <= " + fixed(floor_limit) + "x " + floor_name,
-                    fixed(q, 2) + " vs " + fixed(floor_ms, 2) + " ms (" + ratio(q, floor_ms) + ")",
-                    verdict(floor_ms > 0 && q <= floor_limit * floor_ms)});
+    target_row("hold, " + label + " <= " + fixed(floor_limit) + "x " + floor_name,
+               fixed(q, 2) + " vs " + fixed(floor_ms, 2) + " ms (" + ratio(q, floor_ms) + ")",
+               floor_ms > 0 && q <= floor_limit * floor_ms, over_floor);
   };
   hold_target(1, "clean", "raw_seq", 1.5, 1.0);
   hold_target(4, "clean", "raw_par", 1.5, 1.0);
@@ -920,21 +933,30 @@ int run_bench(const Options& options) {
   if (footprint.size() >= 2 && footprint[1].who == "qemu-ga" && footprint[1].rss_fresh_kib > 0) {
     const auto& agent_row = footprint[0];
     const auto& qga_row = footprint[1];
-    rows.push_back({"idle RSS, agent fresh <= qemu-ga's",
-                    fixed(agent_row.rss_fresh_kib / 1024) + " vs " +
-                        fixed(qga_row.rss_fresh_kib / 1024) + " MiB",
-                    verdict(agent_row.rss_fresh_kib <= qga_row.rss_fresh_kib)});
-    rows.push_back({"agent + holder after a freeze <= 1.5x qemu-ga's",
-                    fixed(agent_row.rss_after_kib / 1024) + " vs " +
-                        fixed(qga_row.rss_after_kib / 1024) + " MiB",
-                    verdict(agent_row.rss_after_kib <= 1.5 * qga_row.rss_after_kib)});
+    const std::string memory_split =
+        "anonymous " + fixed(agent_row.anon_fresh_kib / 1024) + " MiB (qemu-ga " +
+        fixed(qga_row.anon_fresh_kib / 1024) + "), file-backed code " +
+        fixed((agent_row.rss_fresh_kib - agent_row.anon_fresh_kib) / 1024) + " MiB (qemu-ga " +
+        fixed((qga_row.rss_fresh_kib - qga_row.anon_fresh_kib) / 1024) +
+        "); closing it: libsystemd by dlopen, spdlog/fmt static with --gc-sections, fewer pages touched at start";
+    target_row("idle RSS, agent fresh <= qemu-ga's",
+               fixed(agent_row.rss_fresh_kib / 1024) + " vs " + fixed(qga_row.rss_fresh_kib / 1024) + " MiB",
+               agent_row.rss_fresh_kib <= qga_row.rss_fresh_kib, memory_split);
+    target_row("agent + holder after a freeze <= 1.5x qemu-ga's",
+               fixed(agent_row.rss_after_kib / 1024) + " vs " + fixed(qga_row.rss_after_kib / 1024) + " MiB",
+               agent_row.rss_after_kib <= 1.5 * qga_row.rss_after_kib,
+               "the holder adds " + fixed((agent_row.rss_after_kib - agent_row.rss_fresh_kib) / 1024) +
+                   " MiB (its own process: libc, libstdc++); " + memory_split);
     const double agent_ready = summarise(agent_row.ready_ms).median;
     const double qga_ready = summarise(qga_row.ready_ms).median;
-    rows.push_back({"start to ready <= qemu-ga's",
-                    fixed(agent_ready, 2) + " vs " + fixed(qga_ready, 2) + " ms",
-                    verdict(agent_ready <= qga_ready)});
+    target_row("start to ready <= qemu-ga's", fixed(agent_ready, 2) + " vs " + fixed(qga_ready, 2) + " ms",
+               agent_ready <= qga_ready,
+               "+" + fixed(agent_ready - qga_ready, 2) +
+                   " ms: the loader and static initialisers before main reads its config (2-4 ms), the "
+                   "filesystem selection (1 ms), the handler pools (7 threads, 0.8 ms); closing it: pools "
+                   "started on demand, fewer static initialisers");
   }
-  print_table({"target", "measured", "verdict"}, rows);
+  print_table({"target", "measured", "verdict", "why missed, and what would close it"}, rows);
   std::cout << "(the database target: quiesce_bench databases)\n";
 
   // gnuplot reads these files: flush them first.
@@ -1296,7 +1318,7 @@ int run_databases(const Options& options) {
            ratio(whole.median, fs_only.median),
            verdict(ratio_value > 0 && ratio_value <= kDatabaseHoldTargetRatio) +
                (ratio_value <= kDatabaseHoldTargetRatio ? "" : why)}};
-  print_table({"target", "measured", "verdict"}, rows);
+  print_table({"target", "measured", "verdict", "why missed, and what would close it"}, rows);
   std::cout << "\nWrote " << (options.out_dir / "databases.csv").string() << "\n";
   return interrupted() ? 130 : 0;
 }
