@@ -6,8 +6,6 @@
 #include <spdlog/details/log_msg_buffer.h>
 #include <spdlog/sinks/base_sink.h>
 
-#include "writers/fsfreeze/fsfreeze_writer.hpp"
-#include "writers/hooks/hooks_writer.hpp"
 
 namespace quiesce::agent {
 
@@ -44,15 +42,8 @@ class RecoveryLogMemory final : public spdlog::sinks::base_sink<std::mutex> {
 StartupRecovery::StartupRecovery(const std::string& run_dir)
     : memory_(std::make_shared<RecoveryLogMemory>()),
       logger_(std::make_shared<spdlog::logger>("recovery", memory_)) {
-  auto& logger = *logger_;
-  logger.set_level(spdlog::level::trace);
-  // The freeze holder normally thaws when the agent dies; its record under
-  // the run dir covers the case where the holder died too (SIGKILL of the
-  // whole group, OOM). Runs even when fsfreeze is no longer configured.
-  (void)writers::recover_stale_fsfreeze(run_dir, logger);
-  // Then the hooks (application level, so released after the filesystems,
-  // as a thaw would): a thaw hook may write, so filesystems come first.
-  (void)writers::recover_stale_hooks(run_dir, logger_, &helper_output_);
+  logger_->set_level(spdlog::level::trace);
+  kept_ = recover(run_dir, logger_);
 }
 
 void StartupRecovery::replay_to(spdlog::logger& logger) const {

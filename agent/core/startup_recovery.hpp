@@ -1,7 +1,9 @@
 #pragma once
 // What a starting agent cleans up after a previous instance that died:
-// filesystems its freeze holder record says are still frozen, then hooks
-// its hooks writers' records say froze and were never released.
+// on Linux, filesystems its freeze holder record says are still frozen,
+// then hooks its hooks writers' records say froze and were never released;
+// on Windows, the hooks (a VSS hold ends by itself: the provider's own
+// limit). The steps per OS: startup_recovery_<os>.cpp.
 //
 // It runs first, before the agent opens its log or touches its state dir:
 // the filesystem they live on may be one of those still frozen (a restart
@@ -14,8 +16,6 @@
 
 #include <spdlog/logger.h>
 
-#include "platform/linux/lingering_output.hpp"
-
 namespace quiesce::agent {
 
 class RecoveryLogMemory;  // what recovery logged, until the agent's log is open
@@ -26,17 +26,23 @@ class StartupRecovery {
   // instance left frozen. Does no I/O outside `run_dir` and the frozen
   // filesystems' ioctls.
   explicit StartupRecovery(const std::string& run_dir);
+  StartupRecovery(const StartupRecovery&) = delete;
+  StartupRecovery& operator=(const StartupRecovery&) = delete;
   // Writes what recovery found to the agent's log, in order, with the
   // times it happened.
   void replay_to(spdlog::logger& logger) const;
 
  private:
+  // What this OS's recovery keeps for as long as this object lives (the
+  // agent's). On Linux: the pipes of hook helpers a dead instance left
+  // running, read so that their writes do not kill them.
+  struct Kept;
+  // This OS's recovery steps (startup_recovery_<os>.cpp), logging to `logger`.
+  static std::shared_ptr<Kept> recover(const std::string& run_dir, const std::shared_ptr<spdlog::logger>& logger);
+
   std::shared_ptr<RecoveryLogMemory> memory_;
   std::shared_ptr<spdlog::logger> logger_;
-  // Reads the pipes of hook helpers a dead instance left running, for as
-  // long as this object lives (the agent's): what they write after the
-  // log was replayed stays in memory, but they are not killed by it.
-  platform::LingeringOutput helper_output_;
+  std::shared_ptr<Kept> kept_;  // shared_ptr: Kept is complete only in the OS file
 };
 
 }  // namespace quiesce::agent

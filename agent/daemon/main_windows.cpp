@@ -23,6 +23,7 @@
 #include "agent/core/api_routes.hpp"
 #include "agent/core/config.hpp"
 #include "agent/core/coordinator.hpp"
+#include "agent/core/startup_recovery.hpp"
 #include "agent/qga/qga_channels.hpp"
 #include "agent/qga/qga_service.hpp"
 #include "platform/defaults.hpp"
@@ -85,6 +86,7 @@ std::string absolute_path(const std::string& path) {
 // in a call would make joining its worker thread hang, and everything that
 // matters is released by stop() before the process ends (as on Linux).
 struct RunningAgent {
+  std::optional<quiesce::agent::StartupRecovery> recovery;
   quiesce::agent::AgentLogger logging;
   std::unique_ptr<quiesce::agent::HoldLogObserver> log_observer;
   quiesce::agent::ObserverList observers;
@@ -107,6 +109,10 @@ int run_agent(const std::string& config_path, quiesce::platform::win::ServiceCon
     return kExitConfig;
   }
   auto& agent = *new RunningAgent;  // see RunningAgent: deliberately never freed
+  // Before the log opens, as on Linux: a previous instance may have died
+  // with hooks frozen; their thaw runs now, and what it logged is written
+  // once the log is open.
+  agent.recovery.emplace(config.run_dir);
   try {
     agent.logging = quiesce::agent::make_agent_logger(config.log);
   } catch (const std::exception& e) {
@@ -128,6 +134,7 @@ int run_agent(const std::string& config_path, quiesce::platform::win::ServiceCon
     return kExitConfig;
   }
   logger->info("quiesce-agent {} starting with {} writer(s)", QUIESCE_VERSION, writers.size());
+  agent.recovery->replay_to(*logger);
   agent.log_observer = std::make_unique<quiesce::agent::HoldLogObserver>(
       agent.logging.hold_sink, [](const std::string&) {});
   agent.observers.add(agent.log_observer.get());

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/core/startup_recovery.hpp"
 #include "quiesce/writer_registry.hpp"
 #include "tests/support/temp_dir.hpp"
 #include "writers/hooks/hooks_writer.hpp"
@@ -89,7 +90,7 @@ class HookFixture {
     return path;
   }
 
-  std::unique_ptr<Writer> make(nlohmann::json options) {
+  std::unique_ptr<Writer> make(nlohmann::json options, const std::string& run_dir = "") {
     quiesce::WriterRegistry registry;
     quiesce::writers::register_hooks_writer(registry);
     const auto* type = registry.find("hooks");
@@ -100,7 +101,7 @@ class HookFixture {
       options["allow_non_root_owner"] = true;
     }
     quiesce::WriterSpec spec{"hooks", "app-hooks", quiesce::Level::application, options};
-    return type->create(spec, quiesce::WriterEnvironment{logger_, "", ""});
+    return type->create(spec, quiesce::WriterEnvironment{logger_, run_dir, ""});
   }
 
   [[nodiscard]] PhaseContext ctx() const {
@@ -281,4 +282,42 @@ TEST_CASE("windows hooks: an .exe hook runs directly, with the phase's argument 
   REQUIRE(writer->freeze(f.ctx()).is_ok());
   CHECK(f.calls() == Calls{"30-native prepare prepare session-7", "30-native freeze freeze session-7"});
   REQUIRE(writer->abort(f.ctx()).is_ok());
+}
+
+// The first promise on Windows: hooks that froze are in the run-dir record,
+// and the next agent's start-up recovery (agent/core/startup_recovery_windows.cpp)
+// runs them with their release argument (abort, in the quiesce style), in
+// reverse order.
+TEST_CASE("windows hooks: hooks a dead agent left frozen are thawed by the next agent's start-up recovery") {
+  HookFixture f;
+  f.add_batch("10-app.bat", "echo %~n0 %1>> \"%LOG%\"");
+  f.add_batch("20-db.cmd", "echo %~n0 %1>> \"%LOG%\"");
+  const auto run_dir = f.temp("run");
+  fs::create_directory(run_dir);
+  const auto record = run_dir / "hooks-frozen-app-hooks.json";
+  {
+    auto writer = f.make({}, run_dir.string());
+    REQUIRE(writer->prepare(f.ctx()).is_ok());
+    REQUIRE(writer->freeze(f.ctx()).is_ok());
+    REQUIRE(fs::exists(record));
+    // The writer is dropped while frozen, as a killed agent leaves it.
+  }
+  const auto before_recovery = f.calls();
+  REQUIRE(before_recovery.size() == 4);
+  CHECK(before_recovery.back() == "20-db freeze");
+
+  const quiesce::agent::StartupRecovery recovery(run_dir.string());
+  std::ostringstream replayed;
+  spdlog::logger agent_log("agent", std::make_shared<spdlog::sinks::ostream_sink_mt>(replayed));
+  recovery.replay_to(agent_log);
+  INFO("recovery logged:\n" << replayed.str());
+  auto calls = f.calls();
+  calls.erase(calls.begin(), calls.begin() + 4);
+  CHECK(calls == Calls{"20-db abort", "10-app abort"});  // the quiesce style releases with abort
+  CHECK_FALSE(fs::exists(record));
+  CHECK(replayed.str().find("left 2 hook(s) frozen") != std::string::npos);
+
+  // A second start finds nothing left and runs nothing.
+  const quiesce::agent::StartupRecovery again(run_dir.string());
+  CHECK(f.calls().size() == 6);
 }
