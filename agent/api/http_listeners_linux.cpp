@@ -191,6 +191,10 @@ void bind_os_listeners(ServerState& server) {
   if (server.config.pipe) {
     throw listener_error("pipe " + server.config.pipe->name, "named pipes are a Windows transport");
   }
+  if (server.config.hyperv) {
+    throw listener_error("hyperv service " + server.config.hyperv->service_id,
+                         "Hyper-V sockets are a Windows transport");
+  }
   if (server.config.unix_socket) {
     bind_unix(server, *server.os_listeners, *server.config.unix_socket);
   }
@@ -239,6 +243,7 @@ bool describe_os_peer(ServerState& server, Transport transport, Protocol::socket
     case Transport::qga:
     case Transport::dbus:
     case Transport::named_pipe:
+    case Transport::hyperv:
       return false;  // never a listener of this file
   }
   return false;
@@ -261,6 +266,9 @@ const char* available_listeners() { return "unix, vsock or tcp"; }
 std::string unsupported_listener(const ServerConfig& config) {
   if (config.pipe) {
     return "listen.pipe: named pipes are a Windows transport (Linux has listen.unix)";
+  }
+  if (config.hyperv) {
+    return "listen.hyperv: Hyper-V sockets are a Windows transport (Linux has listen.vsock)";
   }
   return "";
 }

@@ -1,7 +1,8 @@
 // The HTTP server's Windows listeners: the named pipe for local tools
 // (\\.\pipe\quiesce-agent: SYSTEM and the Administrators only, the caller
 // identified and checked as the Unix socket's peer credentials are on
-// Linux). TCP + token is shared (http_server.cpp).
+// Linux), and a Hyper-V socket for the host (AF_HYPERV, listen.hyperv).
+// TCP + token is shared (http_server.cpp).
 #include <windows.h>
 
 #include <chrono>
@@ -10,6 +11,7 @@
 #include <boost/asio/windows/stream_handle.hpp>
 
 #include "agent/api/http_session.hpp"
+#include "platform/win/hyperv_socket.hpp"
 #include "platform/win/named_pipe.hpp"
 
 namespace quiesce::api {
@@ -151,6 +153,35 @@ class PipeAcceptor : public std::enable_shared_from_this<PipeAcceptor> {
   bool closed_ = false;
 };
 
+// The host's listener: a Hyper-V stream socket on the configured service
+// GUID, served by the shared acceptor loop as TCP is. Where the OS has no
+// Hyper-V sockets (an older Windows, not on Hyper-V, or wine) socket()
+// fails, and so does the start: a transport the config asks for is never
+// left out quietly.
+void bind_hyperv(ServerState& server, const HypervListener& config) {
+  namespace win = platform::win;
+  const std::string name = "hyperv service " + config.service_id;
+  auto listener = std::make_shared<ServerState::Listener>(server, Transport::hyperv, name);
+  const auto address = win::hyperv_listen_address(config.service_id);
+  const Endpoint endpoint(address.data(), address.size(), win::hyperv_protocol());
+  ErrorCode ec;
+  listener->acceptor.open(Protocol(win::hyperv_address_family(), win::hyperv_protocol()), ec);
+  if (ec) {
+    throw listener_error(name, win::hyperv_socket_error("socket(AF_HYPERV, SOCK_STREAM, HV_PROTOCOL_RAW)",
+                                                        ec.value()));
+  }
+  listener->acceptor.bind(endpoint, ec);
+  if (ec) {
+    throw listener_error(name, win::hyperv_socket_error("bind", ec.value()));
+  }
+  listener->acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    throw listener_error(name, win::hyperv_socket_error("listen", ec.value()));
+  }
+  server.listeners.push_back(std::move(listener));
+  server.logger->info("http: listening on {} (from the Hyper-V host)", name);
+}
+
 }  // namespace
 
 struct OsListeners {
@@ -162,6 +193,11 @@ void bind_os_listeners(ServerState& server) {
   if (server.config.unix_socket || server.config.vsock) {
     throw listener_error(server.config.unix_socket ? "unix" : "vsock",
                          "not a Windows transport (Windows has listen.pipe and listen.tcp)");
+  }
+  // First: the transport most likely to be missing fails the start before
+  // anything else is bound.
+  if (server.config.hyperv) {
+    bind_hyperv(server, *server.config.hyperv);
   }
   if (server.config.pipe) {
     auto pipe = std::make_shared<PipeAcceptor>(server, server.config.pipe->name);
@@ -183,8 +219,13 @@ void close_os_listeners(ServerState& server) {
   }
 }
 
-bool describe_os_peer(ServerState&, Transport, Protocol::socket&, const Endpoint&, Peer&) {
-  return false;  // Windows' only socket listener is TCP, described in http_server.cpp
+bool describe_os_peer(ServerState&, Transport transport, Protocol::socket&, const Endpoint& endpoint, Peer& peer) {
+  if (transport != Transport::hyperv) {
+    return false;  // TCP is described in http_server.cpp
+  }
+  peer.transport = Transport::hyperv;
+  peer.description = platform::win::describe_hyperv_peer(endpoint.data(), endpoint.size());
+  return true;
 }
 
 void prepare_tcp_acceptor(Acceptor& acceptor) {
@@ -198,14 +239,14 @@ void prepare_tcp_acceptor(Acceptor& acceptor) {
 
 void set_default_listeners(ServerConfig& config) { config.pipe = PipeListener{}; }
 
-const char* available_listeners() { return "pipe or tcp"; }
+const char* available_listeners() { return "pipe, tcp or hyperv"; }
 
 std::string unsupported_listener(const ServerConfig& config) {
   if (config.unix_socket) {
     return "listen.unix: Unix sockets are a Linux transport (Windows has listen.pipe)";
   }
   if (config.vsock) {
-    return "listen.vsock: vsock is not served on Windows yet (docs/windows.md)";
+    return "listen.vsock: vsock (viosock) is not served on Windows (docs/windows.md); on Hyper-V use listen.hyperv";
   }
   return "";
 }

@@ -228,7 +228,7 @@ void ServerState::start() {
     throw std::logic_error("HttpServer::start called twice");
   }
   started = true;
-  if (!config.unix_socket && !config.vsock && !config.tcp && !config.pipe) {
+  if (!config.unix_socket && !config.vsock && !config.tcp && !config.pipe && !config.hyperv) {
     throw std::runtime_error("http: no listener configured");
   }
   try {

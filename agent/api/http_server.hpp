@@ -23,7 +23,7 @@ namespace quiesce::api {
 // qga: a v1 request carried by qemu-guest-agent's `quiesce-api` command over
 // the qga channel (agent/qga/), not by this server; dbus: a method call on
 // org.quiesce.Agent1 (agent/dbus/).
-enum class Transport { unix_socket, vsock, tcp, qga, dbus, named_pipe };
+enum class Transport { unix_socket, vsock, tcp, qga, dbus, named_pipe, hyperv };
 
 struct Peer {
   Transport transport = Transport::unix_socket;
@@ -95,9 +95,17 @@ struct PipeListener {
   std::string name = R"(\\.\pipe\quiesce-agent)";
 };
 
+// Windows on Hyper-V: the host reaches the agent on a Hyper-V socket
+// (AF_HYPERV), addressed by a service GUID the host registers under
+// GuestCommunicationServices, as vsock's port on Linux.
+struct HypervListener {
+  std::string service_id;  // lowercase 8-4-4-4-12 hex, checked by the config
+};
+
 struct ServerConfig {
   std::optional<UnixListener> unix_socket;
   std::optional<PipeListener> pipe;
+  std::optional<HypervListener> hyperv;
   std::optional<VsockListener> vsock;
   std::optional<TcpListener> tcp;
   ServerLimits limits;

@@ -1,5 +1,7 @@
 #include "agent/core/config.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -89,6 +91,30 @@ std::string parse_pipe_name(JsonFields& fields, std::optional<std::string> fallb
   return name;
 }
 
+// A Hyper-V socket's "service_id": a GUID written 8-4-4-4-12 in hex
+// ("f58797f6-c9a4-4b5d-a2c6-6b3a8b8f1a2e", braces not taken), returned in
+// lowercase. Strict: a GUID that is almost right names another service.
+// Parsed on every OS, so a Linux config gets the "Windows transport" error.
+std::string parse_hyperv_service_id(JsonFields& fields) {
+  std::string id = fields.string("service_id");
+  bool valid = id.size() == 36;
+  for (std::size_t i = 0; valid && i < id.size(); ++i) {
+    const bool dash_position = i == 8 || i == 13 || i == 18 || i == 23;
+    const char c = id[i];
+    valid = dash_position ? c == '-' : std::isxdigit(static_cast<unsigned char>(c)) != 0;
+  }
+  if (!valid) {
+    throw FieldError(fields.path_of("service_id"),
+                     "expected a GUID xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (hex, no braces), got '" + id + "'");
+  }
+  std::transform(id.begin(), id.end(), id.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (id == "00000000-0000-0000-0000-000000000000") {
+    throw FieldError(fields.path_of("service_id"), "the zero GUID names no service");
+  }
+  return id;
+}
+
 void parse_listen(JsonFields listen, api::ServerConfig& server) {
   // unix: on by default (Linux); false turns it off.
   if (const auto* unix_value = listen.raw("unix"); unix_value != nullptr && unix_value->is_boolean()) {
@@ -170,11 +196,19 @@ void parse_listen(JsonFields listen, api::ServerConfig& server) {
     pipe_fields.reject_unknown();
     server.pipe = pipe;
   }
+  // hyperv (Windows on Hyper-V): off unless configured; null is the default.
+  if (const auto* hyperv_value = listen.raw("hyperv"); hyperv_value != nullptr && !hyperv_value->is_null()) {
+    auto hyperv_fields = listen.object("hyperv", true);
+    api::HypervListener hyperv;
+    hyperv.service_id = parse_hyperv_service_id(hyperv_fields);
+    hyperv_fields.reject_unknown();
+    server.hyperv = hyperv;
+  }
   listen.reject_unknown();
   if (const auto unsupported = api::unsupported_listener(server); !unsupported.empty()) {
     throw FieldError(unsupported.substr(0, unsupported.find(':')), unsupported.substr(unsupported.find(':') + 2));
   }
-  if (!server.unix_socket && !server.vsock && !server.tcp && !server.pipe) {
+  if (!server.unix_socket && !server.vsock && !server.tcp && !server.pipe && !server.hyperv) {
     throw FieldError("listen", std::string("no transport left: enable ") + api::available_listeners());
   }
 }
@@ -269,6 +303,13 @@ void parse_qga(JsonFields fields, QgaConfig& qga, const SessionLimits& session) 
     pipe.name = parse_pipe_name(pipe_fields, std::nullopt);
     pipe_fields.reject_unknown();
     qga.channels.pipe = pipe;
+  }
+  if (const auto* hyperv_value = fields.raw("hyperv"); hyperv_value != nullptr && !hyperv_value->is_null()) {
+    auto hyperv_fields = fields.object("hyperv", true);
+    qga::QgaHyperv hyperv;
+    hyperv.service_id = parse_hyperv_service_id(hyperv_fields);
+    hyperv_fields.reject_unknown();
+    qga.channels.hyperv = hyperv;
   }
   // allowed_cids is checked even while vsock_port is off (null, the
   // documented default), so turning the port on cannot reveal a bad list.
@@ -519,6 +560,13 @@ AgentConfig parse_config(const nlohmann::json& document, const WriterRegistry& r
   parse_session(root.object("session"), config.session);
   parse_log(root.object("log"), config.log);
   parse_qga(root.object("qga"), config.qga, config.session);
+  // One service id is one listening socket: the second bind would fail at
+  // start, so say it now.
+  if (config.server.hyperv && config.qga.channels.hyperv &&
+      config.server.hyperv->service_id == config.qga.channels.hyperv->service_id) {
+    throw FieldError("qga.hyperv.service_id",
+                     "the same as listen.hyperv.service_id: the HTTP API and qga need one service id each");
+  }
   parse_dbus(root.object("dbus"), config.dbus);
   config.state_dir = root.string("state_dir", config.state_dir);
   config.run_dir = root.string("run_dir", config.run_dir);

@@ -7,6 +7,9 @@ std::string unsupported_qga_channel(const qga::QgaChannelsConfig& channels) {
   if (channels.pipe) {
     return "qga.pipe: named pipes are a Windows transport (Linux has qga.unix_socket)";
   }
+  if (channels.hyperv) {
+    return "qga.hyperv: Hyper-V sockets are a Windows transport (Linux has qga.vsock_port)";
+  }
   return "";
 }
 

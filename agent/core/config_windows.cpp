@@ -8,7 +8,7 @@ std::string unsupported_qga_channel(const qga::QgaChannelsConfig& channels) {
     return "qga.unix_socket: Unix sockets are a Linux transport (Windows has qga.pipe)";
   }
   if (channels.vsock) {
-    return "qga.vsock_port: vsock is not served on Windows yet (docs/windows.md)";
+    return "qga.vsock_port: vsock (viosock) is not served on Windows (docs/windows.md); on Hyper-V use qga.hyperv";
   }
   return "";
 }

@@ -44,12 +44,19 @@ struct QgaPipe {
   std::string name;  // \\.\pipe\NAME
 };
 
+// Windows on Hyper-V: the qga protocol on a Hyper-V socket (AF_HYPERV)
+// with this service GUID, as Linux's qga.vsock_port.
+struct QgaHyperv {
+  std::string service_id;  // lowercase 8-4-4-4-12 hex, checked by the config
+};
+
 struct QgaChannelsConfig {
   // "" turns the port off. It may not exist yet: the channel waits for it.
   std::string virtio_serial_path = kDefaultVirtioSerialPath;
   std::optional<QgaUnixSocket> unix_socket;
   std::optional<QgaVsock> vsock;
   std::optional<QgaPipe> pipe;  // Windows only
+  std::optional<QgaHyperv> hyperv;  // Windows only
   // Socket (and pipe) connections served at once, over every socket listener; one more
   // is accepted and closed at once (the client sees EOF, not a hang).
   std::size_t max_connections = 16;

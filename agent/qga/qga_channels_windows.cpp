@@ -1,12 +1,16 @@
 // The qga channels on Windows (the same QgaChannels as qga_channels.cpp):
 // the virtio-serial port \\.\Global\org.qemu.guest_agent.0 (the virtio-win
 // vioserial driver names it so, as qemu-ga's Windows build opens it) and a
-// named pipe for local tools. Every wait is an overlapped operation waited
-// for together with one stop event, so stop() never hangs on a read.
+// named pipe for local tools, and a Hyper-V socket for the host (qga.hyperv).
+// Every wait is an overlapped operation waited for together with one stop
+// event, so stop() never hangs on a read.
 #include "agent/qga/qga_channels.hpp"
 
+// winsock2 before windows.h, which would pull in the old winsock.h.
+#include <winsock2.h>
 #include <windows.h>
 
+#include <array>
 #include <atomic>
 #include <list>
 #include <mutex>
@@ -14,6 +18,7 @@
 #include <thread>
 #include <utility>
 
+#include "platform/win/hyperv_socket.hpp"
 #include "platform/win/named_pipe.hpp"
 #include "platform/win/win_error.hpp"
 
@@ -94,6 +99,9 @@ struct QgaChannels::Impl {
 
   UniqueHandle first_pipe;  // bound by start(), served by the pipe thread
   std::thread pipe_thread;
+  SOCKET hyperv_listener = INVALID_SOCKET;  // bound by start(), served by the hyperv thread
+  bool winsock_started = false;
+  std::thread hyperv_thread;
   std::thread port_thread;
   struct Client {
     std::thread thread;
@@ -104,9 +112,38 @@ struct QgaChannels::Impl {
 
   bool stop_requested() const { return ::WaitForSingleObject(stop_event.get(), 0) == WAIT_OBJECT_0; }
 
+  // How pump() reads and writes: a pipe or a port with ReadFile/WriteFile;
+  // a socket with WSARecv/WSASend, as not every Winsock provider takes
+  // ReadFile on its sockets.
+  enum class Channel { file, socket };
+
+  // Starts an overlapped read or write; false with `error` when it failed
+  // at once rather than pending or completing.
+  static bool start_io(Channel channel, HANDLE handle, bool read, char* data, DWORD size, OVERLAPPED& overlapped,
+                       DWORD& error) {
+    if (channel == Channel::file) {
+      const BOOL ok = read ? ::ReadFile(handle, data, size, nullptr, &overlapped)
+                           : ::WriteFile(handle, data, size, nullptr, &overlapped);
+      error = ok ? 0 : ::GetLastError();
+      return ok || error == ERROR_IO_PENDING;
+    }
+    WSABUF buffer{size, data};
+    DWORD flags = 0;
+    const SOCKET socket = reinterpret_cast<SOCKET>(handle);
+    const int result = read ? ::WSARecv(socket, &buffer, 1, nullptr, &flags, &overlapped, nullptr)
+                            : ::WSASend(socket, &buffer, 1, nullptr, 0, &overlapped, nullptr);
+    error = result == 0 ? 0 : static_cast<DWORD>(::WSAGetLastError());
+    return result == 0 || error == WSA_IO_PENDING;
+  }
+
+  static bool is_disconnect(DWORD error) {
+    return error == ERROR_BROKEN_PIPE || error == ERROR_PIPE_NOT_CONNECTED || error == ERROR_HANDLE_EOF ||
+           error == ERROR_NETNAME_DELETED || error == WSAECONNRESET || error == WSAECONNABORTED;
+  }
+
   // Reads, feeds the protocol, writes the replies, until the peer leaves
-  // (false) or stop (true). Overlapped handle.
-  bool pump(HANDLE handle, QgaConnection& connection, const std::string& peer) {
+  // (false) or stop (true). Overlapped handle (or socket).
+  bool pump(HANDLE handle, QgaConnection& connection, const std::string& peer, Channel channel = Channel::file) {
     std::string buffer(kReadChunk, '\0');
     UniqueHandle io_event(::CreateEventW(nullptr, TRUE, FALSE, nullptr));
     while (true) {
@@ -115,9 +152,8 @@ struct QgaChannels::Impl {
       ::ResetEvent(io_event.get());
       DWORD got = 0;
       DWORD error = 0;
-      if (!::ReadFile(handle, buffer.data(), kReadChunk, nullptr, &read) && ::GetLastError() != ERROR_IO_PENDING) {
-        error = ::GetLastError();
-        if (error != ERROR_BROKEN_PIPE && error != ERROR_PIPE_NOT_CONNECTED) {
+      if (!start_io(channel, handle, true, buffer.data(), kReadChunk, read, error)) {
+        if (!is_disconnect(error)) {
           logger->warn("qga: reading {} failed: {}", peer, win::error_text(error));
         }
         return false;
@@ -126,12 +162,15 @@ struct QgaChannels::Impl {
         case IoResult::stopped:
           return true;
         case IoResult::failed:
-          if (error != ERROR_BROKEN_PIPE && error != ERROR_PIPE_NOT_CONNECTED && error != ERROR_HANDLE_EOF) {
+          if (!is_disconnect(error)) {
             logger->warn("qga: reading {} failed: {}", peer, win::error_text(error));
           }
           return false;
         case IoResult::done:
           break;
+      }
+      if (got == 0 && channel == Channel::socket) {
+        return false;  // the peer closed its end
       }
       if (got == 0) {
         // Nothing read (a zero-byte message, or a port whose driver
@@ -149,9 +188,8 @@ struct QgaChannels::Impl {
         write.hEvent = io_event.get();
         ::ResetEvent(io_event.get());
         DWORD sent = 0;
-        if (!::WriteFile(handle, output.bytes.data() + written, static_cast<DWORD>(output.bytes.size() - written),
-                         nullptr, &write) &&
-            ::GetLastError() != ERROR_IO_PENDING) {
+        if (!start_io(channel, handle, false, const_cast<char*>(output.bytes.data() + written),
+                      static_cast<DWORD>(output.bytes.size() - written), write, error)) {
           return false;
         }
         const auto result = wait_overlapped(handle, write, stop_event.get(), sent, error);
@@ -254,6 +292,104 @@ struct QgaChannels::Impl {
     }
   }
 
+  // ---- the Hyper-V socket ----------------------------------------------------
+
+  // Creates, binds and listens; throws naming the listener and the WSA
+  // error (wine and a Windows not on Hyper-V have no AF_HYPERV).
+  void bind_hyperv() {
+    const std::string name = "qga hyperv service " + config.hyperv->service_id + " listener: ";
+    WSADATA data;
+    if (const int error = ::WSAStartup(MAKEWORD(2, 2), &data); error != 0) {
+      throw std::runtime_error(name + "WSAStartup failed: " + win::error_text(static_cast<DWORD>(error)));
+    }
+    winsock_started = true;
+    hyperv_listener = ::WSASocketW(win::hyperv_address_family(), SOCK_STREAM, win::hyperv_protocol(), nullptr, 0,
+                                   WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
+    if (hyperv_listener == INVALID_SOCKET) {
+      throw std::runtime_error(
+          name + win::hyperv_socket_error("socket(AF_HYPERV, SOCK_STREAM, HV_PROTOCOL_RAW)", ::WSAGetLastError()));
+    }
+    const auto address = win::hyperv_listen_address(config.hyperv->service_id);
+    if (::bind(hyperv_listener, reinterpret_cast<const sockaddr*>(address.data()), static_cast<int>(address.size())) != 0) {
+      throw std::runtime_error(name + win::hyperv_socket_error("bind", ::WSAGetLastError()));
+    }
+    if (::listen(hyperv_listener, SOMAXCONN) != 0) {
+      throw std::runtime_error(name + win::hyperv_socket_error("listen", ::WSAGetLastError()));
+    }
+  }
+
+  void close_hyperv() {
+    if (hyperv_listener != INVALID_SOCKET) {
+      ::closesocket(hyperv_listener);
+      hyperv_listener = INVALID_SOCKET;
+    }
+    if (winsock_started) {
+      ::WSACleanup();
+      winsock_started = false;
+    }
+  }
+
+  // Accepts with an event (FD_ACCEPT) waited for with the stop event; each
+  // connection gets its own thread, as the pipe's do.
+  void serve_hyperv() {
+    const std::string& service_id = config.hyperv->service_id;
+    WSAEVENT accept_event = ::WSACreateEvent();
+    if (accept_event == WSA_INVALID_EVENT || ::WSAEventSelect(hyperv_listener, accept_event, FD_ACCEPT) != 0) {
+      logger->error("qga: hyperv service {}: cannot wait for connections: {}", service_id,
+                    win::error_text(static_cast<DWORD>(::WSAGetLastError())));
+      if (accept_event != WSA_INVALID_EVENT) {
+        ::WSACloseEvent(accept_event);
+      }
+      return;
+    }
+    while (true) {
+      const HANDLE events[2] = {accept_event, stop_event.get()};
+      if (::WaitForMultipleObjects(2, events, FALSE, INFINITE) != WAIT_OBJECT_0) {
+        break;  // stop
+      }
+      ::WSAResetEvent(accept_event);
+      std::array<unsigned char, 64> peer_address{};
+      int peer_size = static_cast<int>(peer_address.size());
+      SOCKET client = ::accept(hyperv_listener, reinterpret_cast<sockaddr*>(peer_address.data()), &peer_size);
+      if (client == INVALID_SOCKET) {
+        if (const int error = ::WSAGetLastError(); error != WSAEWOULDBLOCK) {
+          logger->warn("qga: hyperv service {}: accept failed: {}", service_id,
+                       win::error_text(static_cast<DWORD>(error)));
+        }
+        continue;
+      }
+      // The accepted socket inherits the listener's event selection and
+      // non-blocking mode; its own I/O is overlapped, so clear both.
+      ::WSAEventSelect(client, nullptr, 0);
+      u_long blocking = 0;
+      ::ioctlsocket(client, FIONBIO, &blocking);
+      const std::string peer = win::describe_hyperv_peer(peer_address.data(), static_cast<std::size_t>(peer_size));
+      reap_finished_clients();
+      if (active_clients.load() >= config.max_connections) {
+        logger->warn("qga: refused a {} connection: {} already open (the limit)", peer, config.max_connections);
+        ::closesocket(client);
+        continue;
+      }
+      ++active_clients;
+      std::lock_guard lock(clients_mutex);
+      auto& entry = clients.emplace_back();
+      entry.thread = std::thread([this, client, peer, &entry]() {
+        try {
+          logger->debug("qga: {} connected", peer);
+          auto connection = factory(peer, /*can_close=*/true);
+          pump(reinterpret_cast<HANDLE>(client), *connection, peer, Channel::socket);
+          logger->debug("qga: {} disconnected", peer);
+        } catch (const std::exception& e) {
+          logger->error("qga: {} connection failed: {}", peer, e.what());
+        }
+        ::closesocket(client);
+        --active_clients;
+        entry.done = true;
+      });
+    }
+    ::WSACloseEvent(accept_event);
+  }
+
   // ---- the virtio-serial port ----------------------------------------------
 
   void serve_port() {
@@ -313,14 +449,29 @@ void QgaChannels::start() {
     throw std::runtime_error(std::string("qga ") + (impl_->config.unix_socket ? "unix_socket" : "vsock_port") +
                              ": not a Windows transport (Windows has qga.pipe)");
   }
+  // First: the transport most likely to be missing fails the start before
+  // any thread runs.
+  if (impl_->config.hyperv) {
+    try {
+      impl_->bind_hyperv();
+    } catch (...) {
+      impl_->close_hyperv();
+      throw;
+    }
+  }
   if (impl_->config.pipe) {
     std::string error;
     impl_->first_pipe.reset(win::create_pipe_instance(impl_->config.pipe->name, true, error));
     if (!impl_->first_pipe) {
+      impl_->close_hyperv();
       throw std::runtime_error("qga pipe " + impl_->config.pipe->name + " listener: " + error);
     }
     impl_->logger->info("qga: listening on pipe {} (SYSTEM and Administrators only)", impl_->config.pipe->name);
     impl_->pipe_thread = std::thread([impl = impl_.get()] { impl->serve_pipe(); });
+  }
+  if (impl_->config.hyperv) {
+    impl_->logger->info("qga: listening on hyperv service {} (from the Hyper-V host)", impl_->config.hyperv->service_id);
+    impl_->hyperv_thread = std::thread([impl = impl_.get()] { impl->serve_hyperv(); });
   }
   if (!impl_->config.virtio_serial_path.empty()) {
     impl_->port_thread = std::thread([impl = impl_.get()] { impl->serve_port(); });
@@ -338,11 +489,17 @@ void QgaChannels::stop() {
   if (impl_->port_thread.joinable()) {
     impl_->port_thread.join();
   }
-  std::lock_guard lock(impl_->clients_mutex);
-  for (auto& client : impl_->clients) {
-    client.thread.join();
+  if (impl_->hyperv_thread.joinable()) {
+    impl_->hyperv_thread.join();
   }
-  impl_->clients.clear();
+  {
+    std::lock_guard lock(impl_->clients_mutex);
+    for (auto& client : impl_->clients) {
+      client.thread.join();
+    }
+    impl_->clients.clear();
+  }
+  impl_->close_hyperv();
 }
 
 bool QgaChannels::vsock_listening() const { return false; }

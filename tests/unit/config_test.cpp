@@ -118,6 +118,29 @@ TEST_CASE("named pipes are a Windows transport: Linux refuses them naming the fi
   CHECK_FALSE(parse_config(json::object(), registry).server.pipe);
 }
 
+TEST_CASE("Hyper-V sockets are a Windows transport: Linux refuses them, a bad GUID first") {
+  using nlohmann::json;
+  CHECK(error_of(json::parse(
+            R"({"listen": {"hyperv": {"service_id": "f58797f6-c9a4-4b5d-a2c6-6b3a8b8f1a2e"}}})")) ==
+        "listen.hyperv: Hyper-V sockets are a Windows transport (Linux has listen.vsock)");
+  CHECK(error_of(json::parse(
+            R"({"qga": {"hyperv": {"service_id": "F58797F6-C9A4-4B5D-A2C6-6B3A8B8F1A2E"}}})")) ==
+        "qga.hyperv: Hyper-V sockets are a Windows transport (Linux has qga.vsock_port)");
+  // The GUID is checked on every OS, strictly: 8-4-4-4-12 hex, no braces.
+  for (const char* bad : {"{f58797f6-c9a4-4b5d-a2c6-6b3a8b8f1a2e}", "f58797f6-c9a4-4b5d-a2c6-6b3a8b8f1a2",
+                          "f58797f6xc9a4-4b5d-a2c6-6b3a8b8f1a2e", "z58797f6-c9a4-4b5d-a2c6-6b3a8b8f1a2e", ""}) {
+    const json config = {{"listen", {{"hyperv", {{"service_id", bad}}}}}};
+    CHECK_MESSAGE(error_of(config).find("listen.hyperv.service_id: expected a GUID") == 0, bad);
+  }
+  CHECK(error_of(json::parse(
+            R"({"listen": {"hyperv": {"service_id": "00000000-0000-0000-0000-000000000000"}}})")) ==
+        "listen.hyperv.service_id: the zero GUID names no service");
+  CHECK(error_of(json::parse(R"({"listen": {"hyperv": {}}})")) == "listen.hyperv.service_id: required field is missing");
+  auto registry = builtin_registry();
+  CHECK_FALSE(parse_config(json::object(), registry).server.hyperv);
+  CHECK(parse_config(json::parse(R"({"listen": {"hyperv": null}})"), registry).server.hyperv == std::nullopt);
+}
+
 TEST_CASE("the TCP token file must be private and long enough") {
   test::TempDir dir;
   const auto path = (dir / "token").string();

@@ -253,6 +253,17 @@ HANDLE open_pipe(const std::string& name) {
   }
 }
 
+// Whether anything serves the pipe now (no waiting, unlike open_pipe).
+bool pipe_exists(const std::string& name) {
+  const HANDLE pipe = ::CreateFileW(widen(name).c_str(), GENERIC_READ | GENERIC_WRITE, 0, nullptr, OPEN_EXISTING, 0,
+                                    nullptr);
+  if (pipe == INVALID_HANDLE_VALUE) {
+    return ::GetLastError() == ERROR_PIPE_BUSY;
+  }
+  ::CloseHandle(pipe);
+  return true;
+}
+
 std::string read_response(HANDLE pipe) {
   std::string raw;
   char buffer[4096];
@@ -374,7 +385,7 @@ TEST_CASE("--check-config refuses bad configs with the field and the reason, and
 
   const auto nothing_left = check(with_dirs(R"("listen": {"pipe": false})"));
   CHECK(nothing_left.exit_code == 3);
-  CHECK_MESSAGE(nothing_left.output.find("listen: no transport left: enable pipe or tcp") != std::string::npos,
+  CHECK_MESSAGE(nothing_left.output.find("listen: no transport left: enable pipe, tcp or hyperv") != std::string::npos,
                 nothing_left.output);
 
   const auto relative = check(R"({"state_dir": "state"})");
@@ -386,6 +397,94 @@ TEST_CASE("--check-config refuses bad configs with the field and the reason, and
   CHECK_MESSAGE(unknown_writer.output.find("fsfreeze") != std::string::npos, unknown_writer.output);
 
   CHECK_FALSE(std::filesystem::exists(state_dir));  // a check writes nothing
+}
+
+// Hyper-V sockets (listen.hyperv, qga.hyperv): the config is checked here
+// as on Windows; wine has no AF_HYPERV, so a start that asks for one must
+// fail at once, naming the transport and the WSA error, and leave nothing
+// listening (the pipe it would also have served is free afterwards).
+TEST_CASE("Hyper-V sockets: a valid service GUID is accepted, a bad one refused, a start without AF_HYPERV fails") {
+  quiesce::test::TempDir dir("quiesce-hyperv");
+  const auto state_dir = (dir / "state").string();
+  const std::string api_pipe = R"(\\.\pipe\quiesce-hyperv-test-)" + random_suffix();
+  const auto write_config = [&](const json& listen, const json& qga_section) {
+    json document = {{"listen", listen},
+                     {"qga", qga_section},
+                     {"log", {{"target", "file"}, {"file", (dir / "agent.log").string()}}},
+                     {"state_dir", state_dir},
+                     {"run_dir", (dir / "run").string()},
+                     {"writers", json::array({{{"name", "app"}, {"type", "delay"}}})}};
+    std::ofstream(dir / "agent.json") << document.dump(2);
+  };
+  const auto check_config = [&] { return agent(L"--check-config --config " + quoted(dir / "agent.json")); };
+  const std::string service_id = "F58797F6-C9A4-4B5D-A2C6-6B3A8B8F1A2E";  // mixed case is still a GUID
+  const json no_virtio = {{"virtio_serial_path", nullptr}};
+
+  write_config({{"pipe", false}, {"hyperv", {{"service_id", service_id}}}}, no_virtio);
+  const auto valid = check_config();
+  CHECK_MESSAGE(valid.exit_code == 0, valid.output);
+
+  json qga_hyperv = no_virtio;
+  qga_hyperv["hyperv"] = {{"service_id", "a42e7cda-d03f-480c-9cc2-a4de20abb878"}};
+  write_config({{"pipe", {{"name", api_pipe}}}}, qga_hyperv);
+  const auto valid_qga = check_config();
+  CHECK_MESSAGE(valid_qga.exit_code == 0, valid_qga.output);
+
+  for (const std::string bad : {"{f58797f6-c9a4-4b5d-a2c6-6b3a8b8f1a2e}", "f58797f6-c9a4-4b5d-a2c6-6b3a8b8f1a2",
+                                "f58797f6c9a44b5da2c66b3a8b8f1a2e00000", "g58797f6-c9a4-4b5d-a2c6-6b3a8b8f1a2e"}) {
+    write_config({{"pipe", false}, {"hyperv", {{"service_id", bad}}}}, no_virtio);
+    const auto refused = check_config();
+    CHECK_MESSAGE(refused.exit_code == 3, bad, ": ", refused.output);
+    CHECK_MESSAGE(refused.output.find("listen.hyperv.service_id: expected a GUID") != std::string::npos,
+                  refused.output);
+  }
+  write_config({{"pipe", false}, {"hyperv", {{"service_id", "00000000-0000-0000-0000-000000000000"}}}}, no_virtio);
+  const auto zero = check_config();
+  CHECK(zero.exit_code == 3);
+  CHECK_MESSAGE(zero.output.find("listen.hyperv.service_id: the zero GUID names no service") != std::string::npos,
+                zero.output);
+  json bad_qga = no_virtio;
+  bad_qga["hyperv"] = {{"service_id", "parent"}};
+  write_config({{"pipe", {{"name", api_pipe}}}}, bad_qga);
+  const auto refused_qga = check_config();
+  CHECK(refused_qga.exit_code == 3);
+  CHECK_MESSAGE(refused_qga.output.find("qga.hyperv.service_id: expected a GUID") != std::string::npos,
+                refused_qga.output);
+  json same_as_http = no_virtio;
+  same_as_http["hyperv"] = {{"service_id", service_id}};
+  write_config({{"pipe", false}, {"hyperv", {{"service_id", service_id}}}}, same_as_http);
+  const auto shared_id = check_config();
+  CHECK(shared_id.exit_code == 3);
+  CHECK_MESSAGE(shared_id.output.find("qga.hyperv.service_id: the same as listen.hyperv.service_id") !=
+                    std::string::npos,
+                shared_id.output);
+  write_config({{"pipe", false}, {"hyperv", {{"service_id", service_id}, {"vm_id", "x"}}}}, no_virtio);
+  const auto unknown_field = check_config();
+  CHECK(unknown_field.exit_code == 3);
+  CHECK_MESSAGE(unknown_field.output.find("listen.hyperv.vm_id") != std::string::npos, unknown_field.output);
+  CHECK_FALSE(std::filesystem::exists(state_dir));  // a check writes nothing
+
+  // The HTTP API on a Hyper-V socket, beside a pipe: the start fails with
+  // exit code 4 (cannot listen) before the pipe is served.
+  write_config({{"pipe", {{"name", api_pipe}}}, {"hyperv", {{"service_id", service_id}}}}, no_virtio);
+  const auto http_start = run(quoted(agent_exe) + L" --config " + quoted(dir / "agent.json"), 60s);
+  CHECK_MESSAGE(http_start.exit_code == 4, http_start.output);
+  CHECK_MESSAGE(http_start.output.find("cannot listen: hyperv service f58797f6-c9a4-4b5d-a2c6-6b3a8b8f1a2e listener: "
+                                       "socket(AF_HYPERV, SOCK_STREAM, HV_PROTOCOL_RAW) failed with WSA error") !=
+                    std::string::npos,
+                http_start.output);
+  CHECK(read_file(dir / "agent.log").find("hyperv service") != std::string::npos);
+  CHECK_MESSAGE(!pipe_exists(api_pipe), "the pipe still answers after a failed start");
+
+  // qga on a Hyper-V socket: the same, after the HTTP API had started.
+  write_config({{"pipe", {{"name", api_pipe}}}}, qga_hyperv);
+  const auto qga_start = run(quoted(agent_exe) + L" --config " + quoted(dir / "agent.json"), 60s);
+  CHECK_MESSAGE(qga_start.exit_code == 4, qga_start.output);
+  CHECK_MESSAGE(qga_start.output.find("cannot listen: qga hyperv service a42e7cda-d03f-480c-9cc2-a4de20abb878 "
+                                      "listener: socket(AF_HYPERV, SOCK_STREAM, HV_PROTOCOL_RAW) failed with WSA "
+                                      "error") != std::string::npos,
+                qga_start.output);
+  CHECK_MESSAGE(!pipe_exists(api_pipe), "the pipe still answers after a failed start");
 }
 
 TEST_CASE("the agent as a service: installed, started, served on TCP, its pipe and qga, stopped mid-freeze") {

@@ -81,7 +81,7 @@ class Harness {
                                                                     : Clock::time_point::max(),
                      stop.get_token()};
     Writer* writer = writer_.get();
-    std::thread([shared, ctx = std::move(ctx), writer, invoke]() {
+    std::thread worker([shared, ctx = std::move(ctx), writer, invoke]() {
       CallOutcome outcome;
       try {
         Status status = invoke(*writer, ctx, outcome);
@@ -97,7 +97,7 @@ class Harness {
       shared->outcome = std::move(outcome);
       shared->done = true;
       shared->done_cv.notify_all();
-    }).detach();
+    });
 
     std::unique_lock lock(shared->mutex);
     if (!shared->done_cv.wait_until(lock, deadline, [&] { return shared->done; })) {
@@ -105,12 +105,20 @@ class Harness {
       if (!shared->done_cv.wait_until(lock, deadline + limits_.stop_bound,
                                       [&] { return shared->done; })) {
         hung_ = true;
+        // Only a hung call's thread is let go: it has long started by now.
+        worker.detach();
         throw CheckFailed(std::string(to_string(phase)) + " did not return within " +
                           std::to_string(limits_.stop_bound.count()) +
                           " ms after its deadline passed and its stop token fired");
       }
     }
     CallOutcome outcome = std::move(shared->outcome);
+    // A returned call's thread has only its tail left: joined, not
+    // detached. Detaching at once raced winpthreads (mingw-w64): a thread
+    // detached before it had started could start with a null argument and
+    // crash the kit under wine about one run in three.
+    lock.unlock();
+    worker.join();
     outcome.returned = true;
     outcome.elapsed = since(start);
     return outcome;

@@ -5,9 +5,6 @@
 //                        [--call-timeout-ms N] [--short-deadline-ms N] [--stop-bound-ms N]
 // Exit status: 0 every check passed, 1 some failed, 2 usage or config error.
 
-#include <signal.h>
-#include <stdlib.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -20,6 +17,8 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "platform/broken_pipe.hpp"
+#include "platform/scratch_directory.hpp"
 #include "quiesce/json_fields.hpp"
 #include "quiesce/writer_registry.hpp"
 #include "writers/conformance/conformance.hpp"
@@ -58,7 +57,7 @@ std::chrono::milliseconds parse_millis(std::string_view flag, const std::string&
 int main(int argc, char** argv) {
   // Writers write to pipes (exec children); a child gone must be an error
   // return, not the end of this process.
-  ::signal(SIGPIPE, SIG_IGN);
+  quiesce::platform::make_broken_pipe_an_error();
 
   std::string type;
   std::string options_text;
@@ -157,13 +156,13 @@ int main(int argc, char** argv) {
   logger->set_pattern("[%l] %v");
 
   std::error_code ec;
-  auto scratch = std::filesystem::temp_directory_path(ec) / "quiesce-writer-check-XXXXXX";
-  std::string scratch_template = scratch.string();
-  if (::mkdtemp(scratch_template.data()) == nullptr) {
-    std::cerr << "quiesce-writer-check: cannot create a scratch directory\n";
+  std::filesystem::path scratch_dir;
+  try {
+    scratch_dir = quiesce::platform::make_scratch_directory("quiesce-writer-check");
+  } catch (const std::exception& e) {
+    std::cerr << "quiesce-writer-check: " << e.what() << "\n";
     return 2;
   }
-  const std::filesystem::path scratch_dir = scratch_template;
   std::filesystem::create_directories(scratch_dir / "run", ec);
   std::filesystem::create_directories(scratch_dir / "state", ec);
   quiesce::WriterEnvironment env{logger, (scratch_dir / "run").string(),

@@ -7,20 +7,18 @@
  * a test can watch the writer's phases from outside.
  *
  * options: {"path": "/run/myapp/quiesce-marker"}   required, absolute
+ *          (on Windows "C:/ProgramData/myapp/quiesce-marker": forward
+ *          slashes, as this small parser takes no JSON escapes)
  *
  * It runs at the application level, so it freezes before any filesystem is
  * frozen and thaws after they are thawed: writing the marker never touches a
  * frozen filesystem.
  */
-#define _POSIX_C_SOURCE 200809L
-
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
+#include "marker_file.h"
 #include "quiesce/plugin_abi.h"
 
 struct quiesce_plugin_handle {
@@ -90,34 +88,11 @@ static char* json_string_field(const char* json, const char* key, const char** e
   return copy;
 }
 
-/* Replaces the marker's content durably: write a temp file, fsync, rename. */
-static int write_marker(quiesce_plugin_handle* h, const char* state, const char* session_id) {
-  char temp[4096];
-  if (snprintf(temp, sizeof temp, "%s.tmp", h->path) >= (int)sizeof temp) {
-    set_error(h, "marker path too long", h->path);
-    return QUIESCE_PLUGIN_ERROR_NON_RETRYABLE;
-  }
-  int fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    set_error(h, temp, strerror(errno));
-    return QUIESCE_PLUGIN_ERROR_NON_RETRYABLE;
-  }
+/* Replaces the marker's content durably (marker_file_<os>.c). */
+static int32_t write_marker(quiesce_plugin_handle* h, const char* state, const char* session_id) {
   char line[512];
-  int length = snprintf(line, sizeof line, "%s %s\n", state, session_id);
-  if (length < 0 || length >= (int)sizeof line) {
-    length = (int)strlen(line);
-  }
-  if (write(fd, line, (size_t)length) != length || fsync(fd) != 0) {
-    set_error(h, temp, strerror(errno));
-    close(fd);
-    return QUIESCE_PLUGIN_ERROR_RETRYABLE;
-  }
-  close(fd);
-  if (rename(temp, h->path) != 0) {
-    set_error(h, h->path, strerror(errno));
-    return QUIESCE_PLUGIN_ERROR_RETRYABLE;
-  }
-  return QUIESCE_PLUGIN_OK;
+  snprintf(line, sizeof line, "%s %s\n", state, session_id);
+  return marker_file_replace(h->path, line, h->last_error, sizeof h->last_error);
 }
 
 static void log_line(quiesce_plugin_handle* h, int32_t level, const char* state,
@@ -156,7 +131,7 @@ QUIESCE_PLUGIN_EXPORT quiesce_plugin_handle* quiesce_plugin_create(
     *rc = QUIESCE_PLUGIN_ERROR_NON_RETRYABLE;
     return h; /* the host reads last_error, then destroys it */
   }
-  if (h->path[0] != '/') {
+  if (!marker_path_is_absolute(h->path)) {
     set_error(h, "options.path", "must be an absolute path");
     *rc = QUIESCE_PLUGIN_ERROR_NON_RETRYABLE;
     return h;
