@@ -256,21 +256,4 @@ void prepare_tcp_acceptor(Acceptor& acceptor) {
 
 }  // namespace detail
 
-void set_default_listeners(ServerConfig& config) {
-  config.unix_socket = UnixListener{};
-  config.vsock = VsockListener{};
-}
-
-const char* available_listeners() { return "unix, vsock or tcp"; }
-
-std::string unsupported_listener(const ServerConfig& config) {
-  if (config.pipe) {
-    return "listen.pipe: named pipes are a Windows transport (Linux has listen.unix)";
-  }
-  if (config.hyperv) {
-    return "listen.hyperv: Hyper-V sockets are a Windows transport (Linux has listen.vsock)";
-  }
-  return "";
-}
-
 }  // namespace quiesce::api

@@ -237,18 +237,4 @@ void prepare_tcp_acceptor(Acceptor& acceptor) {
 
 }  // namespace detail
 
-void set_default_listeners(ServerConfig& config) { config.pipe = PipeListener{}; }
-
-const char* available_listeners() { return "pipe, tcp or hyperv"; }
-
-std::string unsupported_listener(const ServerConfig& config) {
-  if (config.unix_socket) {
-    return "listen.unix: Unix sockets are a Linux transport (Windows has listen.pipe)";
-  }
-  if (config.vsock) {
-    return "listen.vsock: vsock (viosock) is not served on Windows (docs/windows.md); on Hyper-V use listen.hyperv";
-  }
-  return "";
-}
-
 }  // namespace quiesce::api

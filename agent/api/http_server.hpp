@@ -141,6 +141,7 @@ class HttpServer {
 // the listeners on by default ("unix" and "vsock" on Linux, "pipe" on
 // Windows), and "" or why a configured one cannot be served here, naming
 // the field ("listen.pipe: named pipes are a Windows transport").
+// Defined in agent/core/config_<os>.cpp, away from Beast.
 void set_default_listeners(ServerConfig& config);
 // The listeners this OS serves, for "no transport left" ("unix, vsock or tcp").
 [[nodiscard]] const char* available_listeners();
