@@ -10,42 +10,9 @@
 #include <cstdlib>
 #include <iostream>
 
-#include "tests/support/temp_dir.hpp"
+#include "tests/support/failure_recorder.hpp"
 
-namespace {
-
-struct FailureRecorder : doctest::IReporter {
-  explicit FailureRecorder(const doctest::ContextOptions&) {}
-  void report_query(const doctest::QueryData&) override {}
-  void test_run_start() override {}
-  void test_run_end(const doctest::TestRunStats& stats) override {
-    cases_run = stats.numTestCasesPassingFilters;
-  }
-  static inline unsigned cases_run = 0;
-  void test_case_start(const doctest::TestCaseData&) override {}
-  void test_case_reenter(const doctest::TestCaseData&) override {}
-  void test_case_end(const doctest::CurrentTestCaseStats& stats) override {
-    if (stats.failure_flags != 0) {
-      quiesce::test::note_test_failed();
-    }
-  }
-  void test_case_exception(const doctest::TestCaseException&) override {
-    quiesce::test::note_test_failed();
-  }
-  void subcase_start(const doctest::SubcaseSignature&) override {}
-  void subcase_end() override {}
-  void log_assert(const doctest::AssertData& data) override {
-    if (data.m_failed) {
-      quiesce::test::note_test_failed();
-    }
-  }
-  void log_message(const doctest::MessageData&) override {}
-  void test_case_skipped(const doctest::TestCaseData&) override {}
-};
-
-}  // namespace
-
-DOCTEST_REGISTER_REPORTER("failure-recorder", 1, FailureRecorder);
+DOCTEST_REGISTER_REPORTER("failure-recorder", 1, quiesce::test::FailureRecorder);
 
 // Defined by test binaries whose cases need root; weak so others need not.
 extern "C" __attribute__((weak)) int quiesce_tests_need_root() { return 0; }
@@ -77,7 +44,7 @@ int main(int argc, char** argv) {
       filtered = true;
     }
   }
-  if (!listing && filtered && FailureRecorder::cases_run == 0) {
+  if (!listing && filtered && quiesce::test::FailureRecorder::cases_run == 0) {
     std::cerr << "no test case matched the --test-case filter\n";
     return 1;
   }
