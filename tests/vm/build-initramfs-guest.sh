@@ -41,9 +41,10 @@ host_binaries=(/bin/bash /usr/bin/timeout /usr/bin/sqlite3 /usr/sbin/qemu-ga /us
 # devices (PCI transport, the data disk, the serial ports), ext4 (with
 # metadata_csum it needs crc32c, which ext4 names only as a soft dependency),
 # vsock with its loopback transport (CID 1 in the guest: the host here has no
-# vhost-vsock), and the block layers a writer may meet (loop, device mapper).
+# vhost-vsock), the block layers a writer may meet (loop, device mapper), and
+# the ACPI power button with its event device, for acpid (a clean power off).
 modules=(virtio_pci virtio_blk virtio_console crc32c_generic ext4 vsock vmw_vsock_virtio_transport_common
-         vsock_loopback loop dm_mod)
+         vsock_loopback loop dm_mod button evdev)
 
 # The kernel command line the image's /init expects; the fixture and the
 # libvirt domain both take it from <image>/cmdline. Drivers for emulated
@@ -192,6 +193,9 @@ for tool in "$here"/initramfs/qt-*; do
 done
 cp "$here/guest/payload/quiesce-test-runner" "$root/usr/bin/"
 chmod 0755 "$root/init" "$root"/usr/bin/*
+# busybox acpid runs <confdir>/PWRF/00000080 when the power button is pressed.
+mkdir -p "$root/etc/acpi/PWRF"
+ln -s /usr/bin/qt-power-off "$root/etc/acpi/PWRF/00000080"
 echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
 echo "root:x:0:" >"$root/etc/group"
 echo "quiesce-guest" >"$root/etc/hostname"
