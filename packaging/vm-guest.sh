@@ -34,7 +34,8 @@ json.dump({"kind": "qemu", "name": "demo-vm", "memory_mib": int(memory), "accel"
            "disks": [{"name": "data", "image": "disks/data.qcow2"}],
            "agent": {"channel": "virtio-serial"},
            "channels": [{"name": "org.quiesce.test.0", "socket": "run/control.sock"}],
-           # The busybox guest has no acpid: the deadline, then a hard stop.
+           # The guest's acpid powers it off at the ACPI button in well under a
+           # second (tests/vm/initramfs/qt-power-off); 5 s, then a hard stop.
            "shutdown_timeout_s": 5, "boot_timeout_s": 300}, open(path, "w"), indent=2)
 PY
 }
