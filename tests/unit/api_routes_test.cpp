@@ -34,7 +34,7 @@ struct RouteRig {
 
   std::pair<unsigned, nlohmann::json> call(const std::string& method, const std::string& target,
                                            const std::string& body = {}) {
-    auto response = routes->handle(api::Request{method, target, body, {}});
+    auto response = routes->handle(api::Request{method, target, body, {}, {}});
     if (response.content_type != "application/json") {
       return {response.status, response.body};
     }
