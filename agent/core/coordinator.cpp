@@ -220,7 +220,8 @@ Coordinator::~Coordinator() {
 
 std::vector<Coordinator::CallResult> Coordinator::call_writers(
     Session& session, const std::vector<SessionWriter*>& group, Phase phase,
-    Clock::time_point hard_deadline, bool interruptible, const WriterCall& call) {
+    Clock::time_point hard_deadline, bool interruptible, const WriterCall& call,
+    const std::function<void()>& posted) {
   struct Batch {
     std::mutex mutex;
     std::condition_variable_any done;
@@ -284,6 +285,9 @@ std::vector<Coordinator::CallResult> Coordinator::call_writers(
     });
   }
 
+  if (posted) {
+    posted();  // while the writers work
+  }
   std::stop_token interrupt = interruptible ? session.interrupt.get_token() : std::stop_token{};
   std::unique_lock lock(batch->mutex);
   for (;;) {
@@ -672,15 +676,23 @@ Expected<nlohmann::json> Coordinator::freeze(const std::string& id, const Answer
     session->hold_started = Clock::now();
     session->hold_deadline = session->hold_started + session->freeze_window;
     session->hold_active = true;
+    ++watch_generation_;  // the window's end is the watchdog's from here (watchdog_loop)
   }
   const ScopedLogFields about({id, "", std::string(to_string(Phase::freeze))});
   // From here until the hold ends, nothing may write to a disk (invariant 4).
   if (observer_ != nullptr) {
     observer_->hold_started();
   }
-  // The watchdog is not woken here: it has nothing to watch while freezing
-  // (each writer's freeze call has the window's end as its deadline), and
-  // it is woken once frozen, when the window's deadline becomes its own.
+  // The watchdog watches the window's end from here. It is woken once the
+  // first writers' freeze calls are posted, while they work (a FIFREEZE
+  // mostly waits in the kernel), not on the way to them or back: once
+  // frozen, its deadline is already the right one.
+  bool watchdog_told = false;
+  auto tell_watchdog = [&] {
+    if (!std::exchange(watchdog_told, true)) {
+      watch_wake_.notify_all();
+    }
+  };
 
   for (auto level : freeze_order) {
     auto group = writers_at(*session, level);
@@ -696,7 +708,8 @@ Expected<nlohmann::json> Coordinator::freeze(const std::string& id, const Answer
     auto results = call_writers(*session, group, Phase::freeze, session->hold_deadline, true,
                                 [](Writer& w, const PhaseContext& ctx, CallScratch&) {
                                   return w.freeze(ctx);
-                                });
+                                },
+                                tell_watchdog);
     log_failures(*session, group, results, Phase::freeze);
     bool failed = false;
     {
@@ -730,10 +743,10 @@ Expected<nlohmann::json> Coordinator::freeze(const std::string& id, const Answer
   }
 
   nlohmann::json status;
+  tell_watchdog();  // no writer had anything to freeze: not told yet
   {
     std::lock_guard lock(state_mutex_);
     session->state = "frozen";
-    ++watch_generation_;  // the watchdog now watches the freeze-window deadline
     session->frozen_at = Clock::now();
     session->timings_ms["freeze"] = millis_between(session->hold_started, session->frozen_at);
     status = status_locked(*session);
@@ -745,9 +758,6 @@ Expected<nlohmann::json> Coordinator::freeze(const std::string& id, const Answer
     tail.emplace(*this, op);
     on_answer(status);
   }
-  // The window's deadline is the watchdog's from now; it is due in
-  // milliseconds at the least (freeze_window_ms >= 1, minus the freeze).
-  watch_wake_.notify_all();
   // Held in memory like every line until the thaw (invariant 4).
   logger_->info("session {}: frozen in {:.1f} ms", id,
                 millis_between(session->hold_started, session->frozen_at));
@@ -1188,7 +1198,10 @@ void Coordinator::watchdog_loop(const std::stop_token& stop) {
     auto due = Clock::time_point::max();
     Session* target = nullptr;
     if (auto* active = active_locked()) {
-      if (active->state == "frozen") {
+      if (active->state == "frozen" || active->state == "freezing") {
+        // Freezing: each freeze call ends at the window's end itself, and
+        // a session frozen just then is thawed here (the state is looked
+        // at again below, under the operation lock).
         due = active->hold_deadline;
         target = active;
       } else if (active->state == "prepared" || active->state == "thawed") {
@@ -1217,7 +1230,15 @@ void Coordinator::watchdog_loop(const std::stop_token& stop) {
             session = nullptr;  // something else moved it on meanwhile
           }
         }
-        if (session != nullptr && state == "frozen") {
+        if (session == nullptr && state == "freezing") {
+          // Frozen (or failed) meanwhile: look again at what it is now.
+          std::lock_guard relock(state_mutex_);
+          session = find_locked(id);
+          if (session != nullptr && session->state != "frozen") {
+            session = nullptr;
+          }
+        }
+        if (session != nullptr && (state == "frozen" || state == "freezing")) {
           const std::string reason =
               "the freeze window of " + std::to_string(session->freeze_window.count()) +
               " ms passed before the host thawed; the agent thawed on its own";

@@ -213,7 +213,8 @@ class Coordinator {
 
   std::vector<CallResult> call_writers(Session& session, const std::vector<SessionWriter*>& group,
                                        Phase phase, Clock::time_point hard_deadline,
-                                       bool interruptible, const WriterCall& call);
+                                       bool interruptible, const WriterCall& call,
+                                       const std::function<void()>& posted = {});
   std::vector<SessionWriter*> writers_at(Session& session, Level level);
   // Writes a batch's outcome into the session (caller holds state_mutex_):
   // timings, then `on_success` or failed_at_<phase>. True when any failed.
