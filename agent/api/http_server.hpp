@@ -38,6 +38,12 @@ struct Peer {
   std::optional<std::uint32_t> windows_pid;
 };
 
+struct Response {
+  unsigned status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+};
+
 struct Request {
   // "GET", "POST", "DELETE", ... A HEAD request reaches the handler as "GET"
   // (the server drops the body and keeps Content-Length), so routes need not
@@ -47,12 +53,12 @@ struct Request {
   std::string target;  // path plus query, as received
   std::string body;
   Peer peer;
-};
-
-struct Response {
-  unsigned status = 200;
-  std::string content_type = "application/json";
-  std::string body;
+  // Set by the HTTP server (empty on the qga channel and D-Bus): sends the
+  // answer at once, so that a handler can answer first and then do
+  // bookkeeping that does not change what the answer says (the freeze and
+  // thaw answers, docs/performance.md). Once called, the handler's return
+  // value is ignored. Call it at most once; a later call is ignored.
+  std::function<void(Response)> respond;
 };
 
 // May block (it calls into the coordinator); runs on a handler thread.

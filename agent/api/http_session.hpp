@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <limits>
@@ -540,11 +541,24 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     request.peer = peer_;
 
     // The handler may block for as long as a freeze takes; it runs on the
-    // pool. The work guard keeps run() alive until the response is back.
+    // pool. The work guard keeps run() alive until the handler returned,
+    // including whatever it does after an early answer (Request::respond).
+    auto answered = std::make_shared<std::atomic<bool>>(false);
+    request.respond = [self = shared_from_this(), answered](Response response) {
+      if (answered->exchange(true)) {
+        return;
+      }
+      asio::post(self->server_.ioc, [self, response = std::move(response)]() mutable {
+        self->on_handled(std::move(response));
+      });
+    };
     auto& pool = request.method == "GET" ? server_.read_pool : server_.pool;
-    asio::post(pool, [self = shared_from_this(), request = std::move(request),
+    asio::post(pool, [self = shared_from_this(), request = std::move(request), answered,
                               work = asio::make_work_guard(server_.ioc)]() mutable {
       Response response = self->server_.invoke_handler(request);
+      if (answered->exchange(true)) {
+        return;  // answered early; the response went out already
+      }
       asio::post(self->server_.ioc, [self, response = std::move(response)]() mutable {
         self->on_handled(std::move(response));
       });

@@ -209,10 +209,22 @@ api::Response ApiRoutes::handle(const api::Request& request) {
         return from(coordinator_.complete(id, snapshot_id), 200, coordinator_, id);
       }
       fields.reject_unknown();
-      if (action == "freeze") {
-        return from(coordinator_.freeze(id), 200, coordinator_, id);
+      // Over HTTP the answer goes out as soon as it is known, before the
+      // coordinator's bookkeeping that does not change it (Coordinator::Answer).
+      bool answered = false;
+      Coordinator::Answer answer;
+      if (request.respond) {
+        answer = [&](const Expected<nlohmann::json>& result) {
+          answered = true;
+          request.respond(from(result, 200, coordinator_, id));
+        };
       }
-      return from(coordinator_.thaw(id), 200, coordinator_, id);
+      auto result = action == "freeze" ? coordinator_.freeze(id, answer)
+                                       : coordinator_.thaw(id, answer);
+      if (answered) {
+        return api::Response{};  // ignored: the answer went out already
+      }
+      return from(result, 200, coordinator_, id);
     }
     if (path.rfind("/v1/sessions/", 0) == 0) {
       return error_response(wire::ApiError{404, "unknown_session",

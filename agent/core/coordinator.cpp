@@ -137,6 +137,7 @@ struct Coordinator::Session {
   Clock::time_point hold_deadline = Clock::time_point::max();
   Clock::time_point frozen_at{};
   bool hold_active = false;
+  bool hold_ended_pending = false;  // thawed; the observer not told yet (after_release)
   bool watchdog_fired = false;
   std::vector<std::string> broken_reasons;
   bool abort_requested = false;
@@ -214,20 +215,13 @@ Coordinator::~Coordinator() {
   }
 }
 
-void Coordinator::wake_watchdog() {
-  {
-    std::lock_guard lock(state_mutex_);
-    ++watch_generation_;
-  }
-  watch_wake_.notify_all();
-}
-
 // ---------------------------------------------------------------------------
 // Running writer calls
 
 std::vector<Coordinator::CallResult> Coordinator::call_writers(
     Session& session, const std::vector<SessionWriter*>& group, Phase phase,
-    Clock::time_point hard_deadline, bool interruptible, const WriterCall& call) {
+    Clock::time_point hard_deadline, bool interruptible, const WriterCall& call,
+    const std::function<void()>& posted) {
   struct Batch {
     std::mutex mutex;
     std::condition_variable_any done;
@@ -291,6 +285,9 @@ std::vector<Coordinator::CallResult> Coordinator::call_writers(
     });
   }
 
+  if (posted) {
+    posted();  // while the writers work
+  }
   std::stop_token interrupt = interruptible ? session.interrupt.get_token() : std::stop_token{};
   std::unique_lock lock(batch->mutex);
   for (;;) {
@@ -392,6 +389,53 @@ void Coordinator::set_writer_state(Session& /*session*/, SessionWriter& writer, 
 }
 
 // ---------------------------------------------------------------------------
+// Answering before the bookkeeping
+
+// From an early answer until the operation lock is released: an operation
+// that finds the lock taken meanwhile waits instead of being refused, since
+// the host sends its next request (thaw after freeze, complete after thaw)
+// as soon as it has the answer.
+class Coordinator::AnsweredTail {
+ public:
+  AnsweredTail(Coordinator& coordinator, std::unique_lock<std::timed_mutex>& op)
+      : coordinator_(coordinator), op_(op) {
+    std::lock_guard lock(coordinator_.tail_mutex_);
+    coordinator_.tail_pending_ = true;
+  }
+  ~AnsweredTail() {
+    if (op_.owns_lock()) {
+      op_.unlock();
+    }
+    {
+      std::lock_guard lock(coordinator_.tail_mutex_);
+      coordinator_.tail_pending_ = false;
+    }
+    coordinator_.tail_done_.notify_all();
+  }
+  AnsweredTail(const AnsweredTail&) = delete;
+  AnsweredTail& operator=(const AnsweredTail&) = delete;
+
+ private:
+  Coordinator& coordinator_;
+  std::unique_lock<std::timed_mutex>& op_;
+};
+
+bool Coordinator::try_lock_op(std::unique_lock<std::timed_mutex>& op) {
+  if (op.try_lock()) {
+    return true;
+  }
+  {
+    std::unique_lock lock(tail_mutex_);
+    if (!tail_pending_) {
+      return false;
+    }
+    // Bounded: the bookkeeping is a few file removals and log writes.
+    tail_done_.wait(lock, [this] { return !tail_pending_; });
+  }
+  return op.try_lock();
+}
+
+// ---------------------------------------------------------------------------
 // Session lifecycle
 
 Expected<nlohmann::json> Coordinator::create_session(const SessionRequest& request) {
@@ -459,8 +503,8 @@ Expected<nlohmann::json> Coordinator::create_session(const SessionRequest& reque
                           std::nullopt, false};
   }
 
-  std::unique_lock op(op_mutex_, std::try_to_lock);
-  if (!op.owns_lock()) {
+  std::unique_lock op(op_mutex_, std::defer_lock);
+  if (!try_lock_op(op)) {
     return operation_in_progress();
   }
   Session* session = nullptr;
@@ -610,9 +654,9 @@ Expected<nlohmann::json> Coordinator::run_create(Session& session) {
   return status_locked(session);
 }
 
-Expected<nlohmann::json> Coordinator::freeze(const std::string& id) {
-  std::unique_lock op(op_mutex_, std::try_to_lock);
-  if (!op.owns_lock()) {
+Expected<nlohmann::json> Coordinator::freeze(const std::string& id, const Answer& on_answer) {
+  std::unique_lock op(op_mutex_, std::defer_lock);
+  if (!try_lock_op(op)) {
     return operation_in_progress();
   }
   Session* session = nullptr;
@@ -632,13 +676,23 @@ Expected<nlohmann::json> Coordinator::freeze(const std::string& id) {
     session->hold_started = Clock::now();
     session->hold_deadline = session->hold_started + session->freeze_window;
     session->hold_active = true;
+    ++watch_generation_;  // the window's end is the watchdog's from here (watchdog_loop)
   }
   const ScopedLogFields about({id, "", std::string(to_string(Phase::freeze))});
   // From here until the hold ends, nothing may write to a disk (invariant 4).
   if (observer_ != nullptr) {
     observer_->hold_started();
   }
-  wake_watchdog();
+  // The watchdog watches the window's end from here. It is woken once the
+  // first writers' freeze calls are posted, while they work (a FIFREEZE
+  // mostly waits in the kernel), not on the way to them or back: once
+  // frozen, its deadline is already the right one.
+  bool watchdog_told = false;
+  auto tell_watchdog = [&] {
+    if (!std::exchange(watchdog_told, true)) {
+      watch_wake_.notify_all();
+    }
+  };
 
   for (auto level : freeze_order) {
     auto group = writers_at(*session, level);
@@ -654,7 +708,8 @@ Expected<nlohmann::json> Coordinator::freeze(const std::string& id) {
     auto results = call_writers(*session, group, Phase::freeze, session->hold_deadline, true,
                                 [](Writer& w, const PhaseContext& ctx, CallScratch&) {
                                   return w.freeze(ctx);
-                                });
+                                },
+                                tell_watchdog);
     log_failures(*session, group, results, Phase::freeze);
     bool failed = false;
     {
@@ -687,14 +742,22 @@ Expected<nlohmann::json> Coordinator::freeze(const std::string& id) {
     }
   }
 
+  nlohmann::json status;
+  tell_watchdog();  // no writer had anything to freeze: not told yet
   {
     std::lock_guard lock(state_mutex_);
     session->state = "frozen";
-    ++watch_generation_;  // the watchdog now watches the freeze-window deadline
     session->frozen_at = Clock::now();
     session->timings_ms["freeze"] = millis_between(session->hold_started, session->frozen_at);
+    status = status_locked(*session);
   }
-  watch_wake_.notify_all();
+  // Every writer holds: the host may snapshot from the moment it has this.
+  // What follows changes nothing the answer says.
+  std::optional<AnsweredTail> tail;
+  if (on_answer) {
+    tail.emplace(*this, op);
+    on_answer(status);
+  }
   // Held in memory like every line until the thaw (invariant 4).
   logger_->info("session {}: frozen in {:.1f} ms", id,
                 millis_between(session->hold_started, session->frozen_at));
@@ -702,11 +765,10 @@ Expected<nlohmann::json> Coordinator::freeze(const std::string& id) {
     observer_->state_changed("session " + id + " frozen");
     observer_->session_changed(id, "frozen", nullptr);
   }
-  std::lock_guard lock(state_mutex_);
-  return status_locked(*session);
+  return status;
 }
 
-Expected<nlohmann::json> Coordinator::thaw(const std::string& id) {
+Expected<nlohmann::json> Coordinator::thaw(const std::string& id, const Answer& on_answer) {
   // Checked before and after taking the operation lock: a thaw that cannot
   // apply is refused at once, while one racing the watchdog's own thaw waits
   // for it and answers with the (broken) verdict rather than a 409.
@@ -744,8 +806,20 @@ Expected<nlohmann::json> Coordinator::thaw(const std::string& id) {
     session = find_locked(id);
   }
   release_hold(*session, false, {});
-  std::lock_guard lock(state_mutex_);
-  return status_locked(*session);
+  nlohmann::json status;
+  {
+    std::lock_guard lock(state_mutex_);
+    status = status_locked(*session);
+  }
+  // Every writer confirmed its release and the verdict is final: answer,
+  // then tidy up (nothing of it changes the verdict).
+  std::optional<AnsweredTail> tail;
+  if (on_answer) {
+    tail.emplace(*this, op);
+    on_answer(status);
+  }
+  after_release(*session);
+  return status;
 }
 
 void Coordinator::release_hold(Session& session, bool by_watchdog,
@@ -810,7 +884,6 @@ void Coordinator::release_hold(Session& session, bool by_watchdog,
       }
     }
   }
-  remove_restore_marker();
   std::lock_guard lock(state_mutex_);
   const auto now = Clock::now();
   const double hold_ms = millis_between(session.hold_started, now);
@@ -836,23 +909,49 @@ void Coordinator::release_hold(Session& session, bool by_watchdog,
   if (session.origin == "qga") {
     ++(continuous ? metrics_.qga_continuous : metrics_.qga_broken);
   }
-  end_hold(session);
+  // Not frozen any more for health and /metrics; the log sink and D-Bus are
+  // told in after_release().
+  session.hold_ended_pending = session.hold_active;
+  session.hold_active = false;
   if (observer_ != nullptr) {
     observer_->session_changed(session.id, "thawed", session.verdict);
   }
-  watch_wake_.notify_all();
+}
+
+void Coordinator::after_release(Session& session) {
+  const ScopedLogFields about({session.id, "", std::string(to_string(Phase::thaw))});
+  // The marker was for a snapshot taken while frozen; the live system must
+  // not look restored at its next start. A next session's create waits for
+  // this (the operation lock), so it never removes that session's marker.
+  remove_restore_marker();
+  bool ended = false;
+  double hold_ms = 0;
+  bool continuous = true;
+  std::string reasons;
+  {
+    std::lock_guard lock(state_mutex_);
+    ended = std::exchange(session.hold_ended_pending, false);
+    hold_ms = session.timings_ms["hold"];
+    continuous = session.broken_reasons.empty();
+    if (!continuous) {
+      reasons = nlohmann::json(session.broken_reasons).dump();
+    }
+  }
+  if (ended && observer_ != nullptr) {
+    observer_->hold_ended();  // the log lines kept during the hold are written out
+  }
+  watch_wake_.notify_all();  // the session's idle timeout is the watchdog's now
   if (continuous) {
     logger_->info("session {}: thawed, hold {:.1f} ms, continuous", session.id, hold_ms);
   } else {
-    logger_->warn("session {}: thawed, hold {:.1f} ms, BROKEN: {}", session.id, hold_ms,
-                  nlohmann::json(session.broken_reasons).dump());
+    logger_->warn("session {}: thawed, hold {:.1f} ms, BROKEN: {}", session.id, hold_ms, reasons);
   }
 }
 
 Expected<nlohmann::json> Coordinator::complete(const std::string& id,
                                                const std::string& snapshot_id) {
-  std::unique_lock op(op_mutex_, std::try_to_lock);
-  if (!op.owns_lock()) {
+  std::unique_lock op(op_mutex_, std::defer_lock);
+  if (!try_lock_op(op)) {
     return operation_in_progress();
   }
   Session* session = nullptr;
@@ -1099,7 +1198,10 @@ void Coordinator::watchdog_loop(const std::stop_token& stop) {
     auto due = Clock::time_point::max();
     Session* target = nullptr;
     if (auto* active = active_locked()) {
-      if (active->state == "frozen") {
+      if (active->state == "frozen" || active->state == "freezing") {
+        // Freezing: each freeze call ends at the window's end itself, and
+        // a session frozen just then is thawed here (the state is looked
+        // at again below, under the operation lock).
         due = active->hold_deadline;
         target = active;
       } else if (active->state == "prepared" || active->state == "thawed") {
@@ -1128,7 +1230,15 @@ void Coordinator::watchdog_loop(const std::stop_token& stop) {
             session = nullptr;  // something else moved it on meanwhile
           }
         }
-        if (session != nullptr && state == "frozen") {
+        if (session == nullptr && state == "freezing") {
+          // Frozen (or failed) meanwhile: look again at what it is now.
+          std::lock_guard relock(state_mutex_);
+          session = find_locked(id);
+          if (session != nullptr && session->state != "frozen") {
+            session = nullptr;
+          }
+        }
+        if (session != nullptr && (state == "frozen" || state == "freezing")) {
           const std::string reason =
               "the freeze window of " + std::to_string(session->freeze_window.count()) +
               " ms passed before the host thawed; the agent thawed on its own";
@@ -1137,6 +1247,7 @@ void Coordinator::watchdog_loop(const std::stop_token& stop) {
             logger_->warn("session {}: {}", id, reason);
           }
           release_hold(*session, true, reason);
+          after_release(*session);
           if (session->origin == "qga") {
             // No qga client ever completes a session its window ended: a
             // libvirt that reconnects sees "thawed" and sends no thaw. Left

@@ -146,8 +146,18 @@ class Coordinator {
   Coordinator& operator=(const Coordinator&) = delete;
 
   Expected<nlohmann::json> create_session(const SessionRequest& request);
-  Expected<nlohmann::json> freeze(const std::string& id);
-  Expected<nlohmann::json> thaw(const std::string& id);
+  // `answer`, when given, is called with a successful freeze's or thaw's
+  // answer as soon as it is known, before the bookkeeping that does not
+  // change it: the watchdog told about the new deadline and the session's
+  // log line (freeze); the restore marker removed, the log lines kept
+  // during the hold written out, the watchdog told (thaw). The HTTP API
+  // sends its response from there (docs/performance.md, "the agent's own
+  // hops"). The operation lock is held until that bookkeeping is done; an
+  // operation that arrives meanwhile waits for it instead of getting
+  // `operation_in_progress`. Failures are only returned.
+  using Answer = std::function<void(const Expected<nlohmann::json>&)>;
+  Expected<nlohmann::json> freeze(const std::string& id, const Answer& answer = {});
+  Expected<nlohmann::json> thaw(const std::string& id, const Answer& answer = {});
   Expected<nlohmann::json> complete(const std::string& id, const std::string& snapshot_id);
   Expected<nlohmann::json> abort(const std::string& id);
   Expected<nlohmann::json> session_status(const std::string& id) const;
@@ -203,7 +213,8 @@ class Coordinator {
 
   std::vector<CallResult> call_writers(Session& session, const std::vector<SessionWriter*>& group,
                                        Phase phase, Clock::time_point hard_deadline,
-                                       bool interruptible, const WriterCall& call);
+                                       bool interruptible, const WriterCall& call,
+                                       const std::function<void()>& posted = {});
   std::vector<SessionWriter*> writers_at(Session& session, Level level);
   // Writes a batch's outcome into the session (caller holds state_mutex_):
   // timings, then `on_success` or failed_at_<phase>. True when any failed.
@@ -217,7 +228,16 @@ class Coordinator {
 
   Expected<nlohmann::json> run_create(Session& session);
   void roll_back(Session& session, const std::string& reason);
+  // Thaws every frozen writer and records the verdict; then after_release
+  // (the marker, the held log lines, the watchdog), which the thaw answer
+  // does not wait for.
   void release_hold(Session& session, bool by_watchdog, const std::string& watchdog_reason);
+  void after_release(Session& session);
+  // Takes the operation lock at once, or after an answered freeze's or
+  // thaw's bookkeeping (see freeze()); false: another operation runs.
+  bool try_lock_op(std::unique_lock<std::timed_mutex>& op);
+  // Marks the bookkeeping after an early answer as under way (see freeze()).
+  class AnsweredTail;
   void run_abort_all(Session& session, bool include_finalized);
   void finish(Session& session, const std::string& state, const char* outcome);
   void end_hold(Session& session);
@@ -232,7 +252,6 @@ class Coordinator {
   void watchdog_loop(const std::stop_token& stop);
   void write_restore_marker(const Session& session);
   void remove_restore_marker();
-  void wake_watchdog();
 
   std::vector<std::shared_ptr<WriterSlot>> slots_;  // guarded by state_mutex_
   SessionLimits limits_;
@@ -243,6 +262,11 @@ class Coordinator {
 
   mutable std::mutex state_mutex_;       // guards sessions_, slots_' cached data, metrics_
   std::timed_mutex op_mutex_;            // one operation at a time
+  // True from an early answer (freeze(), thaw()) until the operation lock
+  // is released after the bookkeeping that follows it.
+  std::mutex tail_mutex_;
+  std::condition_variable tail_done_;
+  bool tail_pending_ = false;
   std::condition_variable_any watch_wake_;
   std::deque<std::unique_ptr<Session>> sessions_;  // newest last
   nlohmann::json last_restore_ = nullptr;

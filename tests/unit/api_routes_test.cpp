@@ -3,6 +3,10 @@
 
 #include <doctest/doctest.h>
 
+#include <chrono>
+#include <optional>
+#include <thread>
+
 #include <spdlog/sinks/null_sink.h>
 
 #include "agent/core/api_routes.hpp"
@@ -34,7 +38,7 @@ struct RouteRig {
 
   std::pair<unsigned, nlohmann::json> call(const std::string& method, const std::string& target,
                                            const std::string& body = {}) {
-    auto response = routes->handle(api::Request{method, target, body, {}});
+    auto response = routes->handle(api::Request{method, target, body, {}, {}});
     if (response.content_type != "application/json") {
       return {response.status, response.body};
     }
@@ -176,4 +180,63 @@ TEST_CASE("a request target that is not UTF-8 gets 400 invalid_target, not 500")
   // Valid multi-byte UTF-8 is a normal unknown route.
   check_error(rig.call("GET", "/v1/caf\xc3\xa9"), 404, "not_found");
   CHECK(rig.journal->entries().size() == journal_before);  // nothing ran
+}
+
+TEST_CASE("over HTTP, freeze and thaw answer early, and the next request is not refused") {
+  RouteRig rig;
+  auto [created_status, created] = rig.call("POST", "/v1/sessions");
+  REQUIRE(created_status == 201);
+  const std::string id = created["id"];
+  // What the HTTP server's Request::respond would send, and when.
+  auto call_answering = [&](const std::string& action) {
+    std::vector<api::Response> answers;
+    api::Request request{"POST", "/v1/sessions/" + id + "/" + action, "", {}, {}};
+    request.respond = [&](api::Response response) { answers.push_back(std::move(response)); };
+    (void)rig.routes->handle(request);
+    REQUIRE(answers.size() == 1);
+    CHECK(answers[0].status == 200);
+    return nlohmann::json::parse(answers[0].body);
+  };
+  CHECK(call_answering("freeze")["state"] == "frozen");
+  auto thawed = call_answering("thaw");
+  CHECK(thawed["state"] == "thawed");
+  CHECK(thawed["verdict"]["continuous"] == true);
+  CHECK(rig.coordinator->health()["state"] == "session_active");
+  // The host sends complete the moment it has the thaw answer, maybe while
+  // the coordinator still tidies up: it waits for that, it is not refused.
+  std::vector<api::Response> answers;
+  std::thread complete([&] {
+    auto response = rig.routes->handle(
+        api::Request{"POST", "/v1/sessions/" + id + "/complete", R"({"snapshot_id":"s"})", {}, {}});
+    answers.push_back(std::move(response));
+  });
+  complete.join();
+  REQUIRE(answers.size() == 1);
+  CHECK(answers[0].status == 200);
+  // Without Request::respond (qga, D-Bus) the answer is returned.
+  auto [status, body] = rig.call("POST", "/v1/sessions/" + id + "/thaw");
+  CHECK(status == 200);  // thaw is idempotent: the same verdict
+  CHECK(body["verdict"]["continuous"] == true);
+}
+
+TEST_CASE("an operation arriving while an answered thaw tidies up waits for it") {
+  RouteRig rig;
+  auto [created_status, created] = rig.call("POST", "/v1/sessions");
+  REQUIRE(created_status == 201);
+  const std::string id = created["id"];
+  REQUIRE(rig.coordinator->freeze(id).ok());
+  std::optional<Expected<nlohmann::json>> completed;
+  std::thread host;
+  // The complete is sent from inside the answer, as a host that is fast
+  // enough would: the thaw still holds the operation lock then.
+  auto thawed = rig.coordinator->thaw(id, [&](const Expected<nlohmann::json>& answer) {
+    REQUIRE(answer.ok());
+    host = std::thread([&] { completed = rig.coordinator->complete(id, "s"); });
+    // Give the complete time to find the lock taken and start waiting.
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  });
+  REQUIRE(thawed.ok());
+  host.join();
+  REQUIRE(completed.has_value());
+  CHECK(completed->ok());
 }

@@ -394,6 +394,39 @@ TEST_CASE("http: a slow handler does not block other requests") {
   CHECK(slow.get().status == 200);
 }
 
+TEST_CASE("http: a handler may answer early and keep working, its return value then ignored") {
+  quiesce::test::TempDir dir;
+  FakeHandler fake;
+  Gate gate;
+  std::atomic<bool> finished{false};
+  fake.respond = [&](const quiesce::api::Request& request) {
+    REQUIRE(request.respond);
+    quiesce::api::Response early;
+    early.body = R"({"early":true})";
+    request.respond(early);
+    request.respond(quiesce::api::Response{500, "application/json", "{}"});  // ignored
+    gate.wait_for(10s);  // the bookkeeping after the answer
+    finished = true;
+    return quiesce::api::Response{500, "application/json", R"({"late":true})"};
+  };
+  const auto config = unix_config(dir);
+  RunningServer running(config, fake.handler());
+  auto client = RawSocket::unix_socket(config.unix_socket->path);
+  client.send(quiesce::test::http_get("/v1/sessions/x/thaw"));
+  auto response = client.read_response();
+  REQUIRE(response);
+  CHECK(response->status == 200);
+  CHECK(response->body == R"({"early":true})");
+  CHECK_FALSE(finished.load());  // answered while the handler still works
+  gate.open();
+  REQUIRE(quiesce::test::eventually(2s, [&] { return finished.load(); }));
+  // Nothing more arrives on the connection: the return value was dropped.
+  client.send(quiesce::test::http_get("/v1/health"));
+  auto next = client.read_response();
+  REQUIRE(next);
+  CHECK(next->body == R"({"early":true})");  // the handler's answer to the second request
+}
+
 TEST_CASE("http: a handler that throws gets a 500 JSON error") {
   quiesce::test::TempDir dir;
   FakeHandler fake;
