@@ -36,11 +36,11 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/thread_pool.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 #include <spdlog/spdlog.h>
 
+#include "agent/api/handler_pool.hpp"
 #include "agent/api/http_server.hpp"
 #include "quiesce/wire/errors.hpp"
 
@@ -291,11 +291,12 @@ struct ServerState {
   // (waiting for running handlers) before the io_context goes away, so a
   // handler's final post never targets a destroyed io_context.
   asio::io_context ioc;
-  asio::thread_pool pool;
+  // Threads start with the first requests (handler_pool.hpp).
+  HandlerPool pool;
   // GETs (health, status, metrics) only read the coordinator's state, never
   // wait on a writer: their own small pool keeps them answering while every
   // thread of `pool` is busy with slow operations (DESIGN.md invariant 6).
-  asio::thread_pool read_pool{2};
+  HandlerPool read_pool{2};
   asio::executor_work_guard<asio::io_context::executor_type> work;
   asio::steady_timer grace_timer;
 
@@ -542,8 +543,8 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     // The handler may block for as long as a freeze takes; it runs on the
     // pool. The work guard keeps run() alive until the response is back.
     auto& pool = request.method == "GET" ? server_.read_pool : server_.pool;
-    asio::post(pool, [self = shared_from_this(), request = std::move(request),
-                              work = asio::make_work_guard(server_.ioc)]() mutable {
+    pool.post([self = shared_from_this(), request = std::move(request),
+               work = asio::make_work_guard(server_.ioc)]() mutable {
       Response response = self->server_.invoke_handler(request);
       asio::post(self->server_.ioc, [self, response = std::move(response)]() mutable {
         self->on_handled(std::move(response));
