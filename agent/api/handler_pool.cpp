@@ -4,7 +4,8 @@
 
 namespace quiesce::api::detail {
 
-HandlerPool::HandlerPool(std::size_t max_threads) : max_threads_(std::max<std::size_t>(1, max_threads)) {}
+HandlerPool::HandlerPool(std::size_t max_threads)
+    : max_threads_(std::max<std::size_t>(1, max_threads)) {}
 
 HandlerPool::~HandlerPool() { join(); }
 

@@ -266,9 +266,9 @@ bool DbusService::Impl::caller_may_change(sd_bus_message* message, std::string& 
       &creds);
   if (r < 0) {
     sd().sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
-                      "cannot tell who is calling (%s): only root or members of group '%s' "
-                      "may change the agent's state",
-                      errno_text(r).c_str(), config.group.c_str());
+                           "cannot tell who is calling (%s): only root or members of group '%s' "
+                           "may change the agent's state",
+                           errno_text(r).c_str(), config.group.c_str());
     return false;
   }
   uid_t uid = static_cast<uid_t>(-1);
@@ -298,9 +298,9 @@ bool DbusService::Impl::caller_may_change(sd_bus_message* message, std::string& 
   sd().sd_bus_creds_unref(creds);
   if (!allowed) {
     sd().sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
-                      "%s may not change the agent's state: only root or members of group "
-                      "'%s' may (reading properties is open to all)",
-                      who.c_str(), config.group.c_str());
+                           "%s may not change the agent's state: only root or members of group "
+                           "'%s' may (reading properties is open to all)",
+                           who.c_str(), config.group.c_str());
     logger->warn("dbus: refused {} from {}: not root, not in group '{}'",
                  sd().sd_bus_message_get_member(message), who, config.group);
   }
@@ -325,7 +325,7 @@ void DbusService::Impl::reply_with(sd_bus_message* message, const api::Response&
   }
   const auto error = wire::error_of_response(response.status, response.body);
   sd().sd_bus_reply_method_errorf(message, error_name(error.code).c_str(), "%s",
-                             error.message.c_str());
+                                  error.message.c_str());
 }
 
 int DbusService::Impl::route_method(sd_bus_message* message, const std::string& method,
@@ -354,7 +354,7 @@ int DbusService::Impl::route_method(sd_bus_message* message, const std::string& 
   if (!queued) {
     sd().sd_bus_message_unref(pending);
     sd().sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
-                      "too many calls in progress (%zu waiting); try again", kMaxQueuedCalls);
+                           "too many calls in progress (%zu waiting); try again", kMaxQueuedCalls);
     return -EBUSY;
   }
   return 1;  // answered later, from the bus thread
@@ -377,16 +377,17 @@ int DbusService::Impl::register_writer(sd_bus_message* message, sd_bus_error* er
   auto level = parse_level(level_text);
   if (!level) {
     sd().sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                      "level '%.32s': expected application, database or filesystem", level_text);
+                           "level '%.32s': expected application, database or filesystem",
+                           level_text);
     return -EINVAL;
   }
   const std::string options_json = *options_text == '\0' ? "{}" : options_text;
   auto options = nlohmann::json::parse(options_json, nullptr, false);
   if (options_json.size() > kMaxOptionsBytes || !options.is_object()) {
     sd().sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                      "options: expected a JSON object of at most %zu bytes "
-                      "({\"name\": ..., \"timeouts_ms\": {...}})",
-                      kMaxOptionsBytes);
+                           "options: expected a JSON object of at most %zu bytes "
+                           "({\"name\": ..., \"timeouts_ms\": {...}})",
+                           kMaxOptionsBytes);
     return -EINVAL;
   }
   // By default the name comes from the object path: /com/example/Db -> dbus.com.example.Db.
@@ -405,16 +406,16 @@ int DbusService::Impl::register_writer(sd_bus_message* message, sd_bus_error* er
       }
     } else {
       sd().sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                        "options.%.64s: unknown (expected name, a string, and timeouts_ms)",
-                        key.c_str());
+                             "options.%.64s: unknown (expected name, a string, and timeouts_ms)",
+                             key.c_str());
       return -EINVAL;
     }
   }
   if (!valid_writer_name(name)) {
     sd().sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                      "writer name '%.80s': must be 1-64 letters, digits, '_', '.', '-' (give "
-                      "options.name when the object path is long)",
-                      name.c_str());
+                           "writer name '%.80s': must be 1-64 letters, digits, '_', '.', '-' (give "
+                           "options.name when the object path is long)",
+                           name.c_str());
     return -EINVAL;
   }
   std::size_t from_sender = 0;
@@ -422,8 +423,8 @@ int DbusService::Impl::register_writer(sd_bus_message* message, sd_bus_error* er
     if (registration->link->sender == sender) {
       if (registration->link->path == path) {
         sd().sd_bus_error_setf(error, "org.quiesce.Error.writer_exists",
-                          "%s is already registered by this connection (as '%s')", path,
-                          registration->name.c_str());
+                               "%s is already registered by this connection (as '%s')", path,
+                               registration->name.c_str());
         return -EEXIST;
       }
       ++from_sender;
@@ -431,9 +432,10 @@ int DbusService::Impl::register_writer(sd_bus_message* message, sd_bus_error* er
   }
   if (from_sender >= kMaxWritersPerClient || registrations.size() >= kMaxWritersTotal) {
     sd().sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
-                      "too many writers registered: at most %zu per connection and %zu in all "
-                      "(this connection has %zu, all have %zu)",
-                      kMaxWritersPerClient, kMaxWritersTotal, from_sender, registrations.size());
+                           "too many writers registered: at most %zu per connection and %zu in all "
+                           "(this connection has %zu, all have %zu)",
+                           kMaxWritersPerClient, kMaxWritersTotal, from_sender,
+                           registrations.size());
     return -EBUSY;
   }
 
@@ -457,7 +459,7 @@ int DbusService::Impl::register_writer(sd_bus_message* message, sd_bus_error* er
   if (r < 0) {
     sd().sd_bus_track_unref(registration->track);
     sd().sd_bus_error_setf(error, SD_BUS_ERROR_FAILED, "cannot watch %s on the bus: %s",
-                      sender.c_str(), errno_text(r).c_str());
+                           sender.c_str(), errno_text(r).c_str());
     return r;
   }
   ConfiguredWriter configured;
@@ -471,7 +473,7 @@ int DbusService::Impl::register_writer(sd_bus_message* message, sd_bus_error* er
   if (!added.ok()) {
     sd().sd_bus_track_unref(registration->track);
     sd().sd_bus_error_set(error, error_name(added.error().code).c_str(),
-                     added.error().message.c_str());
+                          added.error().message.c_str());
     return -EEXIST;
   }
   logger->info("dbus: {} ({}) registered writer '{}' at {}, level {}", sender, who, name, path,
@@ -496,7 +498,7 @@ int DbusService::Impl::unregister_writer(sd_bus_message* message, sd_bus_error* 
   });
   if (it == registrations.end()) {
     sd().sd_bus_error_setf(error, "org.quiesce.Error.unknown_writer",
-                      "%s is not registered by this connection", path);
+                           "%s is not registered by this connection", path);
     return -ENOENT;
   }
   const std::string name = (*it)->name;
@@ -580,8 +582,8 @@ int get_writers(sd_bus* /*bus*/, const char* /*path*/, const char* /*interface*/
   }
   for (const auto& writer : impl_of(userdata).current_writers()) {
     r = sd().sd_bus_message_append(reply, "(sss)", writer.value("name", "").c_str(),
-                              writer.value("level", "").c_str(),
-                              writer.value("state", "").c_str());
+                                   writer.value("level", "").c_str(),
+                                   writer.value("state", "").c_str());
     if (r < 0) {
       return r;
     }
@@ -606,9 +608,9 @@ int checked_session_id(sd_bus_message* message, std::string& id, sd_bus_error* e
   }
   if (!valid_session_id(id)) {
     sd().sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                      "'%.64s' is not a session id (letters, digits, '-', '_', '.'; at most "
-                      "%zu bytes)",
-                      id.c_str(), kMaxSessionIdBytes);
+                           "'%.64s' is not a session id (letters, digits, '-', '_', '.'; at most "
+                           "%zu bytes)",
+                           id.c_str(), kMaxSessionIdBytes);
     return -EINVAL;
   }
   return 0;
@@ -637,7 +639,7 @@ int method_create_session(sd_bus_message* message, void* userdata, sd_bus_error*
   }
   if (body.size() > kMaxBodyBytes) {
     sd().sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                      "the request is larger than %zu bytes", kMaxBodyBytes);
+                           "the request is larger than %zu bytes", kMaxBodyBytes);
     return -EINVAL;
   }
   return impl_of(userdata).route_method(message, "POST", "/v1/sessions",
@@ -759,13 +761,13 @@ void DbusService::Impl::emit_session_signal(const std::string& id, const std::st
   } else if (state == "thawed") {
     const bool continuous = verdict.is_object() && verdict.value("continuous", false);
     r = sd().sd_bus_emit_signal(bus, kObjectPath, kInterface, "Thawed", "sbs", id.c_str(),
-                           static_cast<int>(continuous), verdict.dump().c_str());
+                                static_cast<int>(continuous), verdict.dump().c_str());
   } else if (state == "completed") {
     r = sd().sd_bus_emit_signal(bus, kObjectPath, kInterface, "Completed", "s", id.c_str());
   } else {
     // aborted, failed, expired: the session ended without completing.
     r = sd().sd_bus_emit_signal(bus, kObjectPath, kInterface, "Aborted", "ss", id.c_str(),
-                           state.c_str());
+                                state.c_str());
   }
   if (r < 0) {
     logger->warn("dbus: cannot emit the signal for session {} {}: {}", id, state, errno_text(r));
@@ -789,7 +791,7 @@ void DbusService::Impl::emit_changed_properties() {
   }
   changed.push_back(nullptr);
   int r = sd().sd_bus_emit_properties_changed_strv(bus, kObjectPath, kInterface,
-                                              const_cast<char**>(changed.data()));
+                                                   const_cast<char**>(changed.data()));
   if (r < 0) {
     logger->warn("dbus: cannot emit PropertiesChanged: {}", errno_text(r));
   }
@@ -880,7 +882,7 @@ void DbusService::start() {
   impl.connect();  // loads libsystemd
   kAgentVtable[0].x.start.vtable_format_reference = sd().sd_bus_object_vtable_format;
   int r = sd().sd_bus_add_object_vtable(impl.bus, &impl.vtable_slot, kObjectPath, kInterface,
-                                   kAgentVtable, &impl);
+                                        kAgentVtable, &impl);
   if (r < 0) {
     throw std::runtime_error("cannot export " + std::string(kObjectPath) + ": " + errno_text(r));
   }

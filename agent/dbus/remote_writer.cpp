@@ -70,8 +70,8 @@ Status RemoteWriter::call(const PhaseContext& ctx, const char* method,
   }
   sd_bus_message* message = nullptr;
   int r = sd().sd_bus_message_new_method_call(bus_, &message, link_->sender.c_str(),
-                                         link_->path.c_str(),
-                                         quiesce::dbus_writer::kWriterInterface, method);
+                                              link_->path.c_str(),
+                                              quiesce::dbus_writer::kWriterInterface, method);
   for (auto it = arguments.begin(); r >= 0 && it != arguments.end(); ++it) {
     r = sd().sd_bus_message_append(message, "s", it->c_str());
   }
