@@ -32,6 +32,13 @@ if(QUIESCE_SANITIZE)
   target_link_options(quiesce_standard_settings INTERFACE -fsanitize=${QUIESCE_SANITIZE})
 endif()
 
+# A section per function and per datum, so that a link with --gc-sections
+# (the agent's) drops what nothing calls rather than whole object files'
+# text (docs/performance.md, third round).
+if(NOT WIN32)
+  target_compile_options(quiesce_standard_settings INTERFACE -ffunction-sections -fdata-sections)
+endif()
+
 # Asio and Beast are compiled once, in platform/asio (separate compilation),
 # so the translation units that include them stay cheap to rebuild.
 target_compile_definitions(quiesce_standard_settings INTERFACE

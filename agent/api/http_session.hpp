@@ -37,11 +37,11 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/thread_pool.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 #include <spdlog/spdlog.h>
 
+#include "agent/api/handler_pool.hpp"
 #include "agent/api/http_server.hpp"
 #include "quiesce/wire/errors.hpp"
 
@@ -292,11 +292,12 @@ struct ServerState {
   // (waiting for running handlers) before the io_context goes away, so a
   // handler's final post never targets a destroyed io_context.
   asio::io_context ioc;
-  asio::thread_pool pool;
+  // Threads start with the first requests (handler_pool.hpp).
+  HandlerPool pool;
   // GETs (health, status, metrics) only read the coordinator's state, never
   // wait on a writer: their own small pool keeps them answering while every
   // thread of `pool` is busy with slow operations (DESIGN.md invariant 6).
-  asio::thread_pool read_pool{2};
+  HandlerPool read_pool{2};
   asio::executor_work_guard<asio::io_context::executor_type> work;
   asio::steady_timer grace_timer;
 
@@ -553,8 +554,8 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
       });
     };
     auto& pool = request.method == "GET" ? server_.read_pool : server_.pool;
-    asio::post(pool, [self = shared_from_this(), request = std::move(request), answered,
-                              work = asio::make_work_guard(server_.ioc)]() mutable {
+    pool.post([self = shared_from_this(), request = std::move(request), answered,
+               work = asio::make_work_guard(server_.ioc)]() mutable {
       Response response = self->server_.invoke_handler(request);
       if (answered->exchange(true)) {
         return;  // answered early; the response went out already

@@ -154,7 +154,12 @@ Coordinator::Coordinator(std::vector<ConfiguredWriter> writers, SessionLimits li
   for (auto& configured : writers) {
     slots_.push_back(make_slot(std::move(configured)));
   }
-  watchdog_ = std::jthread([this](const std::stop_token& stop) { watchdog_loop(stop); });
+}
+
+void Coordinator::start_watchdog() {
+  std::call_once(watchdog_started_, [this] {
+    watchdog_ = std::jthread([this](const std::stop_token& stop) { watchdog_loop(stop); });
+  });
 }
 
 std::shared_ptr<Coordinator::WriterSlot> Coordinator::make_slot(ConfiguredWriter configured) {
@@ -507,6 +512,7 @@ Expected<nlohmann::json> Coordinator::create_session(const SessionRequest& reque
   if (!try_lock_op(op)) {
     return operation_in_progress();
   }
+  start_watchdog();  // before the session exists: a session is never unwatched
   Session* session = nullptr;
   {
     std::lock_guard lock(state_mutex_);

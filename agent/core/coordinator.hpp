@@ -250,6 +250,8 @@ class Coordinator {
   void set_writer_state(Session& session, SessionWriter& writer, WriterState state);
 
   void watchdog_loop(const std::stop_token& stop);
+
+  void start_watchdog();
   void write_restore_marker(const Session& session);
   void remove_restore_marker();
 
@@ -283,6 +285,10 @@ class Coordinator {
     std::uint64_t qga_broken = 0;
   } metrics_;
 
+  // Started with the first session (start_watchdog): it only ever watches
+  // an active session, and an agent that is never called runs no thread
+  // for it.
+  std::once_flag watchdog_started_;
   std::jthread watchdog_;  // last: uses everything above
 };
 

@@ -8,7 +8,7 @@
 #include <charconv>
 #include <cstdio>
 
-#include <systemd/sd-journal.h>
+#include "platform/linux/libsystemd_api.hpp"
 
 namespace quiesce::agent {
 
@@ -38,7 +38,8 @@ int send_to_journal(const std::vector<std::string>& record) {
   for (const auto& entry : record) {
     entries.push_back({const_cast<char*>(entry.data()), entry.size()});
   }
-  return sd_journal_sendv(entries.data(), static_cast<int>(entries.size()));
+  // Loaded by make_os_log_sink before this sink was made.
+  return platform::libsystemd().sd_journal_sendv(entries.data(), static_cast<int>(entries.size()));
 }
 
 }  // namespace

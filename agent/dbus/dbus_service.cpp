@@ -6,9 +6,6 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include <systemd/sd-bus.h>
-#include <systemd/sd-event.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -84,19 +81,22 @@ struct DbusService::Impl {
         logger(std::move(logger_in)) {}
 
   ~Impl() {
-    for (auto& registration : registrations) {
-      sd_bus_track_unref(registration->track);
-    }
     if (wake_fd >= 0) {
       close(wake_fd);
     }
     if (inhibit_fd >= 0) {
       close(inhibit_fd);
     }
-    sd_bus_slot_unref(inhibit_call);
-    sd_bus_slot_unref(vtable_slot);
-    sd_bus_flush_close_unref(bus);
-    sd_event_unref(event);
+    if (!platform::libsystemd_loaded()) {
+      return;  // libsystemd is missing: no sd-bus object was ever made
+    }
+    for (auto& registration : registrations) {
+      sd().sd_bus_track_unref(registration->track);
+    }
+    sd().sd_bus_slot_unref(inhibit_call);
+    sd().sd_bus_slot_unref(vtable_slot);
+    sd().sd_bus_flush_close_unref(bus);
+    sd().sd_event_unref(event);
   }
 
   Coordinator& coordinator;
@@ -189,7 +189,7 @@ void DbusService::Impl::connect() {
   if (r < 0) {
     throw std::runtime_error("cannot connect to " + where + ": " + errno_text(r));
   }
-  r = sd_bus_request_name(bus, kBusName, 0);
+  r = sd().sd_bus_request_name(bus, kBusName, 0);
   if (r == -EEXIST) {
     throw std::runtime_error(std::string(kBusName) + " is already owned on " + where +
                              " (another agent is running)");
@@ -259,49 +259,50 @@ bool DbusService::Impl::caller_may_change(sd_bus_message* message, std::string& 
   sd_bus_creds* creds = nullptr;
   // AUGMENT fills what the bus does not tell (the groups) from /proc, which
   // is no disk and safe while frozen.
-  int r = sd_bus_query_sender_creds(
+  int r = sd().sd_bus_query_sender_creds(
       message,
       SD_BUS_CREDS_UID | SD_BUS_CREDS_EUID | SD_BUS_CREDS_GID | SD_BUS_CREDS_EGID |
           SD_BUS_CREDS_SUPPLEMENTARY_GIDS | SD_BUS_CREDS_PID | SD_BUS_CREDS_AUGMENT,
       &creds);
   if (r < 0) {
-    sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
-                      "cannot tell who is calling (%s): only root or members of group '%s' "
-                      "may change the agent's state",
-                      errno_text(r).c_str(), config.group.c_str());
+    sd().sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                           "cannot tell who is calling (%s): only root or members of group '%s' "
+                           "may change the agent's state",
+                           errno_text(r).c_str(), config.group.c_str());
     return false;
   }
   uid_t uid = static_cast<uid_t>(-1);
-  if (sd_bus_creds_get_euid(creds, &uid) < 0) {
-    if (sd_bus_creds_get_uid(creds, &uid) < 0) {
+  if (sd().sd_bus_creds_get_euid(creds, &uid) < 0) {
+    if (sd().sd_bus_creds_get_uid(creds, &uid) < 0) {
       uid = static_cast<uid_t>(-1);
     }
   }
   pid_t pid = 0;
-  (void)sd_bus_creds_get_pid(creds, &pid);
+  (void)sd().sd_bus_creds_get_pid(creds, &pid);
   who = "uid " + (uid == static_cast<uid_t>(-1) ? std::string("?") : std::to_string(uid)) +
         " pid " + std::to_string(pid);
   bool allowed = uid == 0 || (uid != static_cast<uid_t>(-1) && uid == geteuid());
   if (!allowed && privileged_gid) {
     gid_t gid = 0;
-    if ((sd_bus_creds_get_egid(creds, &gid) >= 0 || sd_bus_creds_get_gid(creds, &gid) >= 0) &&
+    if ((sd().sd_bus_creds_get_egid(creds, &gid) >= 0 ||
+         sd().sd_bus_creds_get_gid(creds, &gid) >= 0) &&
         gid == *privileged_gid) {
       allowed = true;
     }
     const gid_t* groups = nullptr;
-    int count = sd_bus_creds_get_supplementary_gids(creds, &groups);
+    int count = sd().sd_bus_creds_get_supplementary_gids(creds, &groups);
     for (int i = 0; i < count && !allowed; ++i) {
       allowed = groups[i] == *privileged_gid;
     }
   }
-  sd_bus_creds_unref(creds);
+  sd().sd_bus_creds_unref(creds);
   if (!allowed) {
-    sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
-                      "%s may not change the agent's state: only root or members of group "
-                      "'%s' may (reading properties is open to all)",
-                      who.c_str(), config.group.c_str());
+    sd().sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                           "%s may not change the agent's state: only root or members of group "
+                           "'%s' may (reading properties is open to all)",
+                           who.c_str(), config.group.c_str());
     logger->warn("dbus: refused {} from {}: not root, not in group '{}'",
-                 sd_bus_message_get_member(message), who, config.group);
+                 sd().sd_bus_message_get_member(message), who, config.group);
   }
   return allowed;
 }
@@ -319,12 +320,12 @@ api::Response DbusService::Impl::run_route(const std::string& method, const std:
 
 void DbusService::Impl::reply_with(sd_bus_message* message, const api::Response& response) {
   if (response.status < 400) {
-    sd_bus_reply_method_return(message, "s", response.body.c_str());
+    sd().sd_bus_reply_method_return(message, "s", response.body.c_str());
     return;
   }
   const auto error = wire::error_of_response(response.status, response.body);
-  sd_bus_reply_method_errorf(message, error_name(error.code).c_str(), "%s",
-                             error.message.c_str());
+  sd().sd_bus_reply_method_errorf(message, error_name(error.code).c_str(), "%s",
+                                  error.message.c_str());
 }
 
 int DbusService::Impl::route_method(sd_bus_message* message, const std::string& method,
@@ -341,19 +342,19 @@ int DbusService::Impl::route_method(sd_bus_message* message, const std::string& 
   }
   // sd-bus reference counts are not atomic: the message is referenced and
   // released on the bus thread only; the method thread just carries it.
-  sd_bus_message* pending = sd_bus_message_ref(message);
+  sd_bus_message* pending = sd().sd_bus_message_ref(message);
   const bool queued = queue_call([this, pending, method, target, body, who] {
     auto response = run_route(method, target, body, who);
     logger->info("dbus {}: {} {} -> {}", who, method, target, response.status);
     post([pending, response] {
       reply_with(pending, response);
-      sd_bus_message_unref(pending);
+      sd().sd_bus_message_unref(pending);
     });
   });
   if (!queued) {
-    sd_bus_message_unref(pending);
-    sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
-                      "too many calls in progress (%zu waiting); try again", kMaxQueuedCalls);
+    sd().sd_bus_message_unref(pending);
+    sd().sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
+                           "too many calls in progress (%zu waiting); try again", kMaxQueuedCalls);
     return -EBUSY;
   }
   return 1;  // answered later, from the bus thread
@@ -363,29 +364,30 @@ int DbusService::Impl::register_writer(sd_bus_message* message, sd_bus_error* er
   const char* path = nullptr;
   const char* level_text = nullptr;
   const char* options_text = nullptr;
-  if (int r = sd_bus_message_read(message, "oss", &path, &level_text, &options_text); r < 0) {
+  if (int r = sd().sd_bus_message_read(message, "oss", &path, &level_text, &options_text); r < 0) {
     return r;
   }
   std::string who;
   if (!caller_may_change(message, who, error)) {
     return -EACCES;
   }
-  const std::string sender = sd_bus_message_get_sender(message) != nullptr
-                                 ? sd_bus_message_get_sender(message)
+  const std::string sender = sd().sd_bus_message_get_sender(message) != nullptr
+                                 ? sd().sd_bus_message_get_sender(message)
                                  : "";
   auto level = parse_level(level_text);
   if (!level) {
-    sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                      "level '%.32s': expected application, database or filesystem", level_text);
+    sd().sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                           "level '%.32s': expected application, database or filesystem",
+                           level_text);
     return -EINVAL;
   }
   const std::string options_json = *options_text == '\0' ? "{}" : options_text;
   auto options = nlohmann::json::parse(options_json, nullptr, false);
   if (options_json.size() > kMaxOptionsBytes || !options.is_object()) {
-    sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                      "options: expected a JSON object of at most %zu bytes "
-                      "({\"name\": ..., \"timeouts_ms\": {...}})",
-                      kMaxOptionsBytes);
+    sd().sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                           "options: expected a JSON object of at most %zu bytes "
+                           "({\"name\": ..., \"timeouts_ms\": {...}})",
+                           kMaxOptionsBytes);
     return -EINVAL;
   }
   // By default the name comes from the object path: /com/example/Db -> dbus.com.example.Db.
@@ -399,40 +401,41 @@ int DbusService::Impl::register_writer(sd_bus_message* message, sd_bus_error* er
       try {
         timeouts = parse_writer_timeouts(value, "options.timeouts_ms");
       } catch (const std::exception& e) {
-        sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "%s", e.what());
+        sd().sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "%s", e.what());
         return -EINVAL;
       }
     } else {
-      sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                        "options.%.64s: unknown (expected name, a string, and timeouts_ms)",
-                        key.c_str());
+      sd().sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                             "options.%.64s: unknown (expected name, a string, and timeouts_ms)",
+                             key.c_str());
       return -EINVAL;
     }
   }
   if (!valid_writer_name(name)) {
-    sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                      "writer name '%.80s': must be 1-64 letters, digits, '_', '.', '-' (give "
-                      "options.name when the object path is long)",
-                      name.c_str());
+    sd().sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                           "writer name '%.80s': must be 1-64 letters, digits, '_', '.', '-' (give "
+                           "options.name when the object path is long)",
+                           name.c_str());
     return -EINVAL;
   }
   std::size_t from_sender = 0;
   for (const auto& registration : registrations) {
     if (registration->link->sender == sender) {
       if (registration->link->path == path) {
-        sd_bus_error_setf(error, "org.quiesce.Error.writer_exists",
-                          "%s is already registered by this connection (as '%s')", path,
-                          registration->name.c_str());
+        sd().sd_bus_error_setf(error, "org.quiesce.Error.writer_exists",
+                               "%s is already registered by this connection (as '%s')", path,
+                               registration->name.c_str());
         return -EEXIST;
       }
       ++from_sender;
     }
   }
   if (from_sender >= kMaxWritersPerClient || registrations.size() >= kMaxWritersTotal) {
-    sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
-                      "too many writers registered: at most %zu per connection and %zu in all "
-                      "(this connection has %zu, all have %zu)",
-                      kMaxWritersPerClient, kMaxWritersTotal, from_sender, registrations.size());
+    sd().sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
+                           "too many writers registered: at most %zu per connection and %zu in all "
+                           "(this connection has %zu, all have %zu)",
+                           kMaxWritersPerClient, kMaxWritersTotal, from_sender,
+                           registrations.size());
     return -EBUSY;
   }
 
@@ -449,14 +452,14 @@ int DbusService::Impl::register_writer(sd_bus_message* message, sd_bus_error* er
     }
     return 0;
   };
-  int r = sd_bus_track_new(bus, &registration->track, on_gone, registration.get());
+  int r = sd().sd_bus_track_new(bus, &registration->track, on_gone, registration.get());
   if (r >= 0) {
-    r = sd_bus_track_add_sender(registration->track, message);
+    r = sd().sd_bus_track_add_sender(registration->track, message);
   }
   if (r < 0) {
-    sd_bus_track_unref(registration->track);
-    sd_bus_error_setf(error, SD_BUS_ERROR_FAILED, "cannot watch %s on the bus: %s",
-                      sender.c_str(), errno_text(r).c_str());
+    sd().sd_bus_track_unref(registration->track);
+    sd().sd_bus_error_setf(error, SD_BUS_ERROR_FAILED, "cannot watch %s on the bus: %s",
+                           sender.c_str(), errno_text(r).c_str());
     return r;
   }
   ConfiguredWriter configured;
@@ -468,39 +471,39 @@ int DbusService::Impl::register_writer(sd_bus_message* message, sd_bus_error* er
   configured.timeout_overrides = timeouts;
   auto added = coordinator.add_writer(std::move(configured));
   if (!added.ok()) {
-    sd_bus_track_unref(registration->track);
-    sd_bus_error_set(error, error_name(added.error().code).c_str(),
-                     added.error().message.c_str());
+    sd().sd_bus_track_unref(registration->track);
+    sd().sd_bus_error_set(error, error_name(added.error().code).c_str(),
+                          added.error().message.c_str());
     return -EEXIST;
   }
   logger->info("dbus: {} ({}) registered writer '{}' at {}, level {}", sender, who, name, path,
                level_text);
   registrations.push_back(std::move(registration));
   emit_changed_properties();
-  return sd_bus_reply_method_return(message, "s", name.c_str());
+  return sd().sd_bus_reply_method_return(message, "s", name.c_str());
 }
 
 int DbusService::Impl::unregister_writer(sd_bus_message* message, sd_bus_error* error) {
   const char* path = nullptr;
-  if (int r = sd_bus_message_read(message, "o", &path); r < 0) {
+  if (int r = sd().sd_bus_message_read(message, "o", &path); r < 0) {
     return r;
   }
   std::string who;
   if (!caller_may_change(message, who, error)) {
     return -EACCES;
   }
-  const char* sender = sd_bus_message_get_sender(message);
+  const char* sender = sd().sd_bus_message_get_sender(message);
   auto it = std::find_if(registrations.begin(), registrations.end(), [&](const auto& entry) {
     return sender != nullptr && entry->link->sender == sender && entry->link->path == path;
   });
   if (it == registrations.end()) {
-    sd_bus_error_setf(error, "org.quiesce.Error.unknown_writer",
-                      "%s is not registered by this connection", path);
+    sd().sd_bus_error_setf(error, "org.quiesce.Error.unknown_writer",
+                           "%s is not registered by this connection", path);
     return -ENOENT;
   }
   const std::string name = (*it)->name;
   drop_registration(it->get(), false);
-  return sd_bus_reply_method_return(message, "s", name.c_str());
+  return sd().sd_bus_reply_method_return(message, "s", name.c_str());
 }
 
 void DbusService::Impl::drop_registration(Registration* registration, bool client_left) {
@@ -518,8 +521,8 @@ void DbusService::Impl::drop_registration(Registration* registration, bool clien
   (void)coordinator.remove_writer(owned->name);
   // Not from inside its own handler's stack frame: sd-bus holds a reference
   // while it calls the handler, so the unref here only drops ours.
-  sd_bus_track_set_userdata(owned->track, nullptr);
-  sd_bus_track_unref(owned->track);
+  sd().sd_bus_track_set_userdata(owned->track, nullptr);
+  sd().sd_bus_track_unref(owned->track);
   emit_changed_properties();
 }
 
@@ -554,44 +557,44 @@ DbusService::Impl& impl_of(void* userdata) { return *static_cast<DbusService::Im
 int get_state(sd_bus* /*bus*/, const char* /*path*/, const char* /*interface*/,
               const char* /*property*/, sd_bus_message* reply, void* userdata,
               sd_bus_error* /*error*/) {
-  return sd_bus_message_append(reply, "s", impl_of(userdata).current_state().c_str());
+  return sd().sd_bus_message_append(reply, "s", impl_of(userdata).current_state().c_str());
 }
 
 int get_active_session(sd_bus* /*bus*/, const char* /*path*/, const char* /*interface*/,
                        const char* /*property*/, sd_bus_message* reply, void* userdata,
                        sd_bus_error* /*error*/) {
-  return sd_bus_message_append(reply, "s", impl_of(userdata).current_active_session().c_str());
+  return sd().sd_bus_message_append(reply, "s", impl_of(userdata).current_active_session().c_str());
 }
 
 int get_last_verdict(sd_bus* /*bus*/, const char* /*path*/, const char* /*interface*/,
                      const char* /*property*/, sd_bus_message* reply, void* userdata,
                      sd_bus_error* /*error*/) {
-  return sd_bus_message_append(reply, "s", impl_of(userdata).current_verdict().c_str());
+  return sd().sd_bus_message_append(reply, "s", impl_of(userdata).current_verdict().c_str());
 }
 
 // a(sss): name, level, state of each writer.
 int get_writers(sd_bus* /*bus*/, const char* /*path*/, const char* /*interface*/,
                 const char* /*property*/, sd_bus_message* reply, void* userdata,
                 sd_bus_error* /*error*/) {
-  int r = sd_bus_message_open_container(reply, 'a', "(sss)");
+  int r = sd().sd_bus_message_open_container(reply, 'a', "(sss)");
   if (r < 0) {
     return r;
   }
   for (const auto& writer : impl_of(userdata).current_writers()) {
-    r = sd_bus_message_append(reply, "(sss)", writer.value("name", "").c_str(),
-                              writer.value("level", "").c_str(),
-                              writer.value("state", "").c_str());
+    r = sd().sd_bus_message_append(reply, "(sss)", writer.value("name", "").c_str(),
+                                   writer.value("level", "").c_str(),
+                                   writer.value("state", "").c_str());
     if (r < 0) {
       return r;
     }
   }
-  return sd_bus_message_close_container(reply);
+  return sd().sd_bus_message_close_container(reply);
 }
 
 // Reads one string argument; a missing or wrong one is InvalidArgs.
 int read_string(sd_bus_message* message, std::string& out) {
   const char* text = nullptr;
-  int r = sd_bus_message_read(message, "s", &text);
+  int r = sd().sd_bus_message_read(message, "s", &text);
   if (r >= 0) {
     out = text;
   }
@@ -604,10 +607,10 @@ int checked_session_id(sd_bus_message* message, std::string& id, sd_bus_error* e
     return r;
   }
   if (!valid_session_id(id)) {
-    sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                      "'%.64s' is not a session id (letters, digits, '-', '_', '.'; at most "
-                      "%zu bytes)",
-                      id.c_str(), kMaxSessionIdBytes);
+    sd().sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                           "'%.64s' is not a session id (letters, digits, '-', '_', '.'; at most "
+                           "%zu bytes)",
+                           id.c_str(), kMaxSessionIdBytes);
     return -EINVAL;
   }
   return 0;
@@ -635,8 +638,8 @@ int method_create_session(sd_bus_message* message, void* userdata, sd_bus_error*
     return r;
   }
   if (body.size() > kMaxBodyBytes) {
-    sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                      "the request is larger than %zu bytes", kMaxBodyBytes);
+    sd().sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                           "the request is larger than %zu bytes", kMaxBodyBytes);
     return -EINVAL;
   }
   return impl_of(userdata).route_method(message, "POST", "/v1/sessions",
@@ -691,8 +694,21 @@ int method_unregister_writer(sd_bus_message* message, void* userdata, sd_bus_err
 // CAP_SYS_ADMIN and so shut out the `quiesce` group): the agent decides.
 constexpr auto kOpen = SD_BUS_VTABLE_UNPRIVILEGED;
 
-const sd_bus_vtable kAgentVtable[] = {
-    SD_BUS_VTABLE_START(0),
+// SD_BUS_VTABLE_START(0), but for the address of libsystemd's
+// sd_bus_object_vtable_format, which the macro takes at link time and which
+// start() puts in once the library is loaded (it is not linked).
+constexpr sd_bus_vtable vtable_start_unlinked() {
+  sd_bus_vtable start{};
+  start.type = _SD_BUS_VTABLE_START;
+  start.flags = 0;
+  start.x.start.element_size = sizeof(sd_bus_vtable);
+  start.x.start.features = _SD_BUS_VTABLE_PARAM_NAMES;
+  start.x.start.vtable_format_reference = nullptr;
+  return start;
+}
+
+sd_bus_vtable kAgentVtable[] = {
+    vtable_start_unlinked(),
     SD_BUS_PROPERTY("State", "s", get_state, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
     SD_BUS_PROPERTY("ActiveSession", "s", get_active_session, 0,
                     SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
@@ -739,19 +755,19 @@ void DbusService::Impl::emit_session_signal(const std::string& id, const std::st
                                             const nlohmann::json& verdict) {
   int r = 0;
   if (state == "prepared") {
-    r = sd_bus_emit_signal(bus, kObjectPath, kInterface, "SessionCreated", "s", id.c_str());
+    r = sd().sd_bus_emit_signal(bus, kObjectPath, kInterface, "SessionCreated", "s", id.c_str());
   } else if (state == "frozen") {
-    r = sd_bus_emit_signal(bus, kObjectPath, kInterface, "Frozen", "s", id.c_str());
+    r = sd().sd_bus_emit_signal(bus, kObjectPath, kInterface, "Frozen", "s", id.c_str());
   } else if (state == "thawed") {
     const bool continuous = verdict.is_object() && verdict.value("continuous", false);
-    r = sd_bus_emit_signal(bus, kObjectPath, kInterface, "Thawed", "sbs", id.c_str(),
-                           static_cast<int>(continuous), verdict.dump().c_str());
+    r = sd().sd_bus_emit_signal(bus, kObjectPath, kInterface, "Thawed", "sbs", id.c_str(),
+                                static_cast<int>(continuous), verdict.dump().c_str());
   } else if (state == "completed") {
-    r = sd_bus_emit_signal(bus, kObjectPath, kInterface, "Completed", "s", id.c_str());
+    r = sd().sd_bus_emit_signal(bus, kObjectPath, kInterface, "Completed", "s", id.c_str());
   } else {
     // aborted, failed, expired: the session ended without completing.
-    r = sd_bus_emit_signal(bus, kObjectPath, kInterface, "Aborted", "ss", id.c_str(),
-                           state.c_str());
+    r = sd().sd_bus_emit_signal(bus, kObjectPath, kInterface, "Aborted", "ss", id.c_str(),
+                                state.c_str());
   }
   if (r < 0) {
     logger->warn("dbus: cannot emit the signal for session {} {}: {}", id, state, errno_text(r));
@@ -774,8 +790,8 @@ void DbusService::Impl::emit_changed_properties() {
     return;
   }
   changed.push_back(nullptr);
-  int r = sd_bus_emit_properties_changed_strv(bus, kObjectPath, kInterface,
-                                              const_cast<char**>(changed.data()));
+  int r = sd().sd_bus_emit_properties_changed_strv(bus, kObjectPath, kInterface,
+                                                   const_cast<char**>(changed.data()));
   if (r < 0) {
     logger->warn("dbus: cannot emit PropertiesChanged: {}", errno_text(r));
   }
@@ -784,8 +800,8 @@ void DbusService::Impl::emit_changed_properties() {
 void DbusService::Impl::take_inhibitor() {
   auto on_reply = [](sd_bus_message* reply, void* userdata, sd_bus_error* /*error*/) -> int {
     auto& self = impl_of(userdata);
-    self.inhibit_call = sd_bus_slot_unref(self.inhibit_call);
-    if (const sd_bus_error* failure = sd_bus_message_get_error(reply)) {
+    self.inhibit_call = sd().sd_bus_slot_unref(self.inhibit_call);
+    if (const sd_bus_error* failure = sd().sd_bus_message_get_error(reply)) {
       self.inhibitor.refused();
       // No logind (a container, a guest without systemd): nothing to delay.
       self.logger->debug("dbus: no logind inhibitor while frozen: {}",
@@ -793,7 +809,7 @@ void DbusService::Impl::take_inhibitor() {
       return 0;
     }
     int fd = -1;
-    if (sd_bus_message_read(reply, "h", &fd) < 0 || fd < 0) {
+    if (sd().sd_bus_message_read(reply, "h", &fd) < 0 || fd < 0) {
       self.inhibitor.refused();
       self.logger->debug("dbus: logind answered Inhibit without a descriptor");
       return 0;
@@ -812,7 +828,7 @@ void DbusService::Impl::take_inhibitor() {
     self.logger->debug("dbus: holding a logind delay inhibitor for sleep and shutdown");
     return 0;
   };
-  int r = sd_bus_call_method_async(
+  int r = sd().sd_bus_call_method_async(
       bus, &inhibit_call, "org.freedesktop.login1", "/org/freedesktop/login1",
       "org.freedesktop.login1.Manager", "Inhibit", on_reply, this, "ssss", "sleep:shutdown",
       "quiesce-agent", "filesystems are frozen for a snapshot; the thaw comes within seconds",
@@ -863,9 +879,10 @@ void DbusService::start() {
     impl.logger->info("dbus: group '{}' does not exist: only root may change the agent's state",
                       impl.config.group);
   }
-  impl.connect();
-  int r = sd_bus_add_object_vtable(impl.bus, &impl.vtable_slot, kObjectPath, kInterface,
-                                   kAgentVtable, &impl);
+  impl.connect();  // loads libsystemd
+  kAgentVtable[0].x.start.vtable_format_reference = sd().sd_bus_object_vtable_format;
+  int r = sd().sd_bus_add_object_vtable(impl.bus, &impl.vtable_slot, kObjectPath, kInterface,
+                                        kAgentVtable, &impl);
   if (r < 0) {
     throw std::runtime_error("cannot export " + std::string(kObjectPath) + ": " + errno_text(r));
   }
@@ -873,12 +890,12 @@ void DbusService::start() {
   if (impl.wake_fd < 0) {
     throw std::runtime_error("eventfd: " + std::string(std::strerror(errno)));
   }
-  r = sd_event_new(&impl.event);
+  r = sd().sd_event_new(&impl.event);
   if (r >= 0) {
-    r = sd_event_add_io(impl.event, nullptr, impl.wake_fd, EPOLLIN, on_wake, &impl);
+    r = sd().sd_event_add_io(impl.event, nullptr, impl.wake_fd, EPOLLIN, on_wake, &impl);
   }
   if (r >= 0) {
-    r = sd_bus_attach_event(impl.bus, impl.event, SD_EVENT_PRIORITY_NORMAL);
+    r = sd().sd_bus_attach_event(impl.bus, impl.event, SD_EVENT_PRIORITY_NORMAL);
   }
   if (r < 0) {
     throw std::runtime_error("cannot set up the D-Bus event loop: " + errno_text(r));
@@ -891,7 +908,7 @@ void DbusService::start() {
     impl.method_threads.emplace_back([&impl] { impl.method_thread_loop(); });
   }
   impl.bus_thread = std::thread([&impl] {
-    int loop = sd_event_loop(impl.event);
+    int loop = sd().sd_event_loop(impl.event);
     if (loop < 0) {
       impl.logger->error("dbus: the event loop stopped: {}", errno_text(loop));
     }
@@ -914,7 +931,7 @@ void DbusService::stop() {
   }
   impl.method_threads.clear();
   if (impl.bus_thread.joinable()) {
-    impl.post([&impl] { sd_event_exit(impl.event, 0); });
+    impl.post([&impl] { sd().sd_event_exit(impl.event, 0); });
     impl.bus_thread.join();
   }
 }

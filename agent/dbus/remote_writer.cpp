@@ -33,7 +33,7 @@ struct PendingCall {
 int on_reply(sd_bus_message* reply, void* userdata, sd_bus_error* /*error*/) {
   auto& pending = *static_cast<PendingCall*>(userdata);
   pending.done = true;
-  pending.reply = sd_bus_message_ref(reply);
+  pending.reply = sd().sd_bus_message_ref(reply);
   return 0;
 }
 
@@ -42,7 +42,11 @@ int on_reply(sd_bus_message* reply, void* userdata, sd_bus_error* /*error*/) {
 RemoteWriter::RemoteWriter(DbusConfig bus_config, std::shared_ptr<RemoteWriterLink> link)
     : bus_config_(std::move(bus_config)), link_(std::move(link)) {}
 
-RemoteWriter::~RemoteWriter() { sd_bus_flush_close_unref(bus_); }
+RemoteWriter::~RemoteWriter() {
+  if (bus_ != nullptr) {
+    sd().sd_bus_flush_close_unref(bus_);
+  }
+}
 
 Status RemoteWriter::vanished_error(const char* method) const {
   return Status::non_retryable("cannot call " + std::string(method) + ": the writer's bus name " +
@@ -65,45 +69,45 @@ Status RemoteWriter::call(const PhaseContext& ctx, const char* method,
     }
   }
   sd_bus_message* message = nullptr;
-  int r = sd_bus_message_new_method_call(bus_, &message, link_->sender.c_str(),
-                                         link_->path.c_str(),
-                                         quiesce::dbus_writer::kWriterInterface, method);
+  int r = sd().sd_bus_message_new_method_call(bus_, &message, link_->sender.c_str(),
+                                              link_->path.c_str(),
+                                              quiesce::dbus_writer::kWriterInterface, method);
   for (auto it = arguments.begin(); r >= 0 && it != arguments.end(); ++it) {
-    r = sd_bus_message_append(message, "s", it->c_str());
+    r = sd().sd_bus_message_append(message, "s", it->c_str());
   }
   PendingCall pending;
   sd_bus_slot* slot = nullptr;
   if (r >= 0) {
     // The budget below is what limits the call; sd-bus's own timeout only
     // backs it up.
-    r = sd_bus_call_async(bus_, &slot, message, on_reply, &pending, 0);
+    r = sd().sd_bus_call_async(bus_, &slot, message, on_reply, &pending, 0);
   }
-  sd_bus_message_unref(message);
+  sd().sd_bus_message_unref(message);
   if (r < 0) {
     return Status::retryable("cannot send " + what + ": " + std::strerror(-r));
   }
   const auto budget = CallBudget::of(ctx);
   while (!pending.done) {
     if (auto spent = budget.spent(); !spent.empty()) {
-      sd_bus_slot_unref(slot);  // a late answer is dropped
+      sd().sd_bus_slot_unref(slot);  // a late answer is dropped
       return Status::timeout(what + " did not answer: " + spent);
     }
-    r = sd_bus_process(bus_, nullptr);
+    r = sd().sd_bus_process(bus_, nullptr);
     if (r < 0) {
-      sd_bus_slot_unref(slot);
+      sd().sd_bus_slot_unref(slot);
       return Status::retryable("the connection to the bus broke during " + what + ": " +
                                std::strerror(-r));
     }
     if (r == 0) {
       auto wait = std::min<Clock::duration>(kStopCheck, budget.deadline - Clock::now());
-      (void)sd_bus_wait(
+      (void)sd().sd_bus_wait(
           bus_, static_cast<std::uint64_t>(
                     std::max<std::int64_t>(
                         1, std::chrono::duration_cast<std::chrono::microseconds>(wait).count())));
     }
   }
-  sd_bus_slot_unref(slot);
-  if (const sd_bus_error* failure = sd_bus_message_get_error(pending.reply)) {
+  sd().sd_bus_slot_unref(slot);
+  if (const sd_bus_error* failure = sd().sd_bus_message_get_error(pending.reply)) {
     const std::string name = failure->name != nullptr ? failure->name : "";
     std::string text = what + " failed: " + name +
                        (failure->message != nullptr ? std::string(": ") + failure->message : "");
@@ -112,15 +116,15 @@ Status RemoteWriter::call(const PhaseContext& ctx, const char* method,
       // Gone before the bus thread heard of it.
       link_->vanished = true;
     }
-    sd_bus_message_unref(pending.reply);
+    sd().sd_bus_message_unref(pending.reply);
     return Status::error(error_class, text);
   }
-  const char* signature = sd_bus_message_get_signature(pending.reply, 1);
+  const char* signature = sd().sd_bus_message_get_signature(pending.reply, 1);
   if (std::strcmp(signature != nullptr ? signature : "", expected_signature) != 0) {
     std::string text = what + " answered with the wrong type: signature '" +
                        (signature != nullptr ? signature : "") + "', expected '" +
                        expected_signature + "'";
-    sd_bus_message_unref(pending.reply);
+    sd().sd_bus_message_unref(pending.reply);
     return Status::non_retryable(text);
   }
   *reply = pending.reply;
@@ -136,10 +140,10 @@ Status RemoteWriter::call_for_json(const PhaseContext& ctx, const char* method,
     return status;
   }
   const char* text = nullptr;
-  (void)sd_bus_message_read(reply, "s", &text);
+  (void)sd().sd_bus_message_read(reply, "s", &text);
   // Not JSON: a discarded value, which the caller's shape check refuses.
   out = nlohmann::json::parse(text != nullptr ? text : "", nullptr, false);
-  sd_bus_message_unref(reply);
+  sd().sd_bus_message_unref(reply);
   return Status::ok();
 }
 
@@ -165,7 +169,7 @@ Status RemoteWriter::identify(const PhaseContext& ctx, Identity& out) {
 Status RemoteWriter::prepare(const PhaseContext& ctx) {
   sd_bus_message* reply = nullptr;
   auto status = call(ctx, "Prepare", {ctx.session_id}, "", &reply);
-  sd_bus_message_unref(reply);
+  sd().sd_bus_message_unref(reply);
   return status;
 }
 
@@ -175,7 +179,7 @@ Status RemoteWriter::freeze(const PhaseContext& ctx) {
   // mid-freeze may already have taken its hold.
   holding_ = true;
   auto status = call(ctx, "Freeze", {ctx.session_id}, "", &reply);
-  sd_bus_message_unref(reply);
+  sd().sd_bus_message_unref(reply);
   return status;
 }
 
@@ -203,10 +207,10 @@ Status RemoteWriter::thaw(const PhaseContext& ctx, HoldReport& hold) {
   }
   int continuous = 1;
   const char* detail = nullptr;
-  (void)sd_bus_message_read(reply, "bs", &continuous, &detail);
+  (void)sd().sd_bus_message_read(reply, "bs", &continuous, &detail);
   hold.continuous = continuous != 0;
   hold.detail = detail != nullptr ? detail : "";
-  sd_bus_message_unref(reply);
+  sd().sd_bus_message_unref(reply);
   return Status::ok();
 }
 
@@ -233,14 +237,14 @@ Status RemoteWriter::abort(const PhaseContext& ctx) {
   }
   sd_bus_message* reply = nullptr;
   auto status = call(ctx, "Abort", {ctx.session_id}, "", &reply);
-  sd_bus_message_unref(reply);
+  sd().sd_bus_message_unref(reply);
   return status;
 }
 
 Status RemoteWriter::post_restore(const PhaseContext& ctx, const RestoreInfo& restore) {
   sd_bus_message* reply = nullptr;
   auto status = call(ctx, "PostRestore", {restore.checkpoint_id, restore.session_id}, "", &reply);
-  sd_bus_message_unref(reply);
+  sd().sd_bus_message_unref(reply);
   return status;
 }
 

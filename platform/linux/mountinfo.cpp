@@ -1,9 +1,11 @@
 #include "platform/linux/mountinfo.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
-#include <fstream>
-#include <sstream>
 
 namespace quiesce::platform {
 
@@ -251,13 +253,30 @@ MountTable parse_mountinfo(std::string_view text) {
 }
 
 MountTableResult read_mountinfo(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) {
+  // read(2), not an ifstream: the freeze holder reads it too, and streams
+  // would link (and initialise) libstdc++'s locale machinery into it.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
     return {std::nullopt, "cannot read " + path};
   }
-  std::ostringstream text;
-  text << in.rdbuf();
-  return {parse_mountinfo(text.str()), ""};
+  std::string text;
+  char buffer[16384];
+  for (;;) {
+    const auto got = ::read(fd, buffer, sizeof buffer);
+    if (got < 0 && errno == EINTR) {
+      continue;
+    }
+    if (got < 0) {
+      ::close(fd);
+      return {std::nullopt, "cannot read " + path};
+    }
+    if (got == 0) {
+      break;
+    }
+    text.append(buffer, static_cast<std::size_t>(got));
+  }
+  ::close(fd);
+  return {parse_mountinfo(text), ""};
 }
 
 }  // namespace quiesce::platform

@@ -12,7 +12,6 @@
 
 #include <charconv>
 #include <cstdio>
-#include <fstream>
 #include <string_view>
 
 #include "platform/linux/freeze_holder.hpp"
@@ -70,9 +69,11 @@ int main(int argc, char** argv) {
   // The OOM killer taking the holder while it holds a freeze would leave the
   // filesystems frozen until the agent notices; it is tiny, so protect it.
   // Best effort: without CAP_SYS_RESOURCE the write fails and that is fine.
-  {
-    std::ofstream oom("/proc/self/oom_score_adj");
-    oom << "-1000\n";
+  // write(2), not an ofstream: streams would link and initialise
+  // libstdc++'s locale machinery in a process that stays resident.
+  if (const int oom = ::open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC); oom >= 0) {
+    (void)!::write(oom, "-1000\n", 6);
+    ::close(oom);
   }
   return quiesce::platform::holder::run_holder(config);
 }
