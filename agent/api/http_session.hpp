@@ -336,6 +336,7 @@ template <class Stream>
 class Session final : public SessionBase, public std::enable_shared_from_this<Session<Stream>> {
  public:
   using std::enable_shared_from_this<Session<Stream>>::shared_from_this;
+  using std::enable_shared_from_this<Session<Stream>>::weak_from_this;
 
   Session(ServerState& server, Stream socket, Peer peer, bool reject)
       : server_(server), socket_(std::move(socket)), timer_(server.ioc), peer_(std::move(peer)),
@@ -545,8 +546,17 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     // pool. The work guard keeps run() alive until the handler returned,
     // including whatever it does after an early answer (Request::respond).
     auto answered = std::make_shared<std::atomic<bool>>(false);
-    request.respond = [self = shared_from_this(), answered](Response response) {
+    // A weak reference: the Request may be copied and outlive the handler
+    // call (a test handler keeps what it was given), and a strong one would
+    // then keep the session, and its timer, alive past the io_context that
+    // owns the timer's service. While the handler runs, the pool's task
+    // below holds the session, so an early answer always finds it.
+    request.respond = [weak = this->weak_from_this(), answered](Response response) {
       if (answered->exchange(true)) {
+        return;
+      }
+      auto self = weak.lock();
+      if (!self) {
         return;
       }
       asio::post(self->server_.ioc, [self, response = std::move(response)]() mutable {
